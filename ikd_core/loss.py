@@ -1,0 +1,147 @@
+"""IKD loss: adaptive hard sample mining (AHSM) + pixel loss + context similarity loss (CSL).
+
+Per level, with t and s the channel-L2-normalised teacher and student features:
+
+* d(p) = |t(p) - s(p)|^2 for every position p of the batch;
+* AHSM margin m <- a*m + (1-a)*(mean(d) + b*std(d)) (one margin per level, starts at 0);
+  hard set H = {p : d(p) >= m}, all positions when H is empty;
+* pixel loss L_ps = mean of d over H;
+* context similarity loss L_cs = mean over (i, j) in H x H of (t_i.t_j - s_i.s_j)^2, computed exactly
+  from C x C Gram matrices (see :func:`context_similarity_loss`), never from |H| x |H| ones.
+
+Level loss = L_ps + gamma * L_cs; the total is the weighted mean over levels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+AllReduce = Callable[[Tensor], Tensor]
+"""Sums a tensor over data-parallel ranks (autograd-aware); identity on one process."""
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def context_similarity_loss(t: Tensor, s: Tensor, all_reduce: AllReduce = _identity) -> Tensor:
+    """Exact CSL = ||T T^T - S S^T||_F^2 / n^2 for row-feature matrices T, S of shape (n, C).
+
+    Never forms the n x n Grams: O(n C^2) time, O(C^2) memory. With P = T + S and D = T - S,
+    T T^T - S S^T = (P D^T + D P^T) / 2, so
+
+        ||T T^T - S S^T||_F^2 = (<P^T P, D^T D> + <(P^T D)^T, P^T D>) / 2.
+
+    This is ||T^T T||^2 + ||S^T S||^2 - 2 ||T^T S||^2 rearranged so that every term is of the
+    order of ||D||^2: no catastrophic cancellation when the student is close to the teacher.
+    Accumulates in float32 (float64 inputs stay float64). ``all_reduce`` sums the C x C Grams
+    and n over ranks, so the loss is the one of the global batch.
+    """
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    t = t.to(dtype)
+    s = s.to(dtype)
+    p, d = t + s, t - s
+    n = all_reduce(torch.tensor(float(t.shape[0]), dtype=dtype, device=t.device))
+    pp = all_reduce(p.T @ p)
+    dd = all_reduce(d.T @ d)
+    pd = all_reduce(p.T @ d)
+    total = 0.5 * ((pp * dd).sum() + (pd.T * pd).sum())
+    return total.clamp_min(0.0) / n.clamp_min(1.0).square()
+
+
+def context_similarity_loss_naive(t: Tensor, s: Tensor) -> Tensor:
+    """Reference CSL from the |H| x |H| Gram matrices (O(n^2) memory); for tests and benchmarks."""
+    return (t @ t.T - s @ s.T).square().mean()
+
+
+class AdaptiveMargin(nn.Module):
+    """AHSM margin of one feature level: m <- a*m + (1-a)*(mean(d) + b*std(d))."""
+
+    margin: Tensor
+
+    def __init__(self, alpha: float = 0.01, beta: float = 2.0) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.beta = beta
+        self.register_buffer("margin", torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, d: Tensor, all_reduce: AllReduce = _identity) -> Tensor:
+        """Update the margin with the statistics of ``d`` (all ranks) and return it."""
+        d = d.detach().double()
+        stats = all_reduce(torch.stack([d.new_tensor(float(d.numel())), d.sum(), d.square().sum()]))
+        n, total, total_sq = stats[0], stats[1], stats[2]
+        mean = total / n
+        # Unbiased std, as torch.std, from the (global) sums.
+        var = (total_sq - n * mean.square()) / (n - 1).clamp_min(1.0)
+        target = mean + self.beta * var.clamp_min(0.0).sqrt()
+        self.margin.copy_(self.alpha * self.margin + (1.0 - self.alpha) * target.to(self.margin.dtype))
+        return self.margin
+
+
+class IKDLoss(nn.Module):
+    """Weighted IKD loss over feature levels.
+
+    Args:
+        num_levels: number of feature levels.
+        level_weights: one weight per level (paper, HRNet: 1 and 2); default all ones.
+        gamma: CSL weight (paper: 1); 0 switches CSL off.
+        hard_mining: AHSM on (paper) or off (all positions are used).
+        alpha, beta: AHSM momentum and std multiplier (paper: 0.01, 2).
+    """
+
+    def __init__(
+        self,
+        num_levels: int,
+        level_weights: Sequence[float] | None = None,
+        gamma: float = 1.0,
+        hard_mining: bool = True,
+        alpha: float = 0.01,
+        beta: float = 2.0,
+    ) -> None:
+        super().__init__()
+        weights = list(level_weights) if level_weights is not None else [1.0] * num_levels
+        if len(weights) != num_levels:
+            raise ValueError(f"expected {num_levels} level weights, got {len(weights)}")
+        self.register_buffer("level_weights", torch.tensor(weights, dtype=torch.float32))
+        self.gamma = gamma
+        self.hard_mining = hard_mining
+        self.margins = nn.ModuleList(AdaptiveMargin(alpha, beta) for _ in range(num_levels))
+
+    def level_loss(
+        self, t: Tensor, s: Tensor, level: int, all_reduce: AllReduce = _identity
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Loss of one level from normalised features (B, C, H, W): (total, pixel, csl)."""
+        t = t.float().permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+        s = s.float().permute(0, 2, 3, 1).reshape(-1, s.shape[1])
+        d = (t - s).square().sum(dim=1)
+        if self.hard_mining:
+            margin = self.margins[level].update(d, all_reduce)
+            hard = d >= margin
+            # "If H is empty use all positions", decided on the global batch.
+            if all_reduce(hard.sum().float()) == 0:
+                hard = torch.ones_like(hard)
+            t, s, d = t[hard], s[hard], d[hard]
+        n = all_reduce(torch.tensor(float(d.numel()), device=d.device)).clamp_min(1.0)
+        pixel = all_reduce(d.sum()) / n
+        csl = context_similarity_loss(t, s, all_reduce) if self.gamma else pixel.new_zeros(())
+        return pixel + self.gamma * csl, pixel, csl
+
+    def forward(
+        self,
+        teacher_feats: Sequence[Tensor],
+        student_feats: Sequence[Tensor],
+        all_reduce: AllReduce = _identity,
+    ) -> Tensor:
+        """Total loss: weighted mean over levels of L_ps + gamma * L_cs (float32)."""
+        losses = torch.stack(
+            [
+                self.level_loss(t, s, i, all_reduce)[0]
+                for i, (t, s) in enumerate(zip(teacher_feats, student_feats, strict=True))
+            ]
+        )
+        w = self.level_weights.to(losses.device)
+        return (losses * w).sum() / w.sum()

@@ -1,0 +1,67 @@
+"""The IKD model: a frozen ImageNet teacher and a trainable student of the same architecture."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .anomaly_map import AnomalyMapGenerator
+from .backbones import BACKBONES, build_student, build_teacher
+
+
+def normalize_features(feats: list[Tensor]) -> list[Tensor]:
+    """L2-normalise each position's feature vector along channels."""
+    return [F.normalize(f, p=2, dim=1) for f in feats]
+
+
+class IKDModel(nn.Module):
+    """Teacher / student pair.
+
+    ``forward`` returns normalised (teacher, student) feature lists in training mode and anomaly
+    maps (B, 1, H, W) in eval mode. The teacher always stays in eval mode.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        teacher_weights: str | os.PathLike[str] | None = None,
+        combine: str = "product",
+        sigma: float = 4.0,
+        feature_pool: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.teacher, self.teacher_source, self.teacher_fingerprint = build_teacher(backbone, teacher_weights)
+        self.student = build_student(backbone)
+        self.feature_pool = feature_pool
+        self.anomaly_map = AnomalyMapGenerator(combine=combine, sigma=sigma)
+
+    @property
+    def default_level_weights(self) -> tuple[float, ...]:
+        return BACKBONES[self.backbone].level_weights
+
+    def train(self, mode: bool = True) -> IKDModel:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def _pool(self, feats: list[Tensor]) -> list[Tensor]:
+        if not self.feature_pool:
+            return feats
+        return [F.avg_pool2d(f, kernel_size=3, stride=1, padding=1) for f in feats]
+
+    def features(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Normalised teacher and student features of a normalised image batch."""
+        with torch.no_grad():
+            t = self._pool(self.teacher(x))
+        s = self._pool(self.student(x))
+        return normalize_features(t), normalize_features(s)
+
+    def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]] | Tensor:
+        t, s = self.features(x)
+        if self.training:
+            return t, s
+        return self.anomaly_map(t, s, size=(x.shape[-2], x.shape[-1]))
