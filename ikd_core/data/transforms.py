@@ -1,0 +1,214 @@
+"""Image I/O and tensor conversion: robust loading, resizing and ImageNet normalisation."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ikd_core.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: File extensions treated as images when scanning folders (compared lower-case).
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+#: Largest accepted image, in pixels (8k x 8k); bigger files are refused as decompression bombs.
+MAX_PIXELS = 8192 * 8192
+
+ImageSource = str | os.PathLike | bytes | bytearray | Image.Image | np.ndarray
+
+_HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder`` (by extension, hidden files skipped), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _describe(src: object) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    if isinstance(src, (bytes, bytearray)):
+        return f"<{len(src)} bytes>"
+    return f"<{type(src).__name__}>"
+
+
+def _check_size(width: int, height: int, what: str) -> None:
+    if width < 1 or height < 1:
+        raise DataError(f"{what}: image has no pixels ({width}x{height}); replace or remove the file.")
+    if width * height > MAX_PIXELS:
+        raise DataError(
+            f"{what}: image too large ({width}x{height} pixels, limit {MAX_PIXELS} pixels); "
+            "downscale it before use."
+        )
+
+
+def _open_file(src: str | os.PathLike | bytes | bytearray, what: str) -> Image.Image:
+    """Open and fully decode a file or byte string, guarding against bombs and corrupt data."""
+    if isinstance(src, (bytes, bytearray)):
+        fp: object = io.BytesIO(bytes(src))
+    else:
+        path = Path(src)
+        if not path.is_file():
+            raise DataError(f"{what}: file not found; check the path.")
+        fp = path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            _check_size(img.width, img.height, what)
+            img.load()
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{what}: image too large ({exc}); downscale it before use.") from exc
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{what}: not a readable image file; remove it or re-save it as PNG/JPEG.") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(
+            f"{what}: image data is corrupt or truncated ({exc}); re-export or remove the file."
+        ) from exc
+    return img
+
+
+def _from_array(arr: np.ndarray, what: str) -> Image.Image:
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise DataError(f"{what}: array of shape {arr.shape} is not an image; expected HxW, HxWx3 or HxWx4.")
+    _check_size(arr.shape[1], arr.shape[0], what)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype == np.uint16:
+        arr = np.round(arr.astype(np.float32) / 257.0).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating) and arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+        arr = np.round(arr * 255.0).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise DataError(f"{what}: array dtype {arr.dtype} is not supported; pass uint8 (0-255) pixels.")
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def _high_bit_to_l(img: Image.Image) -> Image.Image:
+    """Scale a 16-bit / 32-bit / float single-channel image to 8-bit without clipping."""
+    arr = np.asarray(img).astype(np.float64)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if img.mode.startswith("I;16"):
+        scale, offset = 255.0 / 65535.0, 0.0
+    elif img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        scale, offset = 255.0, 0.0
+    elif lo >= 0.0 and hi <= 255.0:
+        scale, offset = 1.0, 0.0
+    elif img.mode == "I" and lo >= 0.0 and hi <= 65535.0:
+        scale, offset = 255.0 / 65535.0, 0.0
+    else:  # arbitrary range: min-max stretch
+        scale, offset = 255.0 / max(hi - lo, 1e-12), lo
+    out = np.clip(np.round((arr - offset) * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
+
+
+def _to_rgb(img: Image.Image, what: str) -> Image.Image:
+    if img.mode in _HIGH_BIT_MODES:
+        img = _high_bit_to_l(img)
+    if img.mode == "RGB":
+        return img
+    try:
+        if img.mode in _ALPHA_MODES or "transparency" in img.info:
+            rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+            rgb = rgba[:, :, :3] * (rgba[:, :, 3:4] / 255.0)  # composite on black
+            return Image.fromarray(np.round(rgb).astype(np.uint8))
+        return img.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{what}: colour mode {img.mode!r} cannot be converted to RGB; re-save as PNG/JPEG.") from exc
+
+
+def _open_any(src: ImageSource) -> tuple[Image.Image, str]:
+    what = _describe(src)
+    if isinstance(src, Image.Image):
+        _check_size(src.width, src.height, what)
+        img = src
+    elif isinstance(src, np.ndarray):
+        return _from_array(src, what), what
+    elif isinstance(src, (str, os.PathLike, bytes, bytearray)):
+        img = _open_file(src, what)
+    else:
+        raise DataError(f"{what}: cannot load an image from this type; pass a path, bytes, PIL image or array.")
+    with contextlib.suppress(Exception):  # malformed EXIF must not block loading
+        img = ImageOps.exif_transpose(img)
+    return img, what
+
+
+def load_image(src: ImageSource) -> Image.Image:
+    """Load a path / bytes / PIL image / uint8 array as an 8-bit RGB PIL image (EXIF orientation applied)."""
+    img, what = _open_any(src)
+    return _to_rgb(img, what)
+
+
+def load_mask(src: ImageSource) -> np.ndarray:
+    """Load a mask as a boolean HxW array (any non-zero pixel, in any colour channel, is defective)."""
+    img, _ = _open_any(src)
+    if img.mode in ("1", "L") or img.mode in _HIGH_BIT_MODES:
+        arr = np.asarray(img)
+    elif img.mode in ("LA", "La"):
+        arr = np.asarray(img)[:, :, 0]
+    else:
+        arr = np.asarray(img.convert("RGB")).max(axis=2)
+    return arr > 0
+
+
+def _check_target_size(size: int) -> None:
+    if not isinstance(size, int) or size < 1:
+        raise DataError(f"image_size must be a positive integer, got {size!r}.")
+
+
+def image_to_tensor(img: ImageSource, size: int) -> torch.Tensor:
+    """Resize (bilinear, antialiased) to ``size`` x ``size`` and ImageNet-normalise -> (3, size, size) float."""
+    _check_target_size(size)
+    if not (isinstance(img, Image.Image) and img.mode == "RGB"):
+        img = load_image(img)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    t = torch.from_numpy(arr).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    return ((t - mean) / std).contiguous()
+
+
+def mask_to_tensor(mask_img: ImageSource, size: int) -> torch.Tensor:
+    """Binarise (>0 -> 1) and nearest-resize a mask -> (1, size, size) float tensor in {0, 1}."""
+    _check_target_size(size)
+    mask = load_mask(mask_img)
+    m = Image.fromarray(mask.astype(np.uint8) * 255)
+    if m.size != (size, size):
+        m = m.resize((size, size), Image.Resampling.NEAREST)
+    return torch.from_numpy((np.asarray(m) > 0).astype(np.float32))[None]
+
+
+def denormalize(t: torch.Tensor) -> np.ndarray:
+    """Undo ImageNet normalisation of a (3,H,W) or (1,3,H,W) tensor -> uint8 HxWx3 array for display."""
+    t = t.detach().cpu().float()
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 3 or t.shape[0] != 3:
+        raise ValueError(f"expected a (3,H,W) image tensor, got shape {tuple(t.shape)}")
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    rgb = (t * std + mean).clamp(0.0, 1.0)
+    return (rgb * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
