@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 AllReduce = Callable[[Tensor], Tensor]
@@ -115,8 +116,8 @@ class IKDLoss(nn.Module):
         self, t: Tensor, s: Tensor, level: int, all_reduce: AllReduce = _identity
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Loss of one level from normalised features (B, C, H, W): (total, pixel, csl)."""
-        t = t.float().permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-        s = s.float().permute(0, 2, 3, 1).reshape(-1, s.shape[1])
+        t = rearrange(t.float(), "b c h w -> (b h w) c")
+        s = rearrange(s.float(), "b c h w -> (b h w) c")
         d = (t - s).square().sum(dim=1)
         if self.hard_mining:
             margin = self.margins[level].update(d, all_reduce)

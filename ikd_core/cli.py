@@ -1,0 +1,295 @@
+"""Command line: ``python -m ikd_core {demo-data,download,train,eval,predict,gif}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import IKDError
+
+PRETRAINED_DIR = Path("pretrained")
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", choices=("demo", "mvtec", "folder"), default="demo" if required else None,
+                   help="demo: synthetic set generated offline; mvtec: MVTec AD under --data-root; "
+                        "folder: your own images (--good-dir, optional --test-dir/--mask-dir)")
+    g.add_argument("--category", help="MVTec AD or demo category (e.g. bottle, demo_texture)")
+    g.add_argument("--data-root", help="root folder of MVTec AD (default data/mvtec) or the demo set "
+                                       "(default data/demo)")
+    g.add_argument("--good-dir", help="folder data: a folder of good images")
+    g.add_argument("--test-dir", help="folder data: test images (flat, or good/ + <defect>/ subfolders)")
+    g.add_argument("--mask-dir", help="folder data: masks named like the test images")
+
+
+def _data_spec(args: argparse.Namespace, fallback: dict | None = None):
+    from .data.sources import DataSpec
+
+    if args.data is None and fallback:
+        spec = DataSpec.from_dict(fallback)
+        if args.data_root:
+            spec.root = args.data_root
+        return spec
+    kind = args.data or "demo"
+    category = args.category or ("demo_texture" if kind == "demo" else "custom" if kind == "folder" else None)
+    if category is None:
+        raise IKDError("--category is required with --data mvtec (e.g. --category bottle)")
+    return DataSpec(kind, category, args.data_root, args.good_dir, args.test_dir, args.mask_dir)
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from .data.synthetic import DEMO_CATEGORIES, generate_demo_dataset
+
+    cats = tuple(args.categories.split(",")) if args.categories else DEMO_CATEGORIES
+    root = generate_demo_dataset(args.out, categories=cats, n_train=args.n_train, image_size=args.image_size,
+                                 seed=args.seed)
+    print(f"demo data for {', '.join(cats)} written to {root}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .data.download import MVTEC_URL, download_mvtec
+
+    root = download_mvtec(args.data_root, url=args.url or MVTEC_URL, sha256=args.sha256, archive=args.archive)
+    print(f"MVTec AD ready under {root}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from .train import TrainConfig
+
+    return TrainConfig(
+        backbone=args.backbone, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, gamma=0.0 if args.no_csl else args.gamma,
+        hard_mining=not args.no_ahsm, level_weights=tuple(args.level_weights) if args.level_weights else None,
+        combine=args.combine, feature_pool=args.feature_pool, seed=args.seed, device=args.device,
+        amp=not args.no_amp, num_workers=args.num_workers, val_every=args.val_every,
+        teacher_weights=args.teacher_weights, max_minutes=args.max_minutes,
+        holdout_fraction=args.holdout_fraction,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .data.sources import build_datasets, default_checkpoint_name
+    from .distributed import init_from_env, is_distributed_env
+    from .metrics import format_metrics_table
+    from .train import select_device, train
+
+    spec = _data_spec(args)
+    cfg = _train_config(args)
+    train_ds, test_ds = build_datasets(spec, cfg.image_size)
+    out = Path(args.out) if args.out else PRETRAINED_DIR / default_checkpoint_name(spec.category, cfg.backbone)
+    rank, device = 0, None
+    if is_distributed_env():  # started by torchrun
+        device = select_device(cfg.device)
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        rank, world = init_from_env(device)
+        if rank == 0:
+            print(f"distributed training: {world} processes, global batch {world * cfg.batch_size}")
+    bar = tqdm(total=cfg.epochs, unit="epoch", desc=f"train {spec.category}", disable=args.quiet or rank != 0)
+
+    def on_progress(p) -> None:
+        if p.phase == "train":
+            bar.set_postfix(loss=f"{p.loss:.4f}", img_s=f"{p.images_per_sec:.1f}", eta=f"{p.eta_s:.0f}s",
+                            refresh=False)
+            if p.step == p.steps_per_epoch:
+                bar.update(1)
+        else:
+            bar.set_description(f"{p.phase} {spec.category}")
+
+    result = train(train_ds, test_ds, cfg, out_path=out, category=spec.category, data_info=spec.to_dict(),
+                   callback=on_progress, device=device)
+    bar.close()
+    if rank != 0:
+        return 0
+    meta = result.metadata
+    print(f"trained {meta['epochs_completed']} epochs in {meta['train_seconds']:.1f} s "
+          f"({meta['images_per_sec']} images/s on {meta['device']}); checkpoint: {result.checkpoint}")
+    if result.metrics:
+        print(format_metrics_table(result.metrics, title=f"{spec.category} ({cfg.backbone})"))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from .data.sources import build_datasets
+    from .metrics import format_metrics_table
+    from .predict import load_model
+    from .train import _metrics, predict_maps, select_device
+
+    device = select_device(args.device)
+    model, meta = load_model(args.checkpoint, device)
+    spec = _data_spec(args, fallback=meta.get("data"))
+    _, test_ds = build_datasets(spec, int(meta["image_size"]))
+    if test_ds is None:
+        raise IKDError("this data has no test set to evaluate on (give --test-dir)")
+    res = predict_maps(model, DataLoader(test_ds, batch_size=args.batch_size), device)
+    metrics = _metrics(res)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(format_metrics_table(metrics, title=f"{spec.category} ({meta['backbone']}): {args.checkpoint}"))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .predict import Predictor, render
+    from .train import select_device
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, select_device(args.device), tile=args.tile)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in args.images:
+        try:
+            (pred,) = predictor.predict([path])
+        except IKDError as exc:
+            print(f"{path}\terror: {exc}")
+            failures += 1
+            continue
+        verdict = "anomalous" if pred.is_anomalous(args.threshold) else "normal"
+        pics = render(path, pred, norm_threshold=args.threshold, alpha=args.alpha, cmap=args.cmap)
+        target = out_dir / f"{Path(path).stem}_overlay.png"
+        Image.fromarray(pics["overlay"]).save(target)
+        print(f"{path}\tscore {pred.norm_score:.3f}\t{verdict}\t{target}")
+    return 1 if failures else 0
+
+
+def cmd_gif(args: argparse.Namespace) -> int:
+    from .data.sources import build_datasets
+    from .gif import make_gif, pick_samples
+    from .predict import Predictor
+    from .train import select_device
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, select_device(args.device))
+    if args.images:
+        images, masks = list(args.images), None
+    else:
+        spec = _data_spec(args, fallback=predictor.metadata.get("data"))
+        _, test_ds = build_datasets(spec, predictor.image_size)
+        if test_ds is None:
+            raise IKDError("no test images: give IMAGE files or a data set with a test split")
+        picked = pick_samples(test_ds.samples, args.n, args.seed)
+        images, masks = [s.path for s in picked], [s.mask_path for s in picked]
+    out = make_gif(predictor, images, args.out, masks=masks, fps=args.fps, size=args.size,
+                   norm_threshold=args.threshold, alpha=args.alpha, cmap=args.cmap)
+    print(f"{len(images)} frames written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backbones import BACKBONES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ikd_core",
+        description="IKD Studio: unsupervised anomaly segmentation with Informative Knowledge Distillation.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-data", help="generate the synthetic demo set (MVTec layout) offline")
+    p.add_argument("--out", default="data/demo", help="output root (default data/demo)")
+    p.add_argument("--categories", help="comma-separated demo categories (default: all)")
+    p.add_argument("--n-train", type=int, default=60)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("download", help="download and extract MVTec AD (or extract a local archive)")
+    p.add_argument("--data-root", default="data/mvtec")
+    p.add_argument("--archive", help="an already-downloaded mvtec_anomaly_detection.tar.xz")
+    p.add_argument("--url", help="archive URL (the official link moves from time to time)")
+    p.add_argument("--sha256", help="expected SHA-256 of the archive")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("train", help="train a student; writes pretrained/<category>-<backbone>.safetensors")
+    _add_data_args(p)
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet_lite0")
+    p.add_argument("--teacher-weights", help="local teacher weights file, or hub / packaged (default: auto)")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=2, help="per process (torchrun: global = N x this)")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--gamma", type=float, default=1.0, help="context similarity loss weight")
+    p.add_argument("--no-csl", action="store_true", help="ablation: context similarity loss off")
+    p.add_argument("--no-ahsm", action="store_true", help="ablation: hard sample mining off")
+    p.add_argument("--level-weights", type=float, nargs="+", help="one weight per feature level")
+    p.add_argument("--combine", choices=("product", "sum"), default="product")
+    p.add_argument("--feature-pool", action="store_true", help="3x3 average pooling of features")
+    p.add_argument("--holdout-fraction", type=float, default=0.1,
+                   help="good training images kept aside to fit the threshold")
+    p.add_argument("--val-every", type=int, default=0, help="evaluate every N epochs")
+    p.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--out", help="checkpoint path (default pretrained/<category>-<backbone>.safetensors)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a test set and print the metrics")
+    p.add_argument("--checkpoint", required=True)
+    _add_data_args(p, required=False)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="score images and write overlay images")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out-dir", default="predictions")
+    p.add_argument("--threshold", type=float, default=0.5, help="normalised threshold (0.5 = fitted)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument("--cmap", default="jet")
+    p.add_argument("--tile", action="store_true", help="tile large images at native resolution")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("gif", help="make a demo GIF: test images with heatmaps, overlays and ground truth")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="*", help="image files (default: test images of the checkpoint's data)")
+    _add_data_args(p, required=False)
+    p.add_argument("--out", required=True, help="output .gif")
+    p.add_argument("--n", type=int, default=8, help="number of test images (frames)")
+    p.add_argument("--fps", type=float, default=2.0)
+    p.add_argument("--size", type=int, help="frame width in pixels")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--cmap", default="jet")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_gif)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user errors print one line and return 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (IKDError, OSError, ValueError) as exc:
+        if args.debug or os.environ.get("IKD_DEBUG"):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2

@@ -1,0 +1,198 @@
+"""Inference: load a checkpoint, turn images into anomaly maps, scores and masks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from .checkpoint import check_state_matches, load_student_state, read_metadata
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, load_image
+from .errors import CheckpointError, IKDError
+from .torch_model import IKDModel
+from .train import select_device
+from .visualize import apply_colormap, draw_contours, normalize_map, overlay
+
+ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
+
+
+@dataclass
+class Prediction:
+    """Result for one image. ``anomaly_map`` is at the image's own resolution (H, W)."""
+
+    anomaly_map: np.ndarray
+    score: float  # max of the map at model resolution (raw units)
+    threshold: float  # raw units
+    lo: float
+
+    @property
+    def norm_map(self) -> np.ndarray:
+        """Map normalised with the held-out statistics: 0.5 is the fitted threshold."""
+        return normalize_map(self.anomaly_map, self.threshold, self.lo)
+
+    @property
+    def norm_score(self) -> float:
+        return float(normalize_map(np.float64(self.score), self.threshold, self.lo))
+
+    def is_anomalous(self, norm_threshold: float = 0.5) -> bool:
+        return self.norm_score >= norm_threshold
+
+    def mask(self, norm_threshold: float = 0.5) -> np.ndarray:
+        """Predicted defect pixels at a threshold in normalised units (0.5 = fitted)."""
+        return self.norm_map >= norm_threshold
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    teacher_weights: str | os.PathLike[str] | None = None,
+) -> tuple[IKDModel, dict[str, Any]]:
+    """Load a checkpoint into a fresh model. Raises :class:`CheckpointError` on any mismatch.
+
+    The teacher is rebuilt from the source recorded at training time (or ``teacher_weights``) and
+    must have the same fingerprint, since a student only makes sense against its own teacher.
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        backbone = meta["backbone"]
+        image_size = int(meta["image_size"])
+        tcfg = meta.get("train_config", {})
+        norm = meta["score_normalization"]
+        float(norm["threshold"]), float(norm["lo"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path.name}: metadata lacks {exc}") from exc
+    state = load_student_state(path)
+    source = teacher_weights or meta.get("teacher", {}).get("source")
+    if source and source.startswith("file:"):
+        raise CheckpointError(
+            f"{path.name} was trained with the teacher weights file {source[5:]!r}; pass it again "
+            "(--teacher-weights FILE)"
+        )
+    try:
+        model = IKDModel(
+            backbone,
+            teacher_weights=source,
+            combine=tcfg.get("combine", "product"),
+            sigma=float(tcfg.get("sigma", 4.0)),
+            feature_pool=bool(tcfg.get("feature_pool", False)),
+        )
+    except IKDError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bad metadata value should read as such
+        raise CheckpointError(f"{path.name}: cannot build model {backbone!r}: {exc}") from exc
+    if meta.get("levels") is not None and list(meta["levels"]) != list(model.student.spec.out_indices):
+        raise CheckpointError(f"{path.name}: levels {meta['levels']} do not match backbone {backbone}")
+    check_state_matches(state, model.student.state_dict(), path.name,
+                        lambda: f"backbone {backbone}, image size {image_size}")
+    want = meta.get("teacher", {}).get("fingerprint")
+    if want and want != model.teacher_fingerprint:
+        raise CheckpointError(
+            f"{path.name} was trained against a different {backbone} teacher ({want}) than the one "
+            f"found here ({model.teacher_fingerprint}, {model.teacher_source})"
+        )
+    model.student.load_state_dict(state)
+    model.to(select_device(str(device)) if str(device) == "auto" else torch.device(device)).eval()
+    return model, meta
+
+
+class Predictor:
+    """A loaded model ready for images; also used by the app and the CLI."""
+
+    def __init__(self, model: IKDModel, metadata: dict[str, Any], tile: bool = False) -> None:
+        self.model = model.eval()
+        self.metadata = metadata
+        self.image_size = int(metadata["image_size"])
+        norm = metadata["score_normalization"]
+        self.threshold = float(norm["threshold"])
+        self.lo = float(norm["lo"])
+        self.tile = tile
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
+                        tile: bool = False) -> Predictor:
+        model, meta = load_model(path, device)
+        return cls(model, meta, tile=tile)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.student.parameters()).device
+
+    @torch.no_grad()
+    def _maps(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch.to(self.device))[:, 0].float().cpu()
+
+    def _tiled_map(self, img: Image.Image) -> tuple[np.ndarray, float]:
+        """Map of a large image from overlapping model-size tiles at native resolution."""
+        s = self.image_size
+        x = TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)  # native size
+        _, h, w = x.shape
+        if h < s or w < s:
+            x = F.interpolate(x[None], size=(max(h, s), max(w, s)), mode="bilinear")[0]
+        _, hh, ww = x.shape
+        stride = s // 2
+        ys = sorted(set(list(range(0, hh - s + 1, stride)) + [hh - s]))
+        xs = sorted(set(list(range(0, ww - s + 1, stride)) + [ww - s]))
+        acc = torch.zeros(hh, ww)
+        cnt = torch.zeros(hh, ww)
+        tiles = [(y, x0) for y in ys for x0 in xs]
+        for i in range(0, len(tiles), 16):
+            chunk = tiles[i : i + 16]
+            maps = self._maps(torch.stack([x[:, y : y + s, x0 : x0 + s] for y, x0 in chunk]))
+            for (y, x0), m in zip(chunk, maps, strict=True):
+                acc[y : y + s, x0 : x0 + s] += m
+                cnt[y : y + s, x0 : x0 + s] += 1
+        full = acc / cnt
+        if (hh, ww) != (h, w):
+            full = F.interpolate(full[None, None], size=(h, w), mode="bilinear")[0, 0]
+        return full.numpy(), float(full.max())
+
+    def predict(self, images: Sequence[ImageInput] | ImageInput, batch_size: int = 16) -> list[Prediction]:
+        """Anomaly maps (at each image's resolution), raw scores and thresholds."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        pils = [load_image(im) for im in images]
+        results: list[Prediction] = []
+        if self.tile:
+            for img in pils:
+                amap, score = self._tiled_map(img)
+                results.append(Prediction(amap, score, self.threshold, self.lo))
+            return results
+        for i in range(0, len(pils), batch_size):
+            chunk = pils[i : i + batch_size]
+            maps = self._maps(torch.stack([image_to_tensor(im, self.image_size) for im in chunk]))
+            for img, m in zip(chunk, maps, strict=True):
+                score = float(m.max())
+                full = F.interpolate(m[None, None], size=(img.height, img.width), mode="bilinear",
+                                     align_corners=False)[0, 0]
+                results.append(Prediction(full.numpy(), score, self.threshold, self.lo))
+        return results
+
+
+def render(
+    image: ImageInput,
+    prediction: Prediction,
+    norm_threshold: float = 0.5,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+) -> dict[str, np.ndarray]:
+    """The pictures the app and CLI show: ``image``, ``heatmap``, ``overlay`` (with the predicted
+    defect outline) and ``mask``, all uint8 at the image's resolution."""
+    rgb = np.asarray(load_image(image), dtype=np.uint8)
+    norm = prediction.norm_map
+    mask = norm >= norm_threshold
+    over = draw_contours(overlay(rgb, norm, alpha=alpha, cmap=cmap), mask)
+    return {
+        "image": rgb,
+        "heatmap": apply_colormap(norm, cmap),
+        "overlay": over,
+        "mask": (mask * 255).astype(np.uint8),
+    }

@@ -1,0 +1,362 @@
+"""Training the IKD student, fitting the score normalisation, evaluation and checkpointing."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from . import __version__
+from .checkpoint import save_checkpoint
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .distributed import EpochSampler, all_reduce_sum, convert_batch_norm, distributed_sampler
+from .errors import IKDError
+from .loss import AllReduce, IKDLoss
+from .metrics import evaluate
+from .torch_model import IKDModel
+
+
+class TrainingError(IKDError):
+    """Training could not finish (e.g. the loss became NaN)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults follow the paper, except the backbone
+    (offline default ``efficientnet_lite0``; the paper uses ``hrnet_w32``)."""
+
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 256
+    epochs: int = 50
+    batch_size: int = 2
+    lr: float = 5e-5
+    weight_decay: float = 1e-2
+    gamma: float = 1.0  # CSL weight; 0 = CSL off
+    hard_mining: bool = True  # AHSM; False = all positions
+    alpha: float = 0.01
+    beta: float = 2.0
+    level_weights: tuple[float, ...] | None = None  # None: the backbone's (HRNet: 1, 2)
+    combine: str = "product"
+    sigma: float = 4.0
+    feature_pool: bool = False
+    holdout_fraction: float = 0.1  # good training images kept aside to fit the threshold
+    threshold_k: float = 3.0  # threshold = mean + k * std of held-out good image scores
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # CUDA only; the loss is always float32
+    num_workers: int = 0
+    val_every: int = 0  # evaluate on the test set every N epochs (0: only at the end)
+    teacher_weights: str | None = None
+    max_minutes: float | None = None  # stop training (and still save) after this long
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Progress:
+    """One training progress report."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps_per_epoch: int
+    loss: float
+    images_per_sec: float
+    elapsed_s: float
+    eta_s: float
+    phase: str = "train"  # train | validate | fit | evaluate | done
+
+    @property
+    def fraction(self) -> float:
+        total = max(1, self.epochs * self.steps_per_epoch)
+        return min(1.0, ((self.epoch - 1) * self.steps_per_epoch + self.step) / total)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    model: IKDModel
+    metadata: dict[str, Any]
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    cancelled: bool = False
+    seconds: float = 0.0
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA, then Apple MPS, then CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class CachedDataset(Dataset):
+    """Keeps decoded, resized items in memory: every epoch after the first skips image decoding."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+        self._cache: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        if idx not in self._cache:
+            self._cache[idx] = self.base[idx]
+        return self._cache[idx]
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of ``n`` good training images into (train, held-out) indices."""
+    n_hold = int(round(n * fraction)) if n >= 5 else 0
+    n_hold = min(max(n_hold, 1 if fraction > 0 and n >= 5 else 0), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[n_hold:]), sorted(perm[:n_hold])
+
+
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    dtype = torch.bfloat16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled and device.type == "cuda")
+
+
+@torch.no_grad()
+def predict_maps(
+    model: IKDModel, loader: DataLoader, device: torch.device, amp: bool = False
+) -> dict[str, Tensor]:
+    """Run the model over a loader: maps (N,H,W), scores (N,), labels (N,), masks (N,H,W)."""
+    model.eval()
+    maps, labels, masks = [], [], []
+    for batch in loader:
+        with _autocast(device, amp):
+            m = model(batch["image"].to(device, non_blocking=True))
+        maps.append(m.float()[:, 0].cpu())
+        labels.append(torch.as_tensor(batch["label"]))
+        masks.append(batch["mask"][:, 0])
+    out = {"maps": torch.cat(maps), "labels": torch.cat(labels), "masks": torch.cat(masks)}
+    out["scores"] = out["maps"].flatten(1).amax(dim=1)
+    return out
+
+
+def fit_normalization(maps: Tensor, k: float = 3.0) -> dict[str, float]:
+    """Threshold and colour scale from held-out good maps.
+
+    threshold = mean + k * std of the image scores (max of each map); ``lo`` = median good pixel.
+    The normalised score 0.5 * (x - lo) / (threshold - lo) puts the threshold at 0.5.
+    """
+    scores = maps.flatten(1).amax(dim=1).double()
+    mean = scores.mean().item()
+    std = scores.std().item() if scores.numel() > 1 else 0.0
+    flat = maps.flatten()
+    if flat.numel() > 1_000_000:
+        flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+    lo = flat.double().median().item()
+    threshold = max(mean + k * std, scores.max().item())
+    if threshold <= lo:
+        threshold = lo + 1e-12
+    return {
+        "threshold": threshold,
+        "lo": lo,
+        "holdout_score_mean": mean,
+        "holdout_score_std": std,
+        "holdout_score_max": scores.max().item(),
+        "n_holdout": int(scores.numel()),
+    }
+
+
+def _loader(ds: Dataset, batch_size: int, cfg: TrainConfig) -> DataLoader:
+    """An in-order evaluation loader."""
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg.num_workers)
+
+
+def train(
+    train_ds: Dataset,
+    test_ds: Dataset | None = None,
+    config: TrainConfig | None = None,
+    out_path: str | Path | None = None,
+    category: str = "custom",
+    data_info: dict[str, Any] | None = None,
+    callback: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Train a student on good images, fit the normalisation, evaluate, save a checkpoint.
+
+    Args:
+        train_ds: good images (items with ``image``); a held-out part fits the threshold.
+        test_ds: optional labelled test set for metrics.
+        out_path: where to save the checkpoint (``None``: not saved).
+        callback: called with :class:`Progress` after every step and at each phase.
+        should_stop: polled every step; when it returns True training ends and nothing is saved.
+
+    Under torch.distributed (``torchrun``), each process trains on its share of every global batch
+    with DDP, all batch statistics are global, and only rank 0 fits, evaluates and saves.
+    """
+    cfg = config or TrainConfig()
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank = dist.get_rank() if distributed else 0
+    device = device or select_device(cfg.device)
+    train_idx, hold_idx = split_holdout(len(train_ds), cfg.holdout_fraction, cfg.seed)  # type: ignore[arg-type]
+    fit_ds: Dataset = CachedDataset(Subset(train_ds, train_idx))
+    hold_ds: Dataset = Subset(train_ds, hold_idx) if hold_idx else Subset(train_ds, train_idx)
+
+    model = IKDModel(cfg.backbone, cfg.teacher_weights, cfg.combine, cfg.sigma, cfg.feature_pool).to(device)
+    weights = cfg.level_weights or model.default_level_weights
+    criterion = IKDLoss(len(model.student.channels), weights, cfg.gamma, cfg.hard_mining, cfg.alpha,
+                        cfg.beta).to(device)
+    net: torch.nn.Module = model
+    all_reduce: AllReduce | None = None
+    if distributed:
+        convert_batch_norm(model.student)
+        all_reduce = all_reduce_sum
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=cfg.backbone.startswith("hrnet"))
+    optimizer = torch.optim.AdamW(model.student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+
+    sampler = distributed_sampler(fit_ds, cfg.seed) if distributed else EpochSampler(len(fit_ds), cfg.seed)
+    loader = DataLoader(fit_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        drop_last=len(fit_ds) > cfg.batch_size, persistent_workers=cfg.num_workers > 0)
+    steps = max(1, len(loader))
+    history: list[dict[str, float]] = []
+    reduce_kwargs = {"all_reduce": all_reduce} if all_reduce is not None else {}
+    seen = 0
+    t_train = time.perf_counter()
+    last_loss = float("nan")
+    stopped_early = False
+
+    def report(epoch: int, step: int, phase: str) -> None:
+        if callback is None:
+            return
+        elapsed = time.perf_counter() - t_train
+        rate = seen / elapsed if elapsed > 0 else 0.0
+        done = (epoch - 1) * steps + step
+        eta = elapsed / done * (cfg.epochs * steps - done) if done else float("nan")
+        callback(Progress(epoch, cfg.epochs, step, steps, last_loss, rate, elapsed, eta, phase))
+
+    for epoch in range(1, cfg.epochs + 1):
+        sampler.set_epoch(epoch)
+        net.train()
+        for step, batch in enumerate(loader, start=1):
+            if should_stop is not None and should_stop():
+                return TrainResult(model, {}, {}, history, None, cancelled=True,
+                                   seconds=time.perf_counter() - start)
+            x = batch["image"].to(device, non_blocking=True)
+            with _autocast(device, use_amp):
+                t_feats, s_feats = net(x)
+            loss = criterion(t_feats, s_feats, **reduce_kwargs)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss.item()} at epoch {epoch}, step {step}; training stopped and "
+                    "no checkpoint was written (try a lower learning rate or check the images)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            seen += x.shape[0]
+            last_loss = loss.item()
+            history.append({"epoch": epoch, "step": (epoch - 1) * steps + step, "loss": last_loss})
+            report(epoch, step, "train")
+        if test_ds is not None and cfg.val_every and epoch % cfg.val_every == 0 and epoch < cfg.epochs:
+            report(epoch, steps, "validate")
+            res = predict_maps(model, _loader(test_ds, 8, cfg), device, use_amp)
+            history[-1].update({f"val_{k}": v for k, v in _metrics(res).items()})
+        if cfg.max_minutes is not None and time.perf_counter() - t_train > cfg.max_minutes * 60:
+            stopped_early = epoch < cfg.epochs
+            break
+    train_seconds = time.perf_counter() - t_train
+    if rank != 0:  # rank 0 fits the threshold, evaluates and saves
+        return TrainResult(model, {}, {}, history, None, seconds=time.perf_counter() - start)
+
+    report(epoch, steps, "fit")
+    hold = predict_maps(model, _loader(hold_ds, 8, cfg), device, use_amp)
+    norm = fit_normalization(hold["maps"], cfg.threshold_k)
+    norm["holdout_is_train"] = not hold_idx
+    metrics: dict[str, float] = {}
+    if test_ds is not None:
+        report(epoch, steps, "evaluate")
+        metrics = _metrics(predict_maps(model, _loader(test_ds, 8, cfg), device, use_amp))
+
+    cfg_dict = cfg.to_dict()
+    cfg_dict["level_weights"] = list(weights)
+    metadata: dict[str, Any] = {
+        "backbone": cfg.backbone,
+        "levels": list(model.student.spec.out_indices),
+        "channels": model.student.channels,
+        "image_size": cfg.image_size,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "teacher": {"source": model.teacher_source, "fingerprint": model.teacher_fingerprint},
+        "category": category,
+        "data": data_info or {},
+        "train_config": cfg_dict,
+        "score_normalization": norm,
+        "margins": [float(m.margin) for m in criterion.margins],
+        "metrics": metrics,
+        "epochs_completed": epoch,
+        "stopped_early": stopped_early,
+        "train_seconds": round(train_seconds, 2),
+        "images_per_sec": round(seen / train_seconds, 3) if train_seconds > 0 else None,
+        "final_loss": last_loss,
+        "n_train": len(train_idx),
+        "device": str(device),
+        "world_size": dist.get_world_size() if distributed else 1,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} / {platform.processor() or platform.system()}",
+        "torch": torch.__version__,
+        "ikd_core": __version__,
+    }
+    ckpt = None
+    if out_path is not None:
+        ckpt = save_checkpoint(out_path, model.student.state_dict(), metadata)
+    report(epoch, steps, "done")
+    return TrainResult(model, metadata, metrics, history, ckpt, seconds=time.perf_counter() - start)
+
+
+def _metrics(res: dict[str, Tensor]) -> dict[str, float]:
+    labels = res["labels"]
+    known = labels >= 0
+    if not bool(known.any()):
+        return {}
+    has_masks = bool(res["masks"][known].sum() > 0)
+    return evaluate(
+        res["scores"][known],
+        labels[known],
+        res["maps"][known] if has_masks else None,
+        res["masks"][known] if has_masks else None,
+    )
+
+
+def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over categories, ignoring NaN."""
+    keys = sorted({k for r in rows for k in r})
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in rows if k in r and not math.isnan(r[k])]
+        out[k] = float(np.mean(vals)) if vals else float("nan")
+    return out
