@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from .backbones import build_student
 from .checkpoint import check_state_matches, load_student_state, read_metadata
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, load_image
 from .errors import CheckpointError, IKDError
@@ -78,21 +79,20 @@ def load_model(
             "(--teacher-weights FILE)"
         )
     try:
-        model = IKDModel(
-            backbone,
-            teacher_weights=source,
-            combine=tcfg.get("combine", "product"),
-            sigma=float(tcfg.get("sigma", 4.0)),
-            feature_pool=bool(tcfg.get("feature_pool", False)),
-        )
-    except IKDError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a bad metadata value should read as such
-        raise CheckpointError(f"{path.name}: cannot build model {backbone!r}: {exc}") from exc
-    if meta.get("levels") is not None and list(meta["levels"]) != list(model.student.spec.out_indices):
+        student = build_student(backbone)  # cheap: check the tensors before fetching a teacher
+    except IKDError as exc:
+        raise CheckpointError(f"{path.name}: {exc}") from exc
+    if meta.get("levels") is not None and list(meta["levels"]) != list(student.spec.out_indices):
         raise CheckpointError(f"{path.name}: levels {meta['levels']} do not match backbone {backbone}")
-    check_state_matches(state, model.student.state_dict(), path.name,
+    check_state_matches(state, student.state_dict(), path.name,
                         lambda: f"backbone {backbone}, image size {image_size}")
+    model = IKDModel(
+        backbone,
+        teacher_weights=source,
+        combine=tcfg.get("combine", "product"),
+        sigma=float(tcfg.get("sigma", 4.0)),
+        feature_pool=bool(tcfg.get("feature_pool", False)),
+    )
     want = meta.get("teacher", {}).get("fingerprint")
     if want and want != model.teacher_fingerprint:
         raise CheckpointError(
