@@ -323,6 +323,9 @@ def train(
         "train_seconds": round(train_seconds, 2),
         "images_per_sec": round(seen / train_seconds, 3) if train_seconds > 0 else None,
         "final_loss": last_loss,
+        "loss_per_epoch": [
+            float(np.mean([h["loss"] for h in history if h["epoch"] == e])) for e in range(1, epoch + 1)
+        ],
         "n_train": len(train_idx),
         "device": str(device),
         "world_size": dist.get_world_size() if distributed else 1,

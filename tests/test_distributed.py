@@ -39,12 +39,16 @@ def test_two_gloo_processes_match_one_process(demo_root: Path, tmp_path: Path) -
                 "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
     _train([*common, "--batch-size", "2"], ddp, torchrun)
 
+    ma, mb = read_metadata(single), read_metadata(ddp)
+    assert mb["world_size"] == 2 and ma["world_size"] == 1
+    # Global-batch quantities: the loss of every epoch and the AHSM margins (global mean / std).
+    assert min(ma["margins"]) > 0
+    torch.testing.assert_close(torch.tensor(mb["margins"]), torch.tensor(ma["margins"]), rtol=1e-3, atol=0)
+    torch.testing.assert_close(torch.tensor(mb["loss_per_epoch"]), torch.tensor(ma["loss_per_epoch"]),
+                               rtol=1e-3, atol=0)
+    # Weights: Adam moves a parameter by about lr per step whatever the size of its gradient, so
+    # float noise in near-zero gradients can cost up to ~lr * steps; anything else would be a bug.
     a, b = load_student_state(single), load_student_state(ddp)
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=2e-4, msg=key)
-    ma, mb = read_metadata(single), read_metadata(ddp)
-    assert mb["world_size"] == 2 and ma["world_size"] == 1
-    assert min(ma["margins"]) > 0  # AHSM ran
-    torch.testing.assert_close(torch.tensor(mb["margins"]), torch.tensor(ma["margins"]), rtol=1e-3, atol=1e-5)
-    assert mb["final_loss"] == pytest.approx(ma["final_loss"], rel=1e-3)
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=5e-3, msg=key)
