@@ -12,6 +12,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -146,11 +147,14 @@ def packaged_efficientnet_lite0_state() -> dict[str, Tensor]:
 
 
 def hub_is_reachable(timeout: float = 2.0) -> bool:
-    """True unless offline mode is set or huggingface.co cannot be reached quickly."""
+    """True unless offline mode is set or the hub (``HF_ENDPOINT``, default huggingface.co) cannot
+    be reached quickly: an offline machine falls through to packaged weights without a long wait."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
             return True
     except OSError:
         return False
