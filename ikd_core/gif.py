@@ -42,7 +42,8 @@ def gif_frames(
     """One panel per image: image | heatmap | overlay with outline | ground truth (if known)."""
     masks = list(masks) if masks is not None else [None] * len(images)
     frames = []
-    for path, mask_path, pred in zip(images, masks, predictor.predict(list(images)), strict=True):
+    preds = predictor.predict(list(images))
+    for i, (path, mask_path, pred) in enumerate(zip(images, masks, preds, strict=True), start=1):
         gt = load_mask(mask_path) if mask_path else None
         frames.append(
             make_panel(
@@ -54,6 +55,9 @@ def gif_frames(
                 threshold=norm_threshold,
                 alpha=alpha,
                 cmap=cmap,
+                # The frame number keeps repeated images distinct frames (GIF writers merge
+                # identical consecutive frames).
+                label=f"{i}/{len(images)}",
             )
         )
     return frames

@@ -195,6 +195,7 @@ def make_panel(
     threshold: float | None = None,
     alpha: float = 0.5,
     cmap: str = "jet",
+    label: str | None = None,
 ) -> np.ndarray:
     """One row ``image | heatmap | overlay + predicted outline | ground truth`` -> uint8.
 
@@ -235,7 +236,7 @@ def make_panel(
 
     if score is None:
         return row
-    caption = f"score {score:.4g}"
+    caption = f"{label}  score {score:.4g}" if label else f"score {score:.4g}"
     color = _FG
     if threshold is not None:
         anomalous = score >= threshold
