@@ -1,4 +1,4 @@
-"""Command line: ``python -m ikd_core {demo-data,download,train,eval,predict,gif}``."""
+"""Command line: ``python -m ikd_core {demo-data,download,train,eval,predict,gif,benchmark}``."""
 
 from __future__ import annotations
 
@@ -190,6 +190,25 @@ def cmd_gif(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .benchmark import run_benchmark
+
+    as_typed = sys.argv[0].endswith("__main__.py")
+    payload = run_benchmark(
+        args.data_root, data=args.data, categories=args.categories, backbone=args.backbone, epochs=args.epochs,
+        image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, name=args.name, retrain=args.retrain,
+        out=args.out, assets=args.assets, pretrained_dir=args.pretrained_dir, device=args.device,
+        teacher_weights=args.teacher_weights, progress=not args.quiet,
+        invoked="python -m ikd_core " + shlex.join(sys.argv[1:]) if as_typed else None,
+    )
+    failed = [r["category"] for r in payload["results"] if r["status"] != "ok"]
+    print(f"report: {payload['report']} ({len(payload['results']) - len(failed)} ok"
+          + (f", failed: {', '.join(failed)})" if failed else ")"))
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backbones import BACKBONES
 
@@ -275,6 +294,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_gif)
+
+    p = sub.add_parser("benchmark", help="train + evaluate categories; write results/<name>.md/.json, curves, GIFs")
+    p.add_argument("--data-root", help="MVTec AD root (default data/mvtec) or demo root (default data/demo)")
+    p.add_argument("--data", choices=("mvtec", "demo"), default="mvtec")
+    p.add_argument("--categories", default="all", help="all, or comma-separated categories")
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default="hrnet_w32")
+    p.add_argument("--teacher-weights", help="local teacher weights file, or hub / packaged (default: auto)")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--name", help="report name (default <data>-<backbone>-<size>px-<epochs>ep)")
+    p.add_argument("--retrain", action="store_true", help="train even where a checkpoint exists")
+    p.add_argument("--out", default="results", help="folder for <name>.md, <name>.json and <name>/ curves")
+    p.add_argument("--assets", default="assets", help="folder for <category>.gif")
+    p.add_argument("--pretrained-dir", default=str(PRETRAINED_DIR), help="checkpoints <category>-<backbone>")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_benchmark)
     return parser
 
 

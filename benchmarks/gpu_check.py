@@ -1,0 +1,249 @@
+"""GPU check for a lent machine (called by ``benchmarks/gpu_check.sh``): nvidia-smi, AMP training steps,
+inference latency and the CSL on the GPU, as a markdown report.
+
+    python benchmarks/gpu_check.py [--device cuda] [--quick] [--out FILE] [--budget-s 270]
+
+Writes ``$OUT/gpu_report.md`` when ``$OUT`` is set, else ``benchmarks/GPU_REPORT.md``; the report is rewritten
+after every section, so a run stopped early keeps what it measured. Each section is guarded: one failure is
+reported and the others still run. ``python benchmarks/perf.py --append-gpu FILE`` adds it to REPORT.md.
+
+``--device cpu --quick`` is a smoke test of this script (64 px, tiny sizes), not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+for _p in (str(ROOT), str(BENCH)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network on the lent machine: never wait for the hub
+
+import perf  # noqa: E402
+import torch  # noqa: E402
+
+BACKBONES = ("efficientnet_lite0", "hrnet_w32")
+
+
+def default_out() -> Path:
+    out = os.environ.get("OUT")
+    return Path(out) / "gpu_report.md" if out else BENCH / "GPU_REPORT.md"
+
+
+def nvidia_smi() -> str:
+    try:
+        res = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=60, check=False)
+        return (res.stdout or res.stderr).rstrip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"nvidia-smi not available: {exc}"
+
+
+def machine_lines(device: str) -> list[str]:
+    try:
+        from ikd_core.benchmark import machine_info
+        from ikd_core.benchmark import machine_lines as lines
+
+        return lines(machine_info())
+    except Exception as exc:  # noqa: BLE001 - the report must not depend on optional imports
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+        return [f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; GPU: {gpu} "
+                f"({type(exc).__name__} reading details)",
+                f"- Versions: Python {platform.python_version()}, torch {torch.__version__}"]
+
+
+class Report:
+    def __init__(self, out: Path, header: list[str]) -> None:
+        self.out = out
+        self.header = header
+        self.sections: list[str] = []
+        self.errors: list[str] = []
+
+    def add(self, text: str) -> None:
+        self.sections.append(text.rstrip() + "\n")
+        self.write()
+
+    def write(self) -> None:
+        parts = ["\n".join(self.header).rstrip() + "\n", *self.sections]
+        if self.errors:
+            parts.append("## Errors\n\n" + "\n".join(self.errors) + "\n")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text("\n".join(parts), encoding="utf-8")
+
+
+def run_section(report: Report, name: str, fn: Callable[[], str], deadline: float) -> None:
+    if time.monotonic() > deadline:
+        report.errors.append(f"- {name}: skipped, the time budget was spent")
+        report.write()
+        print(f"{name}: skipped (time budget)", flush=True)
+        return
+    t0 = time.perf_counter()
+    try:
+        report.add(fn())
+    except Exception as exc:  # noqa: BLE001 - one section's failure keeps the rest
+        tb = traceback.format_exc().strip().splitlines()
+        report.errors.append(f"- {name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
+                             f"  ```\n  " + "\n  ".join(tb[-6:]) + "\n  ```")
+        report.write()
+        print(f"{name} FAILED: {exc}", flush=True)
+    print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def train_section(device: str, image_size: int, batch: int, steps: int, warmup: int, deadline: float) -> str:
+    lines = [
+        "## Training step (AMP)",
+        "",
+        f"Forward + backward + AdamW on random {image_size} px images, batch {batch}, device {device}"
+        + (", bf16 autocast, float32 loss" if device.startswith("cuda") else "")
+        + f"; median of {steps} steps after {warmup} warm-up. 'naive' = CSL from |H| x |H| Grams. Peak memory "
+        + ("(CUDA max_memory_allocated)" if device.startswith("cuda") else "(ru_maxrss, this process)")
+        + ": above the built model / total. abs(H): hard positions per level in the last step.",
+        "",
+        "| Backbone | Teacher | CSL | img/s | step ms | peak MB above model | total peak MB | abs(H) per level |",
+        "|:---|:---|:---|---:|---:|---:|---:|:---|",
+    ]
+    for bb in BACKBONES:
+        for form in ("fast", "naive"):
+            if time.monotonic() > deadline:
+                lines.append(f"| {bb} | - | {form} | skipped (time budget) | | | | |")
+                continue
+            try:
+                r = perf.train_step_case(bb, batch, form, device, steps=steps, warmup=warmup, amp=True,
+                                         image_size=image_size)
+                lines.append(f"| {bb} | {r['teacher']} | {form} | {r['images_per_s']:.1f} | {1000 * r['step_s']:.1f} "
+                             f"| {r['peak_mb']:.0f} | {r['total_peak_mb']:.0f} | "
+                             f"{', '.join(map(str, r['hard_sizes']))} |")
+            except Exception as exc:  # noqa: BLE001 - reported in the row
+                lines.append(f"| {bb} | - | {form} | failed: {type(exc).__name__}: {str(exc)[:100]} | | | | |")
+            print(lines[-1], flush=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return "\n".join(lines)
+
+
+def inference_section(device: str, image_size: int, batches: list[int], repeats: int, deadline: float) -> str:
+    cuda = device.startswith("cuda")
+    lines = [
+        "## Inference latency",
+        "",
+        f"ms per image at {image_size} px on {device} (median of {repeats}): full model = teacher + student + "
+        "anomaly map; floor = two teacher forwards; overhead = full / floor - 1 (float32).",
+        "",
+        "| Backbone | Batch | float32 ms/img | " + ("AMP bf16 ms/img | " if cuda else "")
+        + "floor ms/img | overhead |",
+        "|:---|---:|---:|" + ("---:|" if cuda else "") + "---:|---:|",
+    ]
+    for bb in BACKBONES:
+        for batch in batches:
+            if time.monotonic() > deadline:
+                lines.append(f"| {bb} | {batch} | skipped (time budget) |" + (" |" if cuda else "") + " | |")
+                continue
+            try:
+                warm = 1 if repeats < 5 else 3
+                r = perf.inference_case(bb, batch, device, repeats=repeats, warmup=warm, image_size=image_size)
+                amp = (perf.inference_case(bb, batch, device, repeats=repeats, warmup=warm, amp=True,
+                                           image_size=image_size)["ms_per_image"] if cuda else None)
+                over = r["ms_per_image"] / r["floor_ms_per_image"] - 1
+                lines.append(f"| {bb} | {batch} | {r['ms_per_image']:.3f} | " + (f"{amp:.3f} | " if cuda else "")
+                             + f"{r['floor_ms_per_image']:.3f} | {100 * over:+.0f} % |")
+            except Exception as exc:  # noqa: BLE001 - reported in the row
+                lines.append(f"| {bb} | {batch} | failed: {type(exc).__name__}: {str(exc)[:100]} |"
+                             + (" |" if cuda else "") + " | |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def csl_section(device: str, fast_n: int, naive_n: int, repeats: int) -> str:
+    lines = [
+        "## Context similarity loss on the device",
+        "",
+        f"Forward + backward of the CSL on (n, C) float32 features on {device}, best of {repeats}; peak memory above "
+        "the inputs" + (" (CUDA max_memory_allocated)." if device.startswith("cuda") else " (ru_maxrss growth)."),
+        "",
+        "| n = abs(H) | C | form | ms | peak MB | loss |",
+        "|---:|---:|:---|---:|---:|---:|",
+    ]
+    for c in (128, 256):
+        for form, n in (("fast", fast_n), ("naive", naive_n), ("fast", naive_n)):
+            try:
+                r = perf.csl_device_case(form, n, c, device, repeats=repeats)
+                lines.append(f"| {n} | {c} | {form} | {1000 * r['seconds']:.3f} | {r['peak_mb']:.0f} | "
+                             f"{r['loss']:.6g} |")
+            except Exception as exc:  # noqa: BLE001 - reported in the row
+                lines.append(f"| {n} | {c} | {form} | failed: {type(exc).__name__}: {str(exc)[:100]} | | |")
+            print(lines[-1], flush=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="smoke test: 64 px, batch 2, tiny CSL sizes, 1 step")
+    p.add_argument("--out", type=Path, default=None, help="default: $OUT/gpu_report.md, else benchmarks/GPU_REPORT.md")
+    p.add_argument("--budget-s", type=float, default=270.0, help="skip what is left after this many seconds")
+    args = p.parse_args(argv)
+    start = time.monotonic()
+    deadline = start + args.budget_s
+    out = args.out or default_out()
+    note = perf.ensure_kornia()
+    command = shlex.join(["python", "benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)])
+    title = torch.cuda.get_device_name(0) if args.device.startswith("cuda") and torch.cuda.is_available() else "CPU"
+    header = [
+        f"# GPU check: {title}" + (" (smoke test, not a measurement)" if args.quick else ""),
+        "",
+        f"- Command: `{command}`",
+        *machine_lines(args.device),
+        f"- torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
+        f"{torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}; "
+        f"bf16 supported: {torch.cuda.is_available() and torch.cuda.is_bf16_supported()}",
+        f"- Date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        *([f"- Note: {note}"] if note else []),
+        "",
+    ]
+    report = Report(out, header)
+    report.write()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        report.errors.append("- CUDA is not available to torch: nothing measured")
+        report.write()
+        print(f"CUDA not available; report written to {out}")
+        return 1
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+
+    smi = nvidia_smi()
+    print(smi, flush=True)
+    report.add("## nvidia-smi\n\n```text\n" + smi + "\n```")
+    if args.quick:
+        size, batch, steps, warmup, repeats, fast_n, naive_n = 64, 2, 1, 1, 1, 4096, 1024
+    else:
+        size, batch, steps, warmup, repeats, fast_n, naive_n = 256, 8, 20, 5, 20, 65536, 8192
+    run_section(report, "training", lambda: train_section(args.device, size, batch, steps, warmup, deadline),
+                deadline)
+    run_section(report, "inference", lambda: inference_section(args.device, size, [1, 16] if not args.quick else [1, 2],
+                                                               repeats, deadline), deadline)
+    run_section(report, "csl", lambda: csl_section(args.device, fast_n, naive_n, 3 if not args.quick else 1),
+                deadline)
+    report.header.insert(len(report.header) - 1, f"- Total time: {time.monotonic() - start:.0f} s")
+    report.write()
+    print(f"report written to {out} ({time.monotonic() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

