@@ -43,7 +43,7 @@ from .errors import IKDError
 from .gif import make_gif, pick_samples
 from .metrics import image_roc_curve, pixel_roc_curve, pro_curve
 from .predict import Predictor, load_model
-from .train import TrainConfig, _metrics, predict_maps, select_device, train
+from .train import TrainConfig, compute_metrics, predict_maps, select_device, train
 from .visualize import figure_to_png, plot_pro, plot_roc
 
 #: Column order of the tables (the seed README's).
@@ -267,7 +267,7 @@ def run_category(
     t_eval = time.perf_counter()
     amp = bool((meta.get("train_config") or {}).get("amp", cfg.amp)) and device.type == "cuda"
     res = predict_maps(model, DataLoader(test_ds, batch_size=8, shuffle=False), device, amp)
-    r.metrics = _metrics(res)
+    r.metrics = compute_metrics(res)
     r.eval_seconds = round(time.perf_counter() - t_eval, 2)
     r.n_test = int(res["labels"].numel())
     if not r.metrics:

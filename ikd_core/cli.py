@@ -126,7 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data.sources import build_datasets
     from .metrics import format_metrics_table
     from .predict import load_model
-    from .train import _metrics, predict_maps, select_device
+    from .train import compute_metrics, predict_maps, select_device
 
     device = select_device(args.device)
     model, meta = load_model(args.checkpoint, device)
@@ -135,7 +135,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if test_ds is None:
         raise IKDError("this data has no test set to evaluate on (give --test-dir)")
     res = predict_maps(model, DataLoader(test_ds, batch_size=args.batch_size), device)
-    metrics = _metrics(res)
+    metrics = compute_metrics(res)
     if args.json:
         print(json.dumps(metrics))
     else:

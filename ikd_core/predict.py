@@ -41,7 +41,13 @@ class Prediction:
 
     @property
     def norm_score(self) -> float:
+        """Image score in normalised units, clipped to [0, 1] (0.5 = fitted threshold)."""
         return float(normalize_map(np.float64(self.score), self.threshold, self.lo))
+
+    @property
+    def relative_score(self) -> float:
+        """Unclipped 0.5 * (score - lo) / (threshold - lo): keeps the ranking of strong anomalies."""
+        return 0.5 * (self.score - self.lo) / max(self.threshold - self.lo, 1e-12)
 
     def is_anomalous(self, norm_threshold: float = 0.5) -> bool:
         return self.norm_score >= norm_threshold

@@ -97,6 +97,7 @@ class TrainResult:
     checkpoint: Path | None = None
     cancelled: bool = False
     seconds: float = 0.0
+    test_outputs: dict[str, Tensor] | None = None  # maps, scores, labels, masks of the test set
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -286,11 +287,13 @@ def train(
         if test_ds is not None and cfg.val_every and epoch % cfg.val_every == 0 and epoch < cfg.epochs:
             report(epoch, steps, "validate")
             res = predict_maps(model, _loader(test_ds, 8, cfg), device, use_amp)
-            history[-1].update({f"val_{k}": v for k, v in _metrics(res).items()})
+            history[-1].update({f"val_{k}": v for k, v in compute_metrics(res).items()})
         if cfg.max_minutes is not None and time.perf_counter() - t_train > cfg.max_minutes * 60:
             stopped_early = epoch < cfg.epochs
             break
     train_seconds = time.perf_counter() - t_train
+    if should_stop is not None and should_stop():
+        return TrainResult(model, {}, {}, history, None, cancelled=True, seconds=time.perf_counter() - start)
     if rank != 0:  # rank 0 fits the threshold, evaluates and saves
         return TrainResult(model, {}, {}, history, None, seconds=time.perf_counter() - start)
 
@@ -299,9 +302,11 @@ def train(
     norm = fit_normalization(hold["maps"], cfg.threshold_k)
     norm["holdout_is_train"] = not hold_idx
     metrics: dict[str, float] = {}
+    test_outputs = None
     if test_ds is not None:
         report(epoch, steps, "evaluate")
-        metrics = _metrics(predict_maps(model, _loader(test_ds, 8, cfg), device, use_amp))
+        test_outputs = predict_maps(model, _loader(test_ds, 8, cfg), device, use_amp)
+        metrics = compute_metrics(test_outputs)
 
     cfg_dict = cfg.to_dict()
     cfg_dict["level_weights"] = list(weights)
@@ -338,10 +343,12 @@ def train(
     if out_path is not None:
         ckpt = save_checkpoint(out_path, model.student.state_dict(), metadata)
     report(epoch, steps, "done")
-    return TrainResult(model, metadata, metrics, history, ckpt, seconds=time.perf_counter() - start)
+    return TrainResult(model, metadata, metrics, history, ckpt, seconds=time.perf_counter() - start,
+                       test_outputs=test_outputs)
 
 
-def _metrics(res: dict[str, Tensor]) -> dict[str, float]:
+def compute_metrics(res: dict[str, Tensor]) -> dict[str, float]:
+    """Metrics of :func:`predict_maps` outputs (unlabelled images, label -1, are left out)."""
     labels = res["labels"]
     known = labels >= 0
     if not bool(known.any()):

@@ -1,0 +1,785 @@
+"""IKD Studio: a Gradio 6 web app for unsupervised image anomaly segmentation with Informative Knowledge
+Distillation.
+
+Tabs: **Model** (train on the demo set, MVTec AD, a folder or uploaded good images; load / upload
+checkpoints), **Inspect** (heatmaps, overlays, scores and verdicts for your images) and **Export GIF**.
+
+``demo`` is importable without side effects (nothing is trained, generated or loaded at import); the demo
+data and the ready checkpoint are prepared on the first page load. Run ``python app.py``; the server
+address comes from ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (default 127.0.0.1:7860) and the
+folders from ``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR`` and ``IKD_WORK_DIR`` (see ``ikd_core.service``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import torch
+
+from ikd_core import service
+from ikd_core.backbones import BACKBONES
+from ikd_core.data.mvtec import MVTEC_CATEGORIES, Sample, check_category_name, list_categories
+from ikd_core.data.sources import DataSpec, build_datasets, default_checkpoint_name
+from ikd_core.data.synthetic import DEMO_CATEGORIES, ensure_demo_dataset
+from ikd_core.errors import IKDError
+from ikd_core.visualize import COLORMAPS
+
+log = logging.getLogger("ikd_studio")
+
+PATHS = service.StudioPaths.from_env()
+DEMO_CATEGORY = "demo_texture"
+DEFAULT_BACKBONE = "efficientnet_lite0"
+READY_CHECKPOINTS = [default_checkpoint_name(c, DEFAULT_BACKBONE) for c in DEMO_CATEGORIES]
+MAX_INSPECT_IMAGES = 64
+MAX_FILE_SIZE = os.environ.get("IKD_MAX_FILE_SIZE", "1gb")
+#: "0" hides "Folder on server" and fixes the MVTec AD folder (for public deployments).
+ALLOW_SERVER_PATHS = os.environ.get("IKD_ALLOW_SERVER_PATHS", "1").lower() not in ("0", "false", "no")
+
+SRC_DEMO, SRC_MVTEC, SRC_FOLDER, SRC_UPLOAD = "Demo", "MVTec AD", "Folder on server", "Upload good images"
+SOURCES = [SRC_DEMO, SRC_MVTEC, SRC_FOLDER, SRC_UPLOAD] if ALLOW_SERVER_PATHS else [SRC_DEMO, SRC_MVTEC, SRC_UPLOAD]
+BACKBONE_CHOICES = [
+    ("efficientnet_lite0 (default, works offline)", "efficientnet_lite0"),
+    ("hrnet_w32 (as in the paper)", "hrnet_w32"),
+    ("resnet18", "resnet18"),
+    ("wide_resnet50_2", "wide_resnet50_2"),
+    ("hrnet_w18", "hrnet_w18"),
+    ("hrnet_w48", "hrnet_w48"),
+]
+assert {v for _, v in BACKBONE_CHOICES} <= set(BACKBONES)
+
+
+# ------------------------------------------------------------------------------------------ device / ZeroGPU
+def device() -> str:
+    """CUDA when present, else CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+try:  # Hugging Face ZeroGPU: GPU work must run inside functions wrapped with spaces.GPU
+    import spaces  # type: ignore[import-not-found]
+
+    def gpu(duration: int = 60) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return spaces.GPU(duration=duration)
+
+except ImportError:
+
+    def gpu(duration: int = 60) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        del duration
+        return lambda fn: fn
+
+
+# ------------------------------------------------------------------------------------------ shared state
+PREDICTORS = service.PredictorCache(maxsize=3)
+JOBS = service.JobRegistry()
+_PRED_LOCK = threading.Lock()
+_PREDICTIONS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+_DATA_LOCK = threading.Lock()
+_TEST_SETS: dict[str, tuple[list[Sample], service.SampleIndex]] = {}
+
+
+def _err(exc: Exception) -> gr.Error:
+    """A user-facing error for the browser / API client (engine messages are shown as they are)."""
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, IKDError):
+        return gr.Error(str(exc))
+    log.exception("unexpected error")
+    return gr.Error(f"{type(exc).__name__}: {exc}")
+
+
+def checkpoint_names() -> list[str]:
+    return [i.name for i in service.list_checkpoints(PATHS.pretrained)]
+
+
+def initial_checkpoint() -> str | None:
+    return service.default_checkpoint(service.list_checkpoints(PATHS.pretrained), READY_CHECKPOINTS)
+
+
+def _predictor(name: str | None) -> tuple[Path, Any]:
+    path = service.resolve_checkpoint(name or "", PATHS.pretrained)
+    return path, PREDICTORS.get(path, device())
+
+
+def ensure_demo_data() -> Path:
+    """Generate the offline demo set on first use (a few seconds)."""
+    with _DATA_LOCK:
+        return ensure_demo_dataset(PATHS.demo_root)
+
+
+def test_set(meta: dict[str, Any]) -> tuple[list[Sample], service.SampleIndex]:
+    """Test samples of the data a checkpoint was trained on (empty when there is none here)."""
+    spec = service.data_spec_for_checkpoint(meta, PATHS)
+    if spec is None or (spec.kind == "folder" and not spec.test_dir):
+        return [], service.SampleIndex([])
+    key = json.dumps(spec.to_dict(), sort_keys=True)
+    if key in _TEST_SETS:
+        return _TEST_SETS[key]
+    if spec.kind == "demo":
+        ensure_demo_data()
+    try:
+        _, test_ds = build_datasets(spec, int(meta.get("image_size", 256)))
+    except IKDError as exc:
+        log.info("no test set for %s: %s", spec.category, exc)
+        return [], service.SampleIndex([])
+    samples = list(test_ds.samples) if test_ds is not None else []  # type: ignore[union-attr]
+    _TEST_SETS[key] = (samples, service.SampleIndex(samples))
+    return _TEST_SETS[key]
+
+
+def example_images(meta: dict[str, Any], n: int = 12) -> list[str]:
+    from ikd_core.gif import pick_samples
+
+    samples, _ = test_set(meta)
+    return [s.path for s in pick_samples(samples, n, seed=0)]
+
+
+# ------------------------------------------------------------------------------------------ Inspect
+@gpu(duration=60)
+def predict_files(ckpt_path: Path, images: list[str]) -> list[Any]:
+    """Predictions for image files, one image per forward pass (so a result never depends on the other
+    uploads and equals ``Predictor.predict([image])``); cached by checkpoint and file."""
+    predictor = PREDICTORS.get(ckpt_path, device())
+    ckpt_key = service.PredictorCache.key(ckpt_path, device())
+    out = []
+    for image in images:
+        st = os.stat(image)
+        key = (*ckpt_key, str(Path(image).resolve()), st.st_mtime_ns, st.st_size)
+        with _PRED_LOCK:
+            pred = _PREDICTIONS.get(key)
+            if pred is not None:
+                _PREDICTIONS.move_to_end(key)
+        if pred is None:
+            pred = predictor.predict([image])[0]
+            with _PRED_LOCK:
+                _PREDICTIONS[key] = pred
+                while len(_PREDICTIONS) > 48:
+                    _PREDICTIONS.popitem(last=False)
+        out.append(pred)
+    return out
+
+
+def _file_list(files: Any) -> list[str]:
+    if files is None:
+        return []
+    if isinstance(files, (str, Path)):
+        return [str(files)]
+    return [str(getattr(f, "name", f)) for f in files if f]
+
+
+def verdict_text(anomalous: bool) -> str:
+    return "anomalous" if anomalous else "normal"
+
+
+def inspect_images(
+    files: Any, ckpt: str, threshold: float, alpha: float, cmap: str, index: int | None
+) -> tuple[Any, ...]:
+    """Score the images; details (original, heatmap, overlay, ground truth, score, verdict) of image
+    ``index``, a gallery of all overlays and a table of all scores."""
+    from ikd_core.data.transforms import load_mask
+    from ikd_core.predict import render
+
+    paths = _file_list(files)
+    if not paths:
+        return None, None, None, gr.Image(value=None, visible=False), None, "", [], []
+    if len(paths) > MAX_INSPECT_IMAGES:
+        gr.Warning(f"{len(paths)} images uploaded; showing the first {MAX_INSPECT_IMAGES}")
+        paths = paths[:MAX_INSPECT_IMAGES]
+    try:
+        ckpt_path, predictor = _predictor(ckpt)
+        preds = predict_files(ckpt_path, paths)
+        threshold, alpha = float(threshold), float(alpha)
+        rows, gallery = [], []
+        for p, pred in zip(paths, preds, strict=True):
+            bad = pred.is_anomalous(threshold)
+            rows.append([Path(p).name, round(pred.norm_score, 4), verdict_text(bad)])
+            over = render(p, pred, threshold, alpha, cmap)["overlay"]
+            gallery.append((over, f"{Path(p).name}: {pred.norm_score:.3f} {verdict_text(bad)}"))
+        i = min(max(int(index or 0), 0), len(paths) - 1)
+        pics = render(paths[i], preds[i], threshold, alpha, cmap)
+        _, sample_index = test_set(predictor.metadata)
+        sample = sample_index.lookup(paths[i])
+        gt = None
+        if sample is not None and sample.mask_path:
+            gt = (load_mask(sample.mask_path).astype(np.uint8) * 255)
+        score = round(preds[i].norm_score, 4)
+        verdict = verdict_text(preds[i].is_anomalous(threshold))
+    except Exception as exc:  # noqa: BLE001 - shown to the user, the server keeps serving
+        raise _err(exc) from exc
+    gt_update = gr.Image(value=gt, visible=gt is not None)
+    return pics["image"], pics["heatmap"], pics["overlay"], gt_update, score, verdict, rows, gallery
+
+
+# ------------------------------------------------------------------------------------------ Model: checkpoints
+def describe_checkpoint(name: str | None) -> str:
+    if not name:
+        return ("No checkpoint yet: train one below (the demo takes a few minutes) or upload a "
+                "`.safetensors` checkpoint.")
+    try:
+        path = service.resolve_checkpoint(name, PATHS.pretrained)
+    except IKDError as exc:
+        return f"**{name}**: {exc}"
+    return service.checkpoint_info(path).describe()
+
+
+def active_label(name: str | None) -> str:
+    if not name:
+        return "**Active model:** none (train or load one in the Model tab)"
+    info = service.checkpoint_info(PATHS.pretrained / service.check_checkpoint_name(name))
+    if not info.ok:
+        return f"**Active model:** `{name}` (unusable)"
+    return f"**Active model:** `{name}` ({info.category}, {info.backbone}, {info.image_size} px)"
+
+
+def on_checkpoint_change(name: str | None) -> tuple[Any, ...]:
+    """Checkpoint chosen: load it (so errors show now), show its metadata and example test images."""
+    examples: list[str] = []
+    if name:
+        try:
+            _, predictor = _predictor(name)
+            examples = example_images(predictor.metadata)
+        except IKDError as exc:
+            gr.Warning(str(exc))
+    try:
+        label = active_label(name)
+    except IKDError:
+        label = f"**Active model:** `{name}` (invalid name)"
+    return describe_checkpoint(name), label, examples, examples
+
+
+def refresh_checkpoints(current: str | None) -> Any:
+    names = checkpoint_names()
+    value = current if current in names else service.default_checkpoint(
+        service.list_checkpoints(PATHS.pretrained), READY_CHECKPOINTS)
+    return gr.Dropdown(choices=names, value=value)
+
+
+def import_checkpoint(files: Any, current: str | None) -> tuple[Any, ...]:
+    """Validate an uploaded ``.safetensors`` (+ optional ``.json``) and make it the active checkpoint."""
+    paths = [Path(p) for p in _file_list(files)]
+    if not paths:
+        return gr.skip(), gr.skip(), None
+    ckpts = [p for p in paths if p.suffix.lower() == ".safetensors"]
+    sides = [p for p in paths if p.suffix.lower() == ".json"]
+    others = [p for p in paths if p not in ckpts and p not in sides]
+    if others or len(ckpts) != 1 or len(sides) > 1:
+        names = ", ".join(p.name for p in paths)
+        raise gr.Error(
+            f"upload one .safetensors checkpoint (and optionally its .json metadata); got: {names}. "
+            ".pt/.ckpt/.pth files are pickles and are never loaded."
+        )
+    try:
+        info = service.import_checkpoint(ckpts[0], PATHS.pretrained, sidecar=sides[0] if sides else None,
+                                         device=device())
+    except Exception as exc:  # noqa: BLE001
+        raise _err(exc) from exc
+    gr.Info(f"checkpoint {info.name} added and active")
+    return gr.Dropdown(choices=checkpoint_names(), value=info.name), info.describe(), None
+
+
+# ------------------------------------------------------------------------------------------ Model: data sources
+def category_choices(source: str, data_root: str) -> list[str]:
+    if source == SRC_DEMO:
+        return list(DEMO_CATEGORIES)
+    if source == SRC_MVTEC:
+        found = list_categories(data_root or PATHS.mvtec_root)
+        return found or list(MVTEC_CATEGORIES)
+    return []
+
+
+def mvtec_panel_text(root: str, category: str | None) -> str:
+    return (
+        f"### MVTec AD not found under `{root}`\n"
+        f"{'Category `' + category + '` is missing. ' if category else ''}"
+        "Download it here (about 4.9 GB, with progress)"
+        + (", or give the path of an already downloaded archive (`mvtec_anomaly_detection.tar.xz` / `.zip`) "
+           "or of an extracted MVTec AD folder" if ALLOW_SERVER_PATHS else "")
+        + ". MVTec AD is licensed CC BY-NC-SA 4.0 (see mvtec.com)."
+    )
+
+
+def on_source_change(source: str, data_root: str, category: str | None) -> tuple[Any, ...]:
+    choices = category_choices(source, data_root)
+    value = category if category in choices else (choices[0] if choices else None)
+    is_mvtec = source == SRC_MVTEC
+    root = data_root or str(PATHS.mvtec_root)
+    missing = is_mvtec and service.mvtec_missing(root, value)
+    return (
+        gr.Dropdown(choices=choices, value=value, visible=source in (SRC_DEMO, SRC_MVTEC)),
+        gr.Textbox(visible=is_mvtec),
+        gr.Textbox(visible=source == SRC_FOLDER),
+        gr.Textbox(visible=source == SRC_FOLDER),
+        gr.File(visible=source == SRC_UPLOAD),
+        gr.Textbox(visible=source in (SRC_FOLDER, SRC_UPLOAD)),
+        gr.Group(visible=missing),
+        mvtec_panel_text(root, value) if missing else "",
+    )
+
+
+def spec_from_ui(source: str, category: str | None, data_root: str, folder: str, test_folder: str,
+                 uploads: Any, name: str) -> DataSpec:
+    """The DataSpec the Model tab describes (uploads are extracted into a fresh folder)."""
+    if source == SRC_DEMO:
+        if category and category not in DEMO_CATEGORIES:
+            raise gr.Error(f"unknown demo category {category!r}; choose one of {', '.join(DEMO_CATEGORIES)}")
+        return DataSpec("demo", category or DEMO_CATEGORY, str(PATHS.demo_root))
+    if source == SRC_MVTEC:
+        root = (data_root.strip() if ALLOW_SERVER_PATHS else "") or str(PATHS.mvtec_root)
+        if not category:
+            raise gr.Error("choose an MVTec AD category")
+        check_category_name(category)
+        if service.mvtec_missing(root, category):
+            raise gr.Error(f"MVTec AD category {category!r} not found under {root}: download it with the panel "
+                           "above or give the folder where it is")
+        return DataSpec("mvtec", category, root)
+    if source == SRC_FOLDER:
+        if not ALLOW_SERVER_PATHS:
+            raise gr.Error("training from server folders is disabled here; upload good images instead")
+        if not folder or not folder.strip():
+            raise gr.Error("give the folder of good images on the server")
+        good = Path(folder.strip()).expanduser()
+        cat = service.sanitize_name(name.strip() or good.name, "custom")
+        test = test_folder.strip() or None
+        return DataSpec("folder", cat, good_dir=str(good), test_dir=test)
+    if source == SRC_UPLOAD:
+        files = _file_list(uploads)
+        return service.uploaded_data_spec(files, PATHS.work, category=name.strip() or None)
+    raise gr.Error(f"unknown data source {source!r}")
+
+
+def _download_worker(root: str, archive: str | None, state: dict[str, Any]) -> None:
+    from ikd_core.data.download import download_mvtec
+
+    def progress(done: int, total: int) -> None:
+        state["done"], state["total"] = done, total
+
+    try:
+        download_mvtec(root, archive=archive, progress=progress)
+    except Exception as exc:  # noqa: BLE001
+        state["error"] = str(exc) if isinstance(exc, IKDError) else f"{type(exc).__name__}: {exc}"
+    finally:
+        state["finished"] = True
+
+
+def get_mvtec(root: str, archive_or_folder: str, category: str | None) -> Iterator[tuple[Any, ...]]:
+    """Download MVTec AD (or extract a local archive, or adopt an extracted folder) with progress."""
+    root = (root.strip() if ALLOW_SERVER_PATHS else "") or str(PATHS.mvtec_root)
+    src = (archive_or_folder or "").strip() if ALLOW_SERVER_PATHS else ""
+    if src and Path(src).expanduser().is_dir():
+        folder = Path(src).expanduser()
+        if not list_categories(folder):
+            raise gr.Error(f"{folder} holds no MVTec AD categories (folders with train/good)")
+        cats = list_categories(folder)
+        yield (f"Using MVTec AD in `{folder}` ({len(cats)} categories).", str(folder),
+               gr.Dropdown(choices=cats, value=category if category in cats else cats[0]), gr.Group(visible=False))
+        return
+    archive = str(Path(src).expanduser()) if src else None
+    state: dict[str, Any] = {"done": 0, "total": 0, "finished": False}
+    threading.Thread(target=_download_worker, args=(root, archive, state), daemon=True).start()
+    verb = "Extracting" if archive else "Downloading"
+    while not state["finished"]:
+        time.sleep(1.0)
+        done, total = state["done"], state["total"]
+        if archive or not done:
+            msg = f"{verb} MVTec AD into `{root}` ..."
+        elif total:
+            msg = f"Downloading: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({100 * done / total:.0f}%)"
+        else:
+            msg = f"Downloading: {done / 1e9:.2f} GB"
+        yield msg, gr.skip(), gr.skip(), gr.skip()
+    if "error" in state:
+        raise gr.Error(state["error"])
+    cats = list_categories(root)
+    yield (f"MVTec AD ready under `{root}` ({len(cats)} categories).", root,
+           gr.Dropdown(choices=cats, value=category if category in cats else (cats[0] if cats else None)),
+           gr.Group(visible=False))
+
+
+# ------------------------------------------------------------------------------------------ Model: training
+def _hms(seconds: float) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def progress_text(job: service.TrainingJob, status: str) -> str:
+    p = job.last_progress
+    bar = ""
+    if p is not None:
+        frac = p.fraction
+        bar = (f'<div class="ikd-bar"><div style="width:{100 * frac:.1f}%"></div></div>'
+               f"\n\n**{100 * frac:.0f}%** · ")
+        line = (f"epoch {p.epoch}/{p.epochs} · step {p.step}/{p.steps_per_epoch} · loss {p.loss:.4f} · "
+                f"{p.images_per_sec:.1f} images/s · elapsed {_hms(p.elapsed_s)} · ETA {_hms(p.eta_s)}")
+        phase = {"fit": "fitting the threshold on held-out good images", "evaluate": "evaluating on the test set",
+                 "validate": "validating", "done": "saving"}.get(p.phase)
+        if phase and status in ("", p.phase):
+            status = phase
+        return f"{bar}{line}" + (f"  \n_{status}_" if status else "")
+    return f"_{status or 'starting'}_"
+
+
+def _loss_figure(job: service.TrainingJob) -> Any:
+    from ikd_core.visualize import plot_loss_curve
+
+    if not job.losses:
+        return None
+    steps, losses = zip(*job.losses, strict=True)
+    return plot_loss_curve(np.array(steps), np.array(losses))
+
+
+def _curve_figures(curves: service.Curves | None) -> tuple[Any, Any, Any]:
+    from ikd_core.visualize import plot_pro, plot_roc
+
+    if curves is None:
+        return None, None, None
+    m = curves.metrics
+    figs = []
+    for (x, y), key, title in ((curves.image_roc, "image_auroc", "Image ROC"),
+                               (curves.pixel_roc, "pixel_auroc", "Pixel ROC")):
+        figs.append(plot_roc(x, y, m.get(key, float("nan")), title=title) if len(x) else None)
+    fx, fy = curves.pro
+    figs.append(plot_pro(fx, fy, m.get("au_pro", float("nan"))) if len(fx) else None)
+    return figs[0], figs[1], figs[2]
+
+
+def metrics_markdown(metrics: dict[str, float], title: str) -> str:
+    from ikd_core.metrics import format_metrics_table
+
+    if not metrics:
+        return f"**{title}**: no labelled test set, so no metrics (the threshold was fitted on held-out good images)."
+    return format_metrics_table(metrics, title=title)
+
+
+@gpu(duration=900)
+def train_model(
+    source: str, category: str | None, data_root: str, folder: str, test_folder: str, uploads: Any, name: str,
+    backbone: str, image_size: float, epochs: float, batch_size: float, lr: float, request: gr.Request,
+) -> Iterator[dict[Any, Any]]:
+    """Train in a background thread and stream progress, the loss curve, then metrics, curves and the new
+    checkpoint (saved in ``pretrained/`` and made active)."""
+    from ikd_core.train import TrainConfig
+
+    owner = getattr(request, "session_hash", None) or "anonymous"
+    try:
+        spec = spec_from_ui(source, category, data_root or "", folder or "", test_folder or "", uploads, name or "")
+        if backbone not in BACKBONES:
+            raise gr.Error(f"unknown backbone {backbone!r}")
+        cfg = TrainConfig(backbone=backbone, image_size=int(image_size), epochs=int(epochs),
+                          batch_size=int(batch_size), lr=float(lr), device=device())
+        if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.image_size < 32:
+            raise gr.Error("epochs and batch size must be >= 1, the learning rate > 0 and the image size >= 32")
+        out = service.unique_path(PATHS.pretrained, default_checkpoint_name(spec.category, backbone))
+    except Exception as exc:  # noqa: BLE001
+        raise _err(exc) from exc
+    job = service.TrainingJob(spec, cfg, out, device=torch.device(device()))
+    JOBS.put(owner, job)
+    job.start()
+    title = f"{spec.category} ({backbone}, {cfg.image_size} px, {cfg.epochs} epochs)"
+    yield {progress_md: f"_starting: {title}_", metrics_md: "", loss_plot: None, roc_img_plot: None,
+           roc_pix_plot: None, pro_plot: None, stop_btn: gr.Button(interactive=True)}
+    status, last_plot, n_losses = "", 0.0, 0
+    try:
+        for ev in job.iter_events(poll=0.5):
+            if ev is not None and ev.kind == "status":
+                status = ev.message
+            elif ev is not None and ev.kind == "progress":
+                status = ""
+            now = time.monotonic()
+            if now - last_plot >= 1.0 or (ev is not None and ev.kind == "end"):
+                text = progress_text(job, "stopping at the next step" if job.stop_event.is_set() else status)
+                update: dict[Any, Any] = {progress_md: text}
+                if len(job.losses) != n_losses:
+                    n_losses = len(job.losses)
+                    update[loss_plot] = _loss_figure(job)
+                last_plot = now
+                yield update
+    finally:
+        if not job.done:
+            job.stop()  # the client went away: end the run, nothing is saved
+        JOBS.discard(owner, job)
+    done_state = {stop_btn: gr.Button(interactive=False)}
+    if job.state == "cancelled":
+        yield {**done_state, progress_md: "**Stopped.** Nothing was saved; the active model is unchanged."}
+        return
+    if job.state == "failed":
+        yield {**done_state, progress_md: f"**Training failed:** {job.error}"}
+        raise gr.Error(job.error or "training failed")
+    result = job.result
+    ckpt = Path(result.checkpoint).name
+    roc_i, roc_p, pro = _curve_figures(job.curves)
+    meta = result.metadata
+    gr.Info(f"checkpoint {ckpt} saved and active")
+    yield {
+        **done_state,
+        progress_md: (f"**Done** in {_hms(result.seconds)}: {meta.get('epochs_completed')} epochs, "
+                      f"{meta.get('images_per_sec')} images/s on {meta.get('device')}. "
+                      f"Checkpoint `{ckpt}` saved and active."),
+        loss_plot: _loss_figure(job),
+        metrics_md: metrics_markdown(result.metrics, title),
+        roc_img_plot: roc_i,
+        roc_pix_plot: roc_p,
+        pro_plot: pro,
+        ckpt_dd: gr.Dropdown(choices=checkpoint_names(), value=ckpt),
+        ckpt_info: describe_checkpoint(ckpt),
+    }
+
+
+def stop_training(request: gr.Request) -> None:
+    """Stop the caller's own training run (the run itself reports the end, so nothing is returned)."""
+    owner = getattr(request, "session_hash", None) or "anonymous"
+    if JOBS.stop(owner):
+        gr.Info("stopping at the next step; nothing will be saved")
+
+
+# ------------------------------------------------------------------------------------------ Export GIF
+@gpu(duration=120)
+def export_gif(ckpt: str, n: float, fps: float, width: float, threshold: float, alpha: float, cmap: str,
+               files: Any) -> tuple[Any, Any, str]:
+    """A GIF of ``n`` test images of the active model's data (or of the images in the Inspect tab)."""
+    from ikd_core.gif import make_gif, pick_samples
+
+    try:
+        path, predictor = _predictor(ckpt)
+        samples, _ = test_set(predictor.metadata)
+        n = max(1, int(n))
+        if samples:
+            picked = pick_samples(samples, n, seed=0)
+            images, masks = [s.path for s in picked], [s.mask_path for s in picked]
+            what = f"{len(images)} test images of {predictor.metadata.get('category')}"
+        else:
+            images = _file_list(files)[:n]
+            masks = None
+            what = f"{len(images)} images from the Inspect tab"
+            if not images:
+                raise gr.Error("this model's data has no test set here: upload images in the Inspect tab first")
+        out = PATHS.work / "exports" / f"{path.stem}-{uuid.uuid4().hex[:8]}.gif"
+        make_gif(predictor, images, out, masks=masks, fps=float(fps), size=int(width),
+                 norm_threshold=float(threshold), alpha=float(alpha), cmap=cmap)
+    except Exception as exc:  # noqa: BLE001
+        raise _err(exc) from exc
+    return str(out), str(out), f"{len(images)} frames ({what}), {float(fps):g} fps, {int(width)} px wide"
+
+
+# ------------------------------------------------------------------------------------------ page load
+def on_load() -> tuple[Any, ...]:
+    """First page load: demo data and the ready checkpoint, so an upload gives a heatmap at once."""
+    try:
+        ensure_demo_data()
+    except IKDError as exc:
+        gr.Warning(f"demo data unavailable: {exc}")
+    names = checkpoint_names()
+    value = initial_checkpoint()
+    info, label, gallery, paths = on_checkpoint_change(value)
+    return gr.Dropdown(choices=names, value=value), info, label, gallery, paths
+
+
+# ------------------------------------------------------------------------------------------ UI
+CSS = """
+.ikd-bar { height: 10px; background: var(--neutral-200); border-radius: 5px; overflow: hidden; }
+.ikd-bar > div { height: 100%; background: var(--color-accent); transition: width .4s; }
+#ikd-verdict textarea { font-weight: 700; font-size: 1.1em; }
+"""
+THEME = gr.themes.Default(primary_hue="orange", secondary_hue="blue",
+                          font=["ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=["ui-monospace", "Consolas", "monospace"])
+
+_gpu_note = "CUDA GPU" if torch.cuda.is_available() else "CPU (training is slow: keep images small and epochs few)"
+_cpu = not torch.cuda.is_available()
+
+with gr.Blocks(title="IKD Studio") as demo:
+    gr.Markdown(
+        "# IKD Studio\nUnsupervised anomaly segmentation with **Informative Knowledge Distillation**: a student "
+        "learns to mimic a frozen ImageNet teacher on good images only; where they disagree, something is "
+        f"wrong. Running on: {_gpu_note}."
+    )
+    with gr.Tabs(selected="inspect"):
+        # ---------------------------------------------------------------- Model
+        with gr.Tab("Model", id="model"):
+            gr.Markdown("## Active model")
+            with gr.Row():
+                ckpt_dd = gr.Dropdown(choices=checkpoint_names(), value=initial_checkpoint(),
+                                      label="Checkpoint (in pretrained/)", allow_custom_value=True, scale=3,
+                                      elem_id="ikd-ckpt")
+                refresh_btn = gr.Button("Refresh list", scale=0, min_width=120)
+            with gr.Row():
+                ckpt_upload = gr.File(label="Upload a checkpoint: .safetensors (+ optional .json)",
+                                      file_count="multiple", file_types=[".safetensors", ".json"], scale=1,
+                                      elem_id="ikd-ckpt-upload")
+                ckpt_info = gr.Markdown(elem_id="ikd-ckpt-info")
+            gr.Markdown("## Train a new model")
+            source = gr.Radio(SOURCES, value=SRC_DEMO, label="Data source", elem_id="ikd-source")
+            with gr.Row():
+                category = gr.Dropdown(list(DEMO_CATEGORIES), value=DEMO_CATEGORY, label="Category",
+                                       allow_custom_value=True, elem_id="ikd-category")  # checked by the engine
+                data_root = gr.Textbox(str(PATHS.mvtec_root), label="MVTec AD folder (data root)", visible=False,
+                                       interactive=ALLOW_SERVER_PATHS)
+                folder = gr.Textbox(label="Folder of good images (on the server)", visible=False,
+                                    placeholder="/path/to/good")
+                test_folder = gr.Textbox(label="Test folder (optional: good/ + <defect>/ sub-folders)",
+                                         visible=False)
+                data_name = gr.Textbox(label="Name (for the checkpoint)", visible=False, placeholder="custom",
+                                       elem_id="ikd-data-name")
+            train_upload = gr.File(label="Good images: several image files or one .zip", file_count="multiple",
+                                   file_types=["image", ".zip"], visible=False, elem_id="ikd-train-upload")
+            with gr.Group(visible=False) as mvtec_panel:
+                mvtec_md = gr.Markdown()
+                with gr.Row():
+                    mvtec_src = gr.Textbox(label="Path of a downloaded archive or extracted folder (optional)",
+                                           scale=3, visible=ALLOW_SERVER_PATHS)
+                    mvtec_btn = gr.Button("Download / use", scale=1)
+                mvtec_progress = gr.Markdown()
+            with gr.Row():
+                backbone = gr.Dropdown(BACKBONE_CHOICES, value=DEFAULT_BACKBONE, label="Backbone (teacher)",
+                                       scale=2, elem_id="ikd-backbone")
+                image_size = gr.Slider(64, 512, value=128 if _cpu else 256, step=32, label="Image size (px)",
+                                       elem_id="ikd-image-size")
+                epochs = gr.Number(value=10 if _cpu else 50, precision=0, minimum=1, maximum=1000, label="Epochs",
+                                   elem_id="ikd-epochs")
+                batch_size = gr.Number(value=8, precision=0, minimum=1, maximum=256, label="Batch size",
+                                       elem_id="ikd-batch")
+                lr = gr.Number(value=1e-3, minimum=0, label="Learning rate", elem_id="ikd-lr")
+            with gr.Row():
+                train_btn = gr.Button("Train", variant="primary", elem_id="ikd-train")
+                stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="ikd-stop")
+            progress_md = gr.Markdown(elem_id="ikd-progress")
+            metrics_md = gr.Markdown(elem_id="ikd-metrics")
+            with gr.Row():
+                loss_plot = gr.Plot(label="Training loss", format="png")
+                roc_img_plot = gr.Plot(label="Image ROC", format="png")
+            with gr.Row():
+                roc_pix_plot = gr.Plot(label="Pixel ROC", format="png")
+                pro_plot = gr.Plot(label="PRO curve", format="png")
+
+        # ---------------------------------------------------------------- Inspect
+        with gr.Tab("Inspect", id="inspect"):
+            active_md = gr.Markdown("**Active model:** loading ...", elem_id="ikd-active")
+            with gr.Row():
+                with gr.Column(scale=1, min_width=300):
+                    insp_files = gr.File(label="Images (one or many)", file_count="multiple", file_types=["image"],
+                                         elem_id="ikd-inspect-files")
+                    examples = gr.Gallery(label="Examples: test images of the active model (click one)",
+                                          columns=4, height=200, allow_preview=False, object_fit="cover",
+                                          fit_columns=False, elem_id="ikd-examples")
+                    threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Threshold (0.5 = fitted)",
+                                          elem_id="ikd-threshold")
+                    opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity",
+                                        elem_id="ikd-opacity")
+                    cmap = gr.Dropdown(COLORMAPS, value="jet", label="Colormap", elem_id="ikd-cmap")
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        out_image = gr.Image(type="numpy", format="png", label="Image", interactive=False,
+                                             elem_id="ikd-original")
+                        out_heat = gr.Image(type="numpy", format="png", label="Heatmap", interactive=False,
+                                            elem_id="ikd-heatmap")
+                        out_overlay = gr.Image(type="numpy", format="png", label="Overlay + predicted outline",
+                                               interactive=False, elem_id="ikd-overlay")
+                        out_gt = gr.Image(type="numpy", format="png", label="Ground truth", interactive=False,
+                                          visible=False, elem_id="ikd-gt")
+                    with gr.Row():
+                        out_score = gr.Number(None, label="Score (normalised; threshold 0.5 = fitted)", precision=4,
+                                              interactive=False, elem_id="ikd-score")
+                        out_verdict = gr.Textbox(label="Verdict", interactive=False, elem_id="ikd-verdict")
+                    results = gr.Gallery(label="All images (click one for details)", columns=8, height=180,
+                                         allow_preview=False, format="png", object_fit="contain",
+                                         fit_columns=False, elem_id="ikd-results")
+                    table = gr.Dataframe(headers=["image", "score", "verdict"], label="Scores",
+                                         interactive=False, elem_id="ikd-table")
+            insp_index = gr.State(0)
+            example_paths = gr.State([])
+
+        # ---------------------------------------------------------------- Export GIF
+        with gr.Tab("Export GIF", id="gif"):
+            gr.Markdown("A GIF of test images of the active model's data: image | heatmap | overlay | ground "
+                        "truth, with score and verdict (threshold, opacity and colormap from the Inspect tab).")
+            with gr.Row():
+                gif_n = gr.Slider(1, 32, value=8, step=1, label="Number of test images", elem_id="ikd-gif-n")
+                gif_fps = gr.Slider(0.5, 10, value=2, step=0.5, label="Frames per second")
+                gif_width = gr.Slider(128, 1600, value=768, step=32, label="Frame width (px)")
+            gif_btn = gr.Button("Make GIF", variant="primary", elem_id="ikd-gif")
+            gif_info = gr.Markdown(elem_id="ikd-gif-info")
+            with gr.Row():
+                gif_preview = gr.Image(type="filepath", label="Preview", interactive=False, elem_id="ikd-gif-preview")
+                gif_file = gr.File(label="Download", interactive=False, elem_id="ikd-gif-file")
+
+    # ---------------------------------------------------------------- events
+    insp_inputs = [insp_files, ckpt_dd, threshold, opacity, cmap, insp_index]
+    insp_outputs = [out_image, out_heat, out_overlay, out_gt, out_score, out_verdict, table, results]
+    insp_files.change(lambda: 0, None, insp_index, api_visibility="private", queue=False).then(
+        inspect_images, insp_inputs, insp_outputs, api_name="inspect")
+    for ctrl in (threshold, opacity, cmap):
+        ctrl.change(inspect_images, insp_inputs, insp_outputs, trigger_mode="always_last", show_progress="hidden",
+                    api_visibility="private")
+
+    def _pick_result(evt: gr.SelectData) -> int:
+        return int(evt.index)
+
+    results.select(_pick_result, None, insp_index, api_visibility="private").then(
+        inspect_images, insp_inputs, insp_outputs, api_visibility="private")
+
+    def _pick_example(paths: list[str], evt: gr.SelectData) -> list[str]:
+        return [paths[int(evt.index)]] if paths else []
+
+    examples.select(_pick_example, example_paths, insp_files, api_visibility="private")
+
+    ckpt_dd.change(on_checkpoint_change, ckpt_dd, [ckpt_info, active_md, examples, example_paths],
+                   api_name="checkpoint_info")
+    refresh_btn.click(refresh_checkpoints, ckpt_dd, ckpt_dd, api_name="list_checkpoints")
+    ckpt_upload.upload(import_checkpoint, [ckpt_upload, ckpt_dd], [ckpt_dd, ckpt_info, ckpt_upload],
+                       api_name="import_checkpoint")
+
+    src_outputs = [category, data_root, folder, test_folder, train_upload, data_name, mvtec_panel, mvtec_md]
+    source.change(on_source_change, [source, data_root, category], src_outputs, api_visibility="private")
+    data_root.submit(on_source_change, [source, data_root, category], src_outputs, api_visibility="private")
+    category.change(on_source_change, [source, data_root, category], src_outputs, api_visibility="private")
+    mvtec_btn.click(get_mvtec, [data_root, mvtec_src, category], [mvtec_progress, data_root, category, mvtec_panel],
+                    concurrency_limit=1, concurrency_id="download", api_name="get_mvtec")
+
+    train_event = train_btn.click(
+        train_model,
+        [source, category, data_root, folder, test_folder, train_upload, data_name, backbone, image_size, epochs,
+         batch_size, lr],
+        [progress_md, metrics_md, loss_plot, roc_img_plot, roc_pix_plot, pro_plot, ckpt_dd, ckpt_info, stop_btn],
+        concurrency_limit=1, concurrency_id="train", api_name="train", show_progress="minimal",
+    )
+    stop_btn.click(stop_training, None, None, concurrency_limit=None, api_name="stop")
+
+    gif_btn.click(export_gif, [ckpt_dd, gif_n, gif_fps, gif_width, threshold, opacity, cmap, insp_files],
+                  [gif_preview, gif_file, gif_info], concurrency_limit=1, concurrency_id="gif",
+                  api_name="export_gif")
+
+    demo.load(on_load, None, [ckpt_dd, ckpt_info, active_md, examples, example_paths], api_visibility="private")
+
+demo.queue(default_concurrency_limit=2)
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """Arguments for ``demo.launch``: theme, CSS, upload limit and the folders the app may serve."""
+    PATHS.work.mkdir(parents=True, exist_ok=True)
+    return {
+        "theme": THEME,
+        "css": CSS,
+        "max_file_size": MAX_FILE_SIZE,
+        "allowed_paths": [str(PATHS.data.resolve()), str(PATHS.work.resolve())],
+        "footer_links": ["api", "settings"],
+    }
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    demo.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        **launch_kwargs(),
+    )

@@ -1,0 +1,287 @@
+"""The Gradio app through its API (gradio_client): inspect, threshold, training, uploads, GIF export.
+
+The app runs in-process on 127.0.0.1 with ``pretrained/``, data and work folders in a temporary directory
+(``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR``, ``IKD_WORK_DIR``), so the repository's files are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import importlib  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import zipfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CKPT = "demo_texture-efficientnet_lite0.safetensors"
+COMMITTED = REPO / "pretrained" / CKPT
+ENV_KEYS = ("IKD_PRETRAINED_DIR", "IKD_DATA_DIR", "IKD_WORK_DIR")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
+    """The app on a free local port, with a tiny 64-px demo set and checkpoint in temporary folders."""
+    from ikd_core.data.synthetic import generate_demo_dataset
+
+    root = tmp_path_factory.mktemp("studio_api")
+    pretrained, data, work = root / "pretrained", root / "data", root / "work"
+    generate_demo_dataset(data / "demo", n_train=12, n_test_good=4, n_test_defect=2, image_size=64, seed=0)
+    pretrained.mkdir()
+    src = Path(tiny_checkpoint.checkpoint)
+    shutil.copy(src, pretrained / CKPT)
+    shutil.copy(src.with_suffix(".json"), (pretrained / CKPT).with_suffix(".json"))
+    old = {k: os.environ.get(k) for k in ENV_KEYS}
+    os.environ.update({"IKD_PRETRAINED_DIR": str(pretrained), "IKD_DATA_DIR": str(data), "IKD_WORK_DIR": str(work)})
+    app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
+    assert app.PATHS.pretrained == pretrained
+    port = _free_port()
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    **app.launch_kwargs())
+    try:
+        yield SimpleNamespace(app=app, url=f"http://127.0.0.1:{port}/", root=root, pretrained=pretrained,
+                              demo=data / "demo", work=work)
+    finally:
+        app.demo.close()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def client(studio):
+    from gradio_client import Client
+
+    return Client(studio.url, verbose=False)
+
+
+def _test_image(studio, defect: str = "hole") -> Path:
+    return sorted((studio.demo / "demo_texture" / "test" / defect).glob("*.png"))[0]
+
+
+def _inspect(client, images, ckpt=CKPT, threshold=0.5, alpha=0.5, cmap="jet"):
+    from gradio_client import handle_file
+
+    return client.predict([handle_file(str(p)) for p in images], ckpt, threshold, alpha, cmap,
+                          api_name="/inspect")
+
+
+def _train(client, source="Demo", category="demo_texture", uploads=(), name="", backbone="efficientnet_lite0",
+           epochs=1, submit=False):
+    from gradio_client import handle_file
+
+    args = (source, category, "", "", "", [handle_file(str(u)) for u in uploads], name, backbone, 64, epochs, 4,
+            1e-3)
+    if submit:
+        return client.submit(*args, api_name="/train")
+    return client.predict(*args, api_name="/train")
+
+
+def _checkpoints(studio) -> set[str]:
+    return {p.name for p in studio.pretrained.glob("*.safetensors")}
+
+
+# ------------------------------------------------------------------------------------------ tests
+def test_api_endpoints(client) -> None:
+    api = client.view_api(return_format="dict", print_info=False)
+    names = set(api["named_endpoints"])
+    assert {"/inspect", "/train", "/stop", "/export_gif", "/import_checkpoint", "/list_checkpoints"} <= names
+
+
+def test_upload_gives_overlay_score_and_verdict(studio, client) -> None:
+    from ikd_core.predict import Predictor, render
+
+    img = _test_image(studio)
+    original, heatmap, overlay, gt, score, verdict, table, gallery = _inspect(client, [img])
+    predictor = Predictor.from_checkpoint(studio.pretrained / CKPT)
+    pred = predictor.predict([str(img)])[0]
+    want = render(str(img), pred, 0.5, 0.5, "jet")
+    got = np.asarray(Image.open(overlay).convert("RGB"))
+    assert Image.open(overlay).format == "PNG"
+    np.testing.assert_array_equal(got, want["overlay"])
+    np.testing.assert_array_equal(np.asarray(Image.open(original).convert("RGB")), want["image"])
+    np.testing.assert_array_equal(np.asarray(Image.open(heatmap).convert("RGB")), want["heatmap"])
+    assert score == pytest.approx(pred.norm_score, abs=1e-4)
+    assert verdict == ("anomalous" if pred.norm_score >= 0.5 else "normal")
+    assert table["data"] == [[img.name, pytest.approx(pred.norm_score, abs=1e-4), verdict]]
+    assert len(gallery) == 1 and img.name in gallery[0]["caption"]
+    # a defective test image: its ground-truth mask is found and shown
+    gt_path = gt["value"] if isinstance(gt, dict) else gt
+    assert gt_path and np.asarray(Image.open(gt_path)).max() == 255
+
+
+def test_threshold_change_flips_verdict(studio, client) -> None:
+    img = _test_image(studio, "good")
+    *_, score, verdict, _, _ = _inspect(client, [img])
+    assert _inspect(client, [img], threshold=max(0.0, score - 0.05))[5] == "anomalous"
+    assert _inspect(client, [img], threshold=score + 0.05)[5] == "normal"
+    gt = _inspect(client, [img])[3]
+    assert (gt["value"] if isinstance(gt, dict) else gt) is None, "a good image has no ground truth"
+
+
+def test_many_images_and_errors(studio, client) -> None:
+    from gradio_client.exceptions import AppError
+
+    imgs = [_test_image(studio, d) for d in ("good", "hole", "stain")]
+    out = _inspect(client, imgs, cmap="inferno")
+    assert [r[0] for r in out[6]["data"]] == [p.name for p in imgs]
+    assert len(out[7]) == 3
+    for bad in ("../" + CKPT, "/etc/passwd.safetensors", "missing.safetensors"):
+        with pytest.raises(AppError, match="invalid checkpoint name|not found"):
+            _inspect(client, imgs[:1], ckpt=bad)
+    not_image = studio.root / "notes.png"
+    not_image.write_text("hello")
+    with pytest.raises(AppError, match="not a readable image"):
+        _inspect(client, [not_image])
+    assert _inspect(client, imgs[:1])[5] in ("normal", "anomalous"), "the server keeps serving after errors"
+
+
+def test_tiny_training_run_adds_checkpoint(studio, client) -> None:
+    before = _checkpoints(studio)
+    t0 = time.monotonic()
+    progress, metrics, loss, roc_i, roc_p, pro, dropdown, info = _train(client)
+    assert time.monotonic() - t0 < 90
+    assert "Done" in progress and "saved and active" in progress
+    for label in ("Image AUROC", "Pixel AUROC", "Pixel F1-max", "AU-PRO"):
+        assert re.search(rf"\| {re.escape(label)} +\| +\d\.\d{{4}} \|", metrics), metrics
+    assert all(p is not None for p in (loss, roc_i, roc_p, pro))
+    new = _checkpoints(studio) - before
+    assert new == {"demo_texture-efficientnet_lite0-2.safetensors"}, "an existing checkpoint is never overwritten"
+    assert dropdown["value"] == next(iter(new))
+    assert next(iter(new)) in [c[1] for c in dropdown["choices"]]
+    assert "image size 64 px" in info
+    listed = client.predict("gone.safetensors", api_name="/list_checkpoints")
+    assert {c[1] for c in listed["choices"]} == _checkpoints(studio)
+    assert listed["value"] == CKPT, "an unknown current checkpoint falls back to the ready one"
+
+
+def test_stop_ends_training_cleanly(studio, client) -> None:
+    before = _checkpoints(studio)
+    job = _train(client, epochs=500, submit=True)
+    deadline = time.monotonic() + 120
+    while not any("epoch" in str(o[0]) for o in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), "no training progress"
+        time.sleep(0.2)
+    client.predict(api_name="/stop")
+    result = job.result(timeout=120)
+    assert "Stopped" in result[0]
+    assert _checkpoints(studio) == before
+    assert not list(studio.pretrained.glob(".*")), "no partial or temporary file"
+
+
+def test_unavailable_teacher_gives_clear_message(client) -> None:
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="no ImageNet weights for teacher 'hrnet_w32'"):
+        _train(client, backbone="hrnet_w32")
+
+
+def test_training_on_uploaded_zip(studio, client) -> None:
+    from ikd_core.checkpoint import read_metadata
+
+    good = sorted((studio.demo / "demo_texture" / "train" / "good").glob("*.png"))[:6]
+    z = studio.root / "my parts.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in good:
+            zf.write(p, f"good/{p.name}")
+        zf.writestr("notes.txt", "not an image")
+    progress, metrics, *_, dropdown, _info = _train(client, source="Upload good images", uploads=[z])
+    name = "my_parts-efficientnet_lite0.safetensors"
+    assert dropdown["value"] == name and (studio.pretrained / name).is_file(), progress
+    meta = read_metadata(studio.pretrained / name)
+    assert meta["category"] == "my_parts" and meta["data"]["kind"] == "folder"
+    good_dir = Path(meta["data"]["good_dir"])
+    assert good_dir.is_relative_to(studio.work / "uploads")
+    assert sorted(p.name for p in good_dir.iterdir()) == [p.name for p in good]
+    assert "no labelled test set" in metrics
+    # an unsafe zip is refused with a clear message and adds nothing
+    bad = studio.root / "evil.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.write(good[0], "../evil.png")
+    before = _checkpoints(studio)
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="outside the upload folder"):
+        _train(client, source="Upload good images", uploads=[bad])
+    assert _checkpoints(studio) == before
+
+
+def test_checkpoint_upload(studio, client) -> None:
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    before = {p.name: p.read_bytes() for p in studio.pretrained.iterdir()}
+    fake = studio.root / "upload" / CKPT
+    fake.parent.mkdir()
+    fake.write_bytes(b"\x80\x04 definitely a pickle")
+    with pytest.raises(AppError, match="pickle"):
+        client.predict([handle_file(str(fake))], CKPT, api_name="/import_checkpoint")
+    assert {p.name: p.read_bytes() for p in studio.pretrained.iterdir()} == before
+    good = studio.root / "upload2" / "shared model.safetensors"
+    good.parent.mkdir()
+    shutil.copy(studio.pretrained / CKPT, good)
+    dropdown, info, _ = client.predict([handle_file(str(good))], CKPT, api_name="/import_checkpoint")
+    assert dropdown["value"] == "shared_model.safetensors" and "demo_texture" in info
+    assert (studio.pretrained / "shared_model.safetensors").is_file()
+
+
+def test_mvtec_folder_can_be_adopted(studio, client) -> None:
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="MVTec AD category 'bottle' not found under"):
+        _train(client, source="MVTec AD", category="bottle")
+    with pytest.raises(AppError, match="invalid category name"):
+        _train(client, source="MVTec AD", category="../bottle")
+    with pytest.raises(AppError, match="no MVTec AD categories"):
+        client.predict(str(studio.root / "mvtec"), str(studio.root), "bottle", api_name="/get_mvtec")
+    folder = studio.root / "my_mvtec"
+    (folder / "bottle" / "train" / "good").mkdir(parents=True)
+    shutil.copy(_test_image(studio, "good"), folder / "bottle" / "train" / "good" / "000.png")
+    msg, root, category = client.predict(str(studio.root / "mvtec"), str(folder), "bottle", api_name="/get_mvtec")
+    assert "1 categories" in msg and root == str(folder)
+    assert category["value"] == "bottle"
+
+
+def test_gif_export_has_one_frame_per_image(studio, client) -> None:
+    preview, gif, info = client.predict(CKPT, 3, 2, 256, 0.5, 0.5, "jet", [], api_name="/export_gif")
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.n_frames == 3 and im.width == 256
+    assert "3 frames" in info and Path(preview).suffix == ".gif"
+
+
+def test_committed_checkpoint_separates_good_from_defective(studio, client, tmp_path: Path) -> None:
+    if not COMMITTED.is_file():
+        pytest.skip(f"needs the committed demo checkpoint {COMMITTED.relative_to(REPO)} (not present yet)")
+    from ikd_core.data.synthetic import generate_demo_dataset
+
+    name = "committed-" + CKPT
+    shutil.copy(COMMITTED, studio.pretrained / name)
+    root = generate_demo_dataset(tmp_path / "demo", categories=("demo_texture",), n_train=1)  # full-size test set
+    test = root / "demo_texture" / "test"
+    good = sorted((test / "good").glob("*.png"))
+    bad = sorted(p for p in test.glob("*/*.png") if p.parent.name != "good")
+    rows = _inspect(client, good + bad, ckpt=name)[6]["data"]
+    assert [r[0] for r in rows] == [p.name for p in good + bad]
+    good_scores, bad_scores = [r[1] for r in rows[: len(good)]], [r[1] for r in rows[len(good) :]]
+    assert sum(s < 0.5 for s in good_scores) >= 0.9 * len(good), good_scores
+    assert sum(s >= 0.5 for s in bad_scores) > 0.5 * len(bad), bad_scores

@@ -1,0 +1,339 @@
+"""The Gradio app in a real browser (Playwright + Debian chromium): upload -> exact overlay pixels, threshold,
+training (demo and uploaded zip), GIF download, screenshots of every tab, and no request to other hosts.
+
+Skipped when ``/usr/bin/chromium`` is missing. The app runs in-process on 127.0.0.1 with its folders in a
+temporary directory (``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR``, ``IKD_WORK_DIR``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import importlib  # noqa: E402
+import io  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import zipfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+from urllib.parse import urlparse  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"browser tests need Debian chromium at {CHROMIUM} (apt-get install chromium)",
+                allow_module_level=True)
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CKPT = "demo_texture-efficientnet_lite0.safetensors"
+ENV_KEYS = ("IKD_PRETRAINED_DIR", "IKD_DATA_DIR", "IKD_WORK_DIR")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+TIMEOUT_MS = 90_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
+    """The app on a free local port, with a tiny 64-px demo set and checkpoint in temporary folders."""
+    from ikd_core.data.synthetic import generate_demo_dataset
+
+    root = tmp_path_factory.mktemp("studio_browser")
+    pretrained, data, work = root / "pretrained", root / "data", root / "work"
+    generate_demo_dataset(data / "demo", n_train=12, n_test_good=4, n_test_defect=2, image_size=64, seed=0)
+    pretrained.mkdir()
+    src = Path(tiny_checkpoint.checkpoint)
+    shutil.copy(src, pretrained / CKPT)
+    shutil.copy(src.with_suffix(".json"), (pretrained / CKPT).with_suffix(".json"))
+    old = {k: os.environ.get(k) for k in ENV_KEYS}
+    os.environ.update({"IKD_PRETRAINED_DIR": str(pretrained), "IKD_DATA_DIR": str(data), "IKD_WORK_DIR": str(work)})
+    app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
+    port = _free_port()
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    **app.launch_kwargs())
+    try:
+        yield SimpleNamespace(app=app, url=f"http://127.0.0.1:{port}/", netloc=f"127.0.0.1:{port}", root=root,
+                              pretrained=pretrained, demo=data / "demo")
+    finally:
+        app.demo.close()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def browser_page(studio):
+    """One page for the whole module; every request it makes is recorded in ``page.requests``."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page = context.new_page()
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=30_000)
+        page.goto(studio.url)
+        expect(page.locator("#ikd-active")).to_contain_text(CKPT)
+        yield SimpleNamespace(page=page, requests=requests)
+        context.close()
+        browser.close()
+
+
+@pytest.fixture()
+def ui(browser_page, request: pytest.FixtureRequest) -> Page:
+    """The shared page; a full-page screenshot goes to test-artifacts/ when the test fails."""
+    failed_before = request.session.testsfailed
+    yield browser_page.page
+    if request.session.testsfailed > failed_before:
+        browser_page.page.screenshot(path=str(ARTIFACTS / f"failed-{request.node.name}.png"), full_page=True)
+
+
+def _tab(page: Page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def _set_number(page: Page, selector: str, value: float) -> None:
+    """Type ``value`` into a slider's number box and wait until the slider itself has it."""
+    box = page.locator(selector)
+    box.fill(str(value))
+    box.press("Enter")
+    slider = page.locator(selector.replace("input[type=number]", "input[type=range]"))
+    if slider.count():
+        expect(slider).to_have_value(str(value))
+
+
+def _fetch_png(page: Page, selector: str) -> np.ndarray:
+    src = page.locator(selector).get_attribute("src")
+    body = page.request.get(src).body()
+    img = Image.open(io.BytesIO(body))
+    assert img.format == "PNG"
+    return np.asarray(img.convert("RGB"))
+
+
+def _open(page: Page, combobox: str) -> None:
+    """Open the option list of the dropdown labelled ``combobox`` (found by its ARIA role)."""
+    box = page.get_by_role("combobox", name=combobox)
+    box.blur()  # the list opens on focus: start from an unfocused box
+    box.click()
+    try:
+        expect(page.get_by_role("option").first).to_be_visible(timeout=3000)
+    except AssertionError:
+        box.press("ArrowDown")
+        expect(page.get_by_role("option").first).to_be_visible()
+
+
+def _choose(page: Page, combobox: str, option: str) -> None:
+    """Pick ``option`` in the dropdown labelled ``combobox``, by ARIA roles (combobox, option)."""
+    _open(page, combobox)
+    page.get_by_role("option", name=option, exact=True).click()
+    expect(page.get_by_role("combobox", name=combobox)).to_have_value(option)
+
+
+def _checkpoint_options(page: Page) -> list[str]:
+    _open(page, "Checkpoint (in pretrained/)")
+    names = [o.get_attribute("aria-label") for o in page.get_by_role("option").all()]
+    page.get_by_role("combobox", name="Checkpoint (in pretrained/)").press("Escape")
+    page.get_by_role("combobox", name="Checkpoint (in pretrained/)").blur()
+    return names
+
+
+# ------------------------------------------------------------------------------------------ tests
+def test_upload_shows_exact_overlay_score_and_verdict(studio, ui: Page) -> None:
+    from ikd_core.predict import Predictor, render
+
+    _tab(ui, "Inspect")
+    img = sorted((studio.demo / "demo_texture" / "test" / "hole").glob("*.png"))[0]
+    ui.locator("#ikd-inspect-files input[type=file]").set_input_files(str(img))
+    verdict = ui.locator("#ikd-verdict textarea")
+    expect(verdict).not_to_have_value("")
+    expect(ui.locator("#ikd-overlay img")).to_be_visible()
+    expect(ui.locator("#ikd-gt img")).to_be_visible()  # a defective test image: ground truth shown
+
+    pred = Predictor.from_checkpoint(studio.pretrained / CKPT).predict([str(img)])[0]
+    want = render(str(img), pred, 0.5, 0.5, "jet")
+    np.testing.assert_array_equal(_fetch_png(ui, "#ikd-overlay img"), want["overlay"])
+    np.testing.assert_array_equal(_fetch_png(ui, "#ikd-heatmap img"), want["heatmap"])
+    score = float(ui.locator("#ikd-score input").input_value())
+    assert score == pytest.approx(pred.norm_score, abs=1e-4)
+    assert verdict.input_value() == ("anomalous" if pred.norm_score >= 0.5 else "normal")
+    expect(ui.locator("#ikd-table")).to_contain_text(img.name)
+
+
+def test_threshold_moves_verdict_and_colormap_by_role(studio, ui: Page) -> None:
+    from ikd_core.predict import Predictor, render
+
+    verdict = ui.locator("#ikd-verdict textarea")
+    expect(verdict).not_to_have_value("")
+    score = float(ui.locator("#ikd-score input").input_value())
+    flipped, back = ("normal", "anomalous") if score >= 0.5 else ("anomalous", "normal")
+    _set_number(ui, "#ikd-threshold input[type=number]", round(score + 0.05, 2) if score >= 0.5
+                else round(max(0.0, score - 0.05), 2))
+    expect(verdict).to_have_value(flipped)
+    _set_number(ui, "#ikd-threshold input[type=number]", 0.5)
+    expect(verdict).to_have_value(back)
+
+    old_src = ui.locator("#ikd-overlay img").get_attribute("src")
+    _choose(ui, "Colormap", "inferno")
+    expect(ui.locator("#ikd-overlay img")).not_to_have_attribute("src", old_src)
+    img = sorted((studio.demo / "demo_texture" / "test" / "hole").glob("*.png"))[0]
+    pred = Predictor.from_checkpoint(studio.pretrained / CKPT).predict([str(img)])[0]
+    np.testing.assert_array_equal(_fetch_png(ui, "#ikd-overlay img"), render(str(img), pred, 0.5, 0.5,
+                                                                               "inferno")["overlay"])
+    _choose(ui, "Colormap", "jet")
+
+
+def test_example_gallery_runs_inspection(ui: Page) -> None:
+    ui.locator("#ikd-examples button").first.click()
+    expect(ui.locator("#ikd-table")).to_contain_text(".png")
+    expect(ui.locator("#ikd-verdict textarea")).not_to_have_value("")
+
+
+def _run_training(page: Page, done_text: str) -> None:
+    """Click Train and wait for ``done_text`` in the progress; an error toast fails at once, with its text."""
+    page.locator("#ikd-train").click()
+    progress = page.locator("#ikd-progress")
+    toast = page.locator(".toast-body.error")
+    for _ in range(600):
+        if done_text in progress.inner_text():
+            return
+        if toast.count():
+            pytest.fail(f"training failed in the browser: {toast.first.inner_text()}")
+        page.wait_for_timeout(200)
+    pytest.fail(f"{done_text!r} did not appear; progress: {progress.inner_text()!r}")
+
+
+def _train_settings(page: Page) -> None:
+    _set_number(page, "#ikd-image-size input[type=number]", 64)
+    page.locator("#ikd-epochs input").fill("1")
+    page.locator("#ikd-batch input").fill("4")
+
+
+def test_training_progress_and_stop(studio, ui: Page) -> None:
+    _tab(ui, "Model")
+    ui.get_by_role("radio", name="Demo").check()
+    _train_settings(ui)
+    ui.locator("#ikd-epochs input").fill("500")
+    before = sorted(p.name for p in studio.pretrained.iterdir())
+    ui.locator("#ikd-train").click()
+    progress = ui.locator("#ikd-progress")
+    expect(progress).to_contain_text("epoch", timeout=120_000)
+    for part in ("loss", "images/s", "ETA"):
+        expect(progress).to_contain_text(part)
+    expect(ui.locator("#ikd-progress .ikd-bar")).to_be_visible()
+    ui.screenshot(path=str(ARTIFACTS / "model-training.png"), full_page=True)
+    stop = ui.locator("#ikd-stop")
+    expect(stop).to_be_enabled()
+    stop.click()
+    expect(progress).to_contain_text("Stopped", timeout=60_000)
+    expect(stop).to_be_disabled()
+    assert sorted(p.name for p in studio.pretrained.iterdir()) == before, "a stopped run leaves no file"
+
+
+def test_tiny_training_shows_progress_metrics_and_new_checkpoint(studio, ui: Page) -> None:
+    _tab(ui, "Model")
+    ui.get_by_role("radio", name="Demo").check()
+    _choose(ui, "Category", "demo_texture")
+    _train_settings(ui)
+    new = "demo_texture-efficientnet_lite0-2.safetensors"
+    _run_training(ui, f"Checkpoint {new} saved and active")
+    expect(ui.locator("#ikd-progress")).to_contain_text("Done")
+    table = ui.locator("#ikd-metrics table")
+    expect(table).to_be_visible()
+    for label in ("Image AUROC", "Pixel AUROC", "Pixel F1-max", "AU-PRO"):
+        expect(table).to_contain_text(label)
+    assert (studio.pretrained / new).is_file()
+    expect(ui.get_by_role("combobox", name="Checkpoint (in pretrained/)")).to_have_value(new)
+    assert new in _checkpoint_options(ui)
+    expect(ui.locator("#ikd-ckpt-info")).to_contain_text("64 px")
+    ui.screenshot(path=str(ARTIFACTS / "model-after-training.png"), full_page=True)
+    # back to the first checkpoint, by role
+    _choose(ui, "Checkpoint (in pretrained/)", CKPT)
+    expect(ui.locator("#ikd-active")).to_contain_text(CKPT)
+
+
+def test_training_on_uploaded_zip(studio, ui: Page) -> None:
+    good = sorted((studio.demo / "demo_texture" / "train" / "good").glob("*.png"))[:6]
+    z = studio.root / "parts.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in good:
+            zf.write(p, f"good/{p.name}")
+    _tab(ui, "Model")
+    ui.get_by_role("radio", name="Upload good images").check()
+    upload = ui.locator("#ikd-train-upload")
+    expect(upload).to_be_visible()
+    upload.locator("input[type=file]").set_input_files(str(z))
+    expect(upload.locator("a[download]")).to_contain_text("KB")  # uploaded: the server holds the file
+    _train_settings(ui)
+    name = "parts-efficientnet_lite0.safetensors"
+    _run_training(ui, f"Checkpoint {name} saved and active")
+    assert (studio.pretrained / name).is_file()
+    expect(ui.locator("#ikd-metrics")).to_contain_text("no labelled test set")
+    assert name in _checkpoint_options(ui)
+    _choose(ui, "Checkpoint (in pretrained/)", CKPT)
+    expect(ui.locator("#ikd-active")).to_contain_text(CKPT)
+    ui.get_by_role("radio", name="Demo").check()
+
+
+def test_missing_mvtec_shows_download_panel(studio, ui: Page) -> None:
+    _tab(ui, "Model")
+    ui.get_by_role("radio", name="MVTec AD").check()
+    panel = ui.get_by_text("MVTec AD not found under")
+    expect(panel).to_be_visible()
+    expect(ui.get_by_role("button", name="Download / use")).to_be_visible()
+    _choose(ui, "Category", "bottle")
+    ui.screenshot(path=str(ARTIFACTS / "model-mvtec-missing.png"), full_page=True)
+    ui.get_by_role("radio", name="Demo").check()
+    expect(panel).to_be_hidden()
+    expect(ui.get_by_role("combobox", name="Category")).to_have_value("demo_texture")
+
+
+def test_gif_download_has_one_frame_per_image(studio, ui: Page, tmp_path: Path) -> None:
+    _tab(ui, "Export GIF")
+    _set_number(ui, "#ikd-gif-n input[type=number]", 3)
+    ui.locator("#ikd-gif").click()
+    expect(ui.locator("#ikd-gif-info")).to_contain_text("3 frames")
+    link = ui.locator("#ikd-gif-file a[download]").first
+    with ui.expect_download() as info:
+        link.click()
+    out = tmp_path / "out.gif"
+    info.value.save_as(out)
+    with Image.open(out) as im:
+        assert im.format == "GIF" and im.n_frames == 3
+    expect(ui.locator("#ikd-gif-preview img")).to_be_visible()
+
+
+def test_screenshot_of_each_tab(ui: Page) -> None:
+    for tab, name in (("Model", "model"), ("Inspect", "inspect"), ("Export GIF", "export_gif")):
+        _tab(ui, tab)
+        ui.wait_for_timeout(300)
+        path = ARTIFACTS / f"tab-{name}.png"
+        ui.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 10_000
+
+
+def test_no_request_to_other_hosts(studio, browser_page) -> None:
+    hosts = {urlparse(u).netloc for u in browser_page.requests if urlparse(u).scheme in ("http", "https", "ws",
+                                                                                            "wss")}
+    assert browser_page.requests, "no requests were recorded"
+    assert hosts == {studio.netloc}, f"requests to other hosts: {sorted(hosts - {studio.netloc})}"
+    others = [u for u in browser_page.requests if urlparse(u).scheme not in ("http", "https", "ws", "wss", "data",
+                                                                             "blob")]
+    assert not others, others
