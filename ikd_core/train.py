@@ -60,7 +60,7 @@ class TrainConfig:
     num_workers: int = 0
     val_every: int = 0  # evaluate on the test set every N epochs (0: only at the end)
     teacher_weights: str | None = None
-    max_minutes: float | None = None  # stop training (and still save) after this long
+    max_minutes: float | None = None  # training time limit: stop (and still save) when reached
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -260,10 +260,22 @@ def train(
         eta = elapsed / done * (cfg.epochs * steps - done) if done else float("nan")
         callback(Progress(epoch, cfg.epochs, step, steps, last_loss, rate, elapsed, eta, phase))
 
+    def out_of_time() -> bool:
+        """``max_minutes`` reached (checked before every step; one decision for all ranks)."""
+        if cfg.max_minutes is None:
+            return False
+        flag = torch.tensor(float(time.perf_counter() - t_train >= cfg.max_minutes * 60), device=device)
+        if distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     for epoch in range(1, cfg.epochs + 1):
         sampler.set_epoch(epoch)
         net.train()
         for step, batch in enumerate(loader, start=1):
+            if seen and out_of_time():
+                stopped_early = True
+                break
             if should_stop is not None and should_stop():
                 return TrainResult(model, {}, {}, history, None, cancelled=True,
                                    seconds=time.perf_counter() - start)
@@ -288,8 +300,7 @@ def train(
             report(epoch, steps, "validate")
             res = predict_maps(model, _loader(test_ds, 8, cfg), device, use_amp)
             history[-1].update({f"val_{k}": v for k, v in compute_metrics(res).items()})
-        if cfg.max_minutes is not None and time.perf_counter() - t_train > cfg.max_minutes * 60:
-            stopped_early = epoch < cfg.epochs
+        if stopped_early:
             break
     train_seconds = time.perf_counter() - t_train
     if should_stop is not None and should_stop():
@@ -323,13 +334,14 @@ def train(
         "score_normalization": norm,
         "margins": [float(m.margin) for m in criterion.margins],
         "metrics": metrics,
-        "epochs_completed": epoch,
+        "epochs_completed": round(len(history) / steps, 2),
         "stopped_early": stopped_early,
         "train_seconds": round(train_seconds, 2),
         "images_per_sec": round(seen / train_seconds, 3) if train_seconds > 0 else None,
         "final_loss": last_loss,
         "loss_per_epoch": [
-            float(np.mean([h["loss"] for h in history if h["epoch"] == e])) for e in range(1, epoch + 1)
+            float(np.mean([h["loss"] for h in history if h["epoch"] == e]))
+            for e in sorted({h["epoch"] for h in history})
         ],
         "n_train": len(train_idx),
         "device": str(device),

@@ -53,6 +53,12 @@ def test_nan_loss_stops_and_keeps_previous_checkpoint(datasets, tmp_path: Path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.safetensors"]
 
 
+def test_time_limit_stops_within_an_epoch(datasets) -> None:
+    result = train(datasets[0], None, _cfg(epochs=50, max_minutes=1e-9))
+    assert result.metadata["stopped_early"] and result.metadata["epochs_completed"] < 1
+    assert len(result.history) == 1  # the limit is checked before every step, after the first
+
+
 def test_holdout_split_is_seeded_and_disjoint() -> None:
     a, b = split_holdout(50, 0.1, seed=1)
     assert len(b) == 5 and not set(a) & set(b) and sorted(a + b) == list(range(50))
