@@ -8,6 +8,8 @@ checkpoints), **Inspect** (heatmaps, overlays, scores and verdicts for your imag
 data and the ready checkpoint are prepared on the first page load. Run ``python app.py``; the server
 address comes from ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (default 127.0.0.1:7860) and the
 folders from ``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR`` and ``IKD_WORK_DIR`` (see ``ikd_core.service``).
+``IKD_MAX_FILE_SIZE`` (default ``1gb``) limits each upload; ``IKD_DELETE_CACHE`` (``FREQUENCY,AGE`` in seconds,
+default ``3600,86400``) sweeps Gradio's temporary files; ``IKD_ALLOW_SERVER_PATHS=0`` hides server folders.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 READY_CHECKPOINTS = [default_checkpoint_name(c, DEFAULT_BACKBONE) for c in DEMO_CATEGORIES]
 MAX_INSPECT_IMAGES = 64
 MAX_FILE_SIZE = os.environ.get("IKD_MAX_FILE_SIZE", "1gb")
+#: Gradio's temporary files (uploads, rendered results): every FREQUENCY seconds, those older than AGE seconds
+#: are deleted ("FREQUENCY,AGE"; all of them when the server stops).
+DELETE_CACHE = tuple(int(v) for v in os.environ.get("IKD_DELETE_CACHE", "3600,86400").split(",", 1))
 #: "0" hides "Folder on server" and fixes the MVTec AD folder (for public deployments).
 ALLOW_SERVER_PATHS = os.environ.get("IKD_ALLOW_SERVER_PATHS", "1").lower() not in ("0", "false", "no")
 
@@ -146,21 +151,23 @@ def example_images(meta: dict[str, Any], n: int = 12) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ Inspect
 @gpu(duration=60)
-def predict_files(ckpt_path: Path, images: list[str]) -> list[Any]:
+def predict_files(ckpt_path: Path, images: list[str], loaded: list[Any] | None = None) -> list[Any]:
     """Predictions for image files, one image per forward pass (so a result never depends on the other
-    uploads and equals ``Predictor.predict([image])``); cached by checkpoint and file."""
+    uploads and equals ``Predictor.predict([image])``); cached by checkpoint and file. ``loaded``: the
+    images already decoded by :func:`ikd_core.service.load_inspect_image` (else they are loaded here)."""
     predictor = PREDICTORS.get(ckpt_path, device())
     ckpt_key = service.PredictorCache.key(ckpt_path, device())
     out = []
-    for image in images:
+    for i, image in enumerate(images):
         st = os.stat(image)
-        key = (*ckpt_key, str(Path(image).resolve()), st.st_mtime_ns, st.st_size)
+        key = (*ckpt_key, str(Path(image).resolve()), st.st_mtime_ns, st.st_size, service.MAX_INSPECT_SIDE)
         with _PRED_LOCK:
             pred = _PREDICTIONS.get(key)
             if pred is not None:
                 _PREDICTIONS.move_to_end(key)
         if pred is None:
-            pred = predictor.predict([image])[0]
+            img = loaded[i] if loaded is not None else service.load_inspect_image(image)[0]
+            pred = predictor.predict([img])[0]
             with _PRED_LOCK:
                 _PREDICTIONS[key] = pred
                 while len(_PREDICTIONS) > 48:
@@ -197,16 +204,22 @@ def inspect_images(
         paths = paths[:MAX_INSPECT_IMAGES]
     try:
         ckpt_path, predictor = _predictor(ckpt)
-        preds = predict_files(ckpt_path, paths)
+        images = []
+        for p in paths:
+            img, note = service.load_inspect_image(p)
+            if note:
+                gr.Info(note)
+            images.append(img)
+        preds = predict_files(ckpt_path, paths, images)
         threshold, alpha = float(threshold), float(alpha)
         rows, gallery = [], []
-        for p, pred in zip(paths, preds, strict=True):
+        for p, img, pred in zip(paths, images, preds, strict=True):
             bad = pred.is_anomalous(threshold)
             rows.append([Path(p).name, round(pred.norm_score, 4), verdict_text(bad)])
-            over = render(p, pred, threshold, alpha, cmap)["overlay"]
+            over = render(img, pred, threshold, alpha, cmap)["overlay"]
             gallery.append((over, f"{Path(p).name}: {pred.norm_score:.3f} {verdict_text(bad)}"))
         i = min(max(int(index or 0), 0), len(paths) - 1)
-        pics = render(paths[i], preds[i], threshold, alpha, cmap)
+        pics = render(images[i], preds[i], threshold, alpha, cmap)
         _, sample_index = test_set(predictor.metadata)
         sample = sample_index.lookup(paths[i])
         gt = None
@@ -235,7 +248,7 @@ def describe_checkpoint(name: str | None) -> str:
 def active_label(name: str | None) -> str:
     if not name:
         return "**Active model:** none (train or load one in the Model tab)"
-    info = service.checkpoint_info(PATHS.pretrained / service.check_checkpoint_name(name))
+    info = service.checkpoint_info(service.resolve_checkpoint(name, PATHS.pretrained))
     if not info.ok:
         return f"**Active model:** `{name}` (unusable)"
     return f"**Active model:** `{name}` ({info.category}, {info.backbone}, {info.image_size} px)"
@@ -252,8 +265,8 @@ def on_checkpoint_change(name: str | None) -> tuple[Any, ...]:
             gr.Warning(str(exc))
     try:
         label = active_label(name)
-    except IKDError:
-        label = f"**Active model:** `{name}` (invalid name)"
+    except IKDError as exc:
+        label = f"**Active model:** none (`{name}`: {exc})"
     return describe_checkpoint(name), label, examples, examples
 
 
@@ -472,18 +485,26 @@ def train_model(
     from ikd_core.train import TrainConfig
 
     owner = getattr(request, "session_hash", None) or "anonymous"
+    spec = None
     try:
-        spec = spec_from_ui(source, category, data_root or "", folder or "", test_folder or "", uploads, name or "")
         if backbone not in BACKBONES:
             raise gr.Error(f"unknown backbone {backbone!r}")
         cfg = TrainConfig(backbone=backbone, image_size=int(image_size), epochs=int(epochs),
                           batch_size=int(batch_size), lr=float(lr), device=device())
-        if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.image_size < 32:
-            raise gr.Error("epochs and batch size must be >= 1, the learning rate > 0 and the image size >= 32")
+        if not (1 <= cfg.epochs <= 100_000 and 1 <= cfg.batch_size <= 4096 and math.isfinite(cfg.lr) and cfg.lr > 0
+                and 32 <= cfg.image_size <= 2048):
+            raise gr.Error("epochs must be 1-100000, the batch size 1-4096, the learning rate > 0 and the image size "
+                           "32-2048 px")
+        spec = spec_from_ui(source, category, data_root or "", folder or "", test_folder or "", uploads, name or "")
+        # every data problem (missing or empty folders, unsafe names, masks, non-images) is reported now,
+        # before a job starts or a checkpoint name is taken
+        datasets = service.check_training_data(spec, cfg.image_size)
         out = service.unique_path(PATHS.pretrained, default_checkpoint_name(spec.category, backbone))
     except Exception as exc:  # noqa: BLE001
+        if source == SRC_UPLOAD:
+            service.discard_upload(spec, PATHS.work)
         raise _err(exc) from exc
-    job = service.TrainingJob(spec, cfg, out, device=torch.device(device()))
+    job = service.TrainingJob(spec, cfg, out, device=torch.device(device()), datasets=datasets)
     JOBS.put(owner, job)
     job.start()
     title = f"{spec.category} ({backbone}, {cfg.image_size} px, {cfg.epochs} epochs)"
@@ -509,6 +530,9 @@ def train_model(
         if not job.done:
             job.stop()  # the client went away: end the run, nothing is saved
         JOBS.discard(owner, job)
+        if source == SRC_UPLOAD:  # the extracted images are only needed while training
+            job.join(timeout=60)
+            service.discard_upload(spec, PATHS.work)
     done_state = {stop_btn: gr.Button(interactive=False)}
     if job.state == "cancelled":
         yield {**done_state, progress_md: "**Stopped.** Nothing was saved; the active model is unchanged."}
@@ -598,7 +622,7 @@ THEME = gr.themes.Default(primary_hue="orange", secondary_hue="blue",
 _gpu_note = "CUDA GPU" if torch.cuda.is_available() else "CPU (training is slow: keep images small and epochs few)"
 _cpu = not torch.cuda.is_available()
 
-with gr.Blocks(title="IKD Studio") as demo:
+with gr.Blocks(title="IKD Studio", delete_cache=DELETE_CACHE) as demo:
     gr.Markdown(
         "# IKD Studio\nUnsupervised anomaly segmentation with **Informative Knowledge Distillation**: a student "
         "learns to mimic a frozen ImageNet teacher on good images only; where they disagree, something is "

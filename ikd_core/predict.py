@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from .train import select_device
 from .visualize import apply_colormap, draw_contours, normalize_map, overlay
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
+
+#: Model input sizes a checkpoint may declare (a larger one would make every prediction exhaust memory).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048
 
 
 @dataclass
@@ -73,12 +77,30 @@ def load_model(
         backbone = meta["backbone"]
         image_size = int(meta["image_size"])
         tcfg = meta.get("train_config", {})
+        teacher = meta.get("teacher", {})
         norm = meta["score_normalization"]
-        float(norm["threshold"]), float(norm["lo"])
+        threshold, lo = float(norm["threshold"]), float(norm["lo"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path.name}: metadata lacks {exc}") from exc
+    if not isinstance(backbone, str) or not all(isinstance(d, dict) for d in (tcfg, teacher, norm)):
+        raise CheckpointError(
+            f"{path.name}: metadata is malformed (backbone, train_config, teacher or score_normalization)"
+        )
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise CheckpointError(
+            f"{path.name}: image size {image_size} in its metadata is outside {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} px; "
+            "the file is damaged or was not made by IKD Studio"
+        )
+    if not (math.isfinite(threshold) and math.isfinite(lo) and threshold >= lo):
+        raise CheckpointError(
+            f"{path.name}: score normalisation in its metadata is invalid (threshold {threshold}, lo {lo}); "
+            "the file is damaged or was not made by IKD Studio"
+        )
     state = load_student_state(path)
-    source = teacher_weights or meta.get("teacher", {}).get("source")
+    source = teacher_weights or teacher.get("source")
+    if source is not None and not isinstance(source, (str, os.PathLike)):
+        raise CheckpointError(f"{path.name}: metadata is malformed (teacher source {source!r})")
+    source = os.fspath(source) if source is not None else None
     if source and source.startswith("file:"):
         raise CheckpointError(
             f"{path.name} was trained with the teacher weights file {source[5:]!r}; pass it again "
@@ -99,7 +121,7 @@ def load_model(
         sigma=float(tcfg.get("sigma", 4.0)),
         feature_pool=bool(tcfg.get("feature_pool", False)),
     )
-    want = meta.get("teacher", {}).get("fingerprint")
+    want = teacher.get("fingerprint")
     if want and want != model.teacher_fingerprint:
         raise CheckpointError(
             f"{path.name} was trained against a different {backbone} teacher ({want}) than the one "

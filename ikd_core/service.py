@@ -54,6 +54,8 @@ MAX_UPLOAD_TOTAL_BYTES = 2 * 1024**3
 #: Largest accepted checkpoint upload and JSON sidecar.
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
 MAX_SIDECAR_BYTES = 16 * 1024 * 1024
+#: Inspected images larger than this (either side, pixels) are downscaled before scoring and display.
+MAX_INSPECT_SIDE = 2048
 
 
 # ------------------------------------------------------------------------------------------ paths
@@ -234,14 +236,16 @@ def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointInfo]:
-    """Every ``*.safetensors`` directly in ``directory`` (hidden and temporary files skipped), by name."""
+    """Every ``*.safetensors`` directly in ``directory`` (hidden and temporary files, and links that lead
+    outside ``directory``, skipped), by name."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
+    root = directory.resolve()
     paths = sorted(
         p for p in directory.iterdir()
         if p.is_file() and p.suffix == CHECKPOINT_SUFFIX and not p.name.startswith(".")
-        and _NAME_RE.fullmatch(p.name)
+        and _NAME_RE.fullmatch(p.name) and p.resolve().parent == root
     )
     return [checkpoint_info(p) for p in paths]
 
@@ -462,6 +466,66 @@ def uploaded_data_spec(
     return DataSpec(kind="folder", category=name, good_dir=str(good))
 
 
+def discard_upload(spec: DataSpec | None, work_dir: str | os.PathLike[str]) -> bool:
+    """Remove the folder :func:`uploaded_data_spec` extracted for ``spec`` (once training is over).
+
+    Only folders directly under ``work_dir/uploads`` are removed; any other spec is left alone. True if
+    something was removed.
+    """
+    if spec is None or spec.kind != "folder" or not spec.good_dir:
+        return False
+    uploads = (Path(work_dir) / "uploads").resolve()
+    folder = Path(spec.good_dir).resolve().parent
+    if folder.parent != uploads or not folder.is_dir():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
+def check_training_data(spec: DataSpec, image_size: int) -> tuple[Any, Any]:
+    """The (train, test-or-None) datasets of ``spec``, checked before any training starts.
+
+    Besides the layout checks of :func:`~ikd_core.data.sources.build_datasets` (missing or empty folders,
+    unsafe category names, masks missing or of another size), every image and mask is opened once, header
+    only, so a non-image file with an image extension or a decompression bomb is reported here by name
+    instead of failing mid-epoch. Raises :class:`DataError`.
+    """
+    from .data.mvtec import image_size_of
+    from .data.sources import build_datasets
+
+    train_ds, test_ds = build_datasets(spec, image_size)
+    for ds in (train_ds, test_ds):
+        for sample in getattr(ds, "samples", []) if ds is not None else []:
+            image_size_of(Path(sample.path))
+            if sample.mask_path:
+                image_size_of(Path(sample.mask_path))
+    return train_ds, test_ds
+
+
+def load_inspect_image(path: str | os.PathLike[str], max_side: int = MAX_INSPECT_SIDE) -> tuple[Any, str | None]:
+    """An uploaded image as RGB for scoring and display, and a note when it was downscaled.
+
+    Images larger than ``max_side`` pixels a side are downscaled (keeping the aspect ratio); the EXIF
+    orientation is applied. Anything that is not a usable image (no image data, truncated, a decompression
+    bomb, ...) raises :class:`DataError` with a clear message.
+    """
+    from .data.transforms import load_image
+
+    try:
+        img = load_image(path, max_side=max_side)
+    except DataError as exc:  # name the file as the user knows it, not by its server-side temporary path
+        raise DataError(str(exc).replace(str(path), Path(path).name)) from exc
+    note = None
+    with contextlib.suppress(Exception):
+        from PIL import Image
+
+        with Image.open(path) as head:
+            w, h = head.size
+        if max(w, h) > max_side:
+            note = f"{Path(path).name} is {w}x{h} px: scored and shown at {img.width}x{img.height} px"
+    return img, note
+
+
 def data_spec_for_checkpoint(meta: dict[str, Any], paths: StudioPaths) -> DataSpec | None:
     """The data a checkpoint was trained on, re-rooted for this machine (``None`` if unknown).
 
@@ -622,8 +686,10 @@ class TrainingJob:
         out_path: str | os.PathLike[str] | None,
         curves: bool = True,
         device: Any = None,
+        datasets: tuple[Any, Any] | None = None,
     ) -> None:
         self.spec = spec
+        self.datasets = datasets  # (train, test) already built and checked, e.g. by check_training_data
         self.config = config
         self.out_path = Path(out_path) if out_path is not None else None
         self.want_curves = curves
@@ -689,7 +755,10 @@ class TrainingJob:
             from .train import train
 
             self._status("preparing data")
-            train_ds, test_ds = build_datasets(self.spec, self.config.image_size)
+            if self.datasets is not None:
+                train_ds, test_ds = self.datasets
+            else:
+                train_ds, test_ds = build_datasets(self.spec, self.config.image_size)
             self.n_train = len(train_ds)  # type: ignore[arg-type]
             self.n_test = len(test_ds) if test_ds is not None else 0  # type: ignore[arg-type]
             if self.stop_event.is_set():

@@ -212,7 +212,8 @@ def test_training_on_uploaded_zip(studio, client) -> None:
     assert meta["category"] == "my_parts" and meta["data"]["kind"] == "folder"
     good_dir = Path(meta["data"]["good_dir"])
     assert good_dir.is_relative_to(studio.work / "uploads")
-    assert sorted(p.name for p in good_dir.iterdir()) == [p.name for p in good]
+    assert meta["n_train"] + meta["score_normalization"]["n_holdout"] == len(good), "the 6 images, not notes.txt"
+    assert not good_dir.parent.exists(), "the extracted upload is removed once training is over"
     assert "no labelled test set" in metrics
     # an unsafe zip is refused with a clear message and adds nothing
     bad = studio.root / "evil.zip"

@@ -332,6 +332,15 @@ def test_load_image_exif_rotation() -> None:
     assert out.size == (20, 40)
 
 
+def test_load_image_max_side() -> None:
+    tall = Image.fromarray(_img(0, 64)[:, :48])
+    assert load_image(tall, max_side=32).size == (24, 32)
+    assert load_image(tall, max_side=100).size == (48, 64), "smaller images are kept as they are"
+    photo = _png_bytes(Image.new("RGB", (400, 300), (200, 30, 30)), "JPEG")  # JPEG: decoded at reduced scale
+    out = load_image(photo, max_side=100)
+    assert out.size == (100, 75) and abs(np.asarray(out).astype(int)[40, 50] - [200, 30, 30]).max() < 8
+
+
 def test_load_image_errors(tmp_path: Path) -> None:
     data = _png_bytes(Image.fromarray(_img(0, 64)))
     with pytest.raises(DataError, match="corrupt or truncated"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -14,6 +15,7 @@ from torch.utils.data import Dataset
 
 from ikd_core.data.transforms import (
     IMAGE_EXTENSIONS,
+    check_image_size,
     image_to_tensor,
     list_images,
     load_image,
@@ -81,12 +83,19 @@ def find_mask(folder: Path, stem: str, suffixes: Sequence[str] = ("_mask",)) -> 
 
 
 def image_size_of(path: Path) -> tuple[int, int]:
-    """(width, height) read from the file header; DataError if the file is not an image."""
+    """(width, height) read from the file header (nothing is decoded); DataError if the file is not an
+    image or declares more pixels than :data:`~ikd_core.data.transforms.MAX_PIXELS`."""
     try:
-        with Image.open(path) as img:
-            return img.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                size = img.size
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image too large ({exc}); downscale it before use.") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image file ({exc}); re-export or remove it.") from exc
+    check_image_size(size[0], size[1], str(path))
+    return size
 
 
 def check_mask_matches(image_path: Path, mask_path: Path) -> None:

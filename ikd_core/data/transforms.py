@@ -49,7 +49,8 @@ def _describe(src: object) -> str:
     return f"<{type(src).__name__}>"
 
 
-def _check_size(width: int, height: int, what: str) -> None:
+def check_image_size(width: int, height: int, what: str) -> None:
+    """DataError for images without pixels or with more than :data:`MAX_PIXELS` (decompression bombs)."""
     if width < 1 or height < 1:
         raise DataError(f"{what}: image has no pixels ({width}x{height}); replace or remove the file.")
     if width * height > MAX_PIXELS:
@@ -59,8 +60,11 @@ def _check_size(width: int, height: int, what: str) -> None:
         )
 
 
-def _open_file(src: str | os.PathLike | bytes | bytearray, what: str) -> Image.Image:
-    """Open and fully decode a file or byte string, guarding against bombs and corrupt data."""
+def _open_file(src: str | os.PathLike | bytes | bytearray, what: str, max_side: int | None = None) -> Image.Image:
+    """Open and fully decode a file or byte string, guarding against bombs and corrupt data.
+
+    With ``max_side``, JPEGs are decoded at a reduced scale (never below ``max_side``) to save time and memory.
+    """
     if isinstance(src, (bytes, bytearray)):
         fp: object = io.BytesIO(bytes(src))
     else:
@@ -72,7 +76,9 @@ def _open_file(src: str | os.PathLike | bytes | bytearray, what: str) -> Image.I
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fp)
-            _check_size(img.width, img.height, what)
+            check_image_size(img.width, img.height, what)
+            if max_side is not None and img.format == "JPEG" and max(img.size) > max_side:
+                img.draft(img.mode, (max_side, max_side))
             img.load()
     except DataError:
         raise
@@ -93,7 +99,7 @@ def _from_array(arr: np.ndarray, what: str) -> Image.Image:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise DataError(f"{what}: array of shape {arr.shape} is not an image; expected HxW, HxWx3 or HxWx4.")
-    _check_size(arr.shape[1], arr.shape[0], what)
+    check_image_size(arr.shape[1], arr.shape[0], what)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype == np.uint16:
@@ -138,15 +144,15 @@ def _to_rgb(img: Image.Image, what: str) -> Image.Image:
         raise DataError(f"{what}: colour mode {img.mode!r} cannot be converted to RGB; re-save as PNG/JPEG.") from exc
 
 
-def _open_any(src: ImageSource) -> tuple[Image.Image, str]:
+def _open_any(src: ImageSource, max_side: int | None = None) -> tuple[Image.Image, str]:
     what = _describe(src)
     if isinstance(src, Image.Image):
-        _check_size(src.width, src.height, what)
+        check_image_size(src.width, src.height, what)
         img = src
     elif isinstance(src, np.ndarray):
         return _from_array(src, what), what
     elif isinstance(src, (str, os.PathLike, bytes, bytearray)):
-        img = _open_file(src, what)
+        img = _open_file(src, what, max_side)
     else:
         raise DataError(f"{what}: cannot load an image from this type; pass a path, bytes, PIL image or array.")
     with contextlib.suppress(Exception):  # malformed EXIF must not block loading
@@ -154,10 +160,21 @@ def _open_any(src: ImageSource) -> tuple[Image.Image, str]:
     return img, what
 
 
-def load_image(src: ImageSource) -> Image.Image:
-    """Load a path / bytes / PIL image / uint8 array as an 8-bit RGB PIL image (EXIF orientation applied)."""
-    img, what = _open_any(src)
-    return _to_rgb(img, what)
+def load_image(src: ImageSource, max_side: int | None = None) -> Image.Image:
+    """Load a path / bytes / PIL image / uint8 array as an 8-bit RGB PIL image (EXIF orientation applied).
+
+    ``max_side``: downscale (keeping the aspect ratio) so that neither side exceeds it, e.g. to show and
+    score very large photos without holding them at full resolution.
+    """
+    if max_side is not None and max_side < 1:
+        raise DataError(f"max_side must be a positive integer, got {max_side!r}.")
+    img, what = _open_any(src, max_side)
+    img = _to_rgb(img, what)
+    if max_side is not None and max(img.size) > max_side:
+        scale = max_side / max(img.size)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return img
 
 
 def load_mask(src: ImageSource) -> np.ndarray:
