@@ -45,6 +45,7 @@ DEMO_CATEGORY = "demo_texture"
 DEFAULT_BACKBONE = "efficientnet_lite0"
 READY_CHECKPOINTS = [default_checkpoint_name(c, DEFAULT_BACKBONE) for c in DEMO_CATEGORIES]
 MAX_INSPECT_IMAGES = 64
+MAX_KEPT_EXPORTS = 16  # exported GIFs kept on disk (older ones are deleted)
 MAX_FILE_SIZE = os.environ.get("IKD_MAX_FILE_SIZE", "1gb")
 #: Gradio's temporary files (uploads, rendered results): every FREQUENCY seconds, those older than AGE seconds
 #: are deleted ("FREQUENCY,AGE"; all of them when the server stops).
@@ -589,6 +590,7 @@ def export_gif(ckpt: str, n: float, fps: float, width: float, threshold: float, 
             if not images:
                 raise gr.Error("this model's data has no test set here: upload images in the Inspect tab first")
         out = PATHS.work / "exports" / f"{path.stem}-{uuid.uuid4().hex[:8]}.gif"
+        service.prune_files(out.parent, keep=MAX_KEPT_EXPORTS - 1)
         make_gif(predictor, images, out, masks=masks, fps=float(fps), size=int(width),
                  norm_threshold=float(threshold), alpha=float(alpha), cmap=cmap)
     except Exception as exc:  # noqa: BLE001

@@ -792,6 +792,17 @@ class TrainingJob:
             self.events.put(JobEvent("end", self.state))
 
 
+def prune_files(folder: str | os.PathLike[str], keep: int) -> None:
+    """Delete all but the ``keep`` newest files of ``folder`` (e.g. exported GIFs, which Gradio has
+    already copied into its own cache by the time they are shown)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    files = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in files[keep:]:
+        old.unlink(missing_ok=True)
+
+
 def curves_from_outputs(res: dict[str, Any]) -> Curves:
     """Curves and metrics from :func:`ikd_core.train.predict_maps` outputs."""
     from .metrics import image_roc_curve, pixel_roc_curve, pro_curve

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -34,3 +40,48 @@ def tiny_checkpoint(demo_root, tmp_path_factory: pytest.TempPathFactory):
     cfg = TrainConfig(image_size=64, epochs=1, batch_size=4, lr=1e-3)
     result = train(train_ds, test_ds, cfg, out_path=out, category="demo_texture", data_info=spec.to_dict())
     return result
+
+
+STUDIO_CKPT = "demo_texture-efficientnet_lite0.safetensors"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def run_studio(root: Path, tiny_checkpoint, env: dict[str, str] | None = None):
+    """The app on a free 127.0.0.1 port, with a 64-px demo set and the tiny checkpoint in folders under
+    ``root`` (``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR``, ``IKD_WORK_DIR``), so the repository's files are never
+    touched. ``env`` adds variables for this launch; all are restored afterwards."""
+    from ikd_core.data.synthetic import generate_demo_dataset
+
+    pretrained, data, work = root / "pretrained", root / "data", root / "work"
+    generate_demo_dataset(data / "demo", n_train=12, n_test_good=4, n_test_defect=2, image_size=64, seed=0)
+    pretrained.mkdir()
+    src = Path(tiny_checkpoint.checkpoint)
+    shutil.copy(src, pretrained / STUDIO_CKPT)
+    shutil.copy(src.with_suffix(".json"), (pretrained / STUDIO_CKPT).with_suffix(".json"))
+    new = {"IKD_PRETRAINED_DIR": str(pretrained), "IKD_DATA_DIR": str(data), "IKD_WORK_DIR": str(work),
+           **(env or {})}
+    old = {k: os.environ.get(k) for k in new}
+    os.environ.update(new)
+    app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
+    assert app.PATHS.pretrained == pretrained
+    port = _free_port()
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    **app.launch_kwargs())
+    try:
+        yield SimpleNamespace(app=app, url=f"http://127.0.0.1:{port}/", netloc=f"127.0.0.1:{port}", root=root,
+                              pretrained=pretrained, demo=data / "demo", work=work)
+    finally:
+        app.demo.close()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -12,11 +12,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import importlib  # noqa: E402
 import io  # noqa: E402
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import sys  # noqa: E402
 import zipfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
@@ -35,47 +31,19 @@ from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
-CKPT = "demo_texture-efficientnet_lite0.safetensors"
-ENV_KEYS = ("IKD_PRETRAINED_DIR", "IKD_DATA_DIR", "IKD_WORK_DIR")
+from conftest import STUDIO_CKPT as CKPT  # noqa: E402
+from conftest import run_studio  # noqa: E402
+
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run"]
 TIMEOUT_MS = 90_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
     """The app on a free local port, with a tiny 64-px demo set and checkpoint in temporary folders."""
-    from ikd_core.data.synthetic import generate_demo_dataset
-
-    root = tmp_path_factory.mktemp("studio_browser")
-    pretrained, data, work = root / "pretrained", root / "data", root / "work"
-    generate_demo_dataset(data / "demo", n_train=12, n_test_good=4, n_test_defect=2, image_size=64, seed=0)
-    pretrained.mkdir()
-    src = Path(tiny_checkpoint.checkpoint)
-    shutil.copy(src, pretrained / CKPT)
-    shutil.copy(src.with_suffix(".json"), (pretrained / CKPT).with_suffix(".json"))
-    old = {k: os.environ.get(k) for k in ENV_KEYS}
-    os.environ.update({"IKD_PRETRAINED_DIR": str(pretrained), "IKD_DATA_DIR": str(data), "IKD_WORK_DIR": str(work)})
-    app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
-    port = _free_port()
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    **app.launch_kwargs())
-    try:
-        yield SimpleNamespace(app=app, url=f"http://127.0.0.1:{port}/", netloc=f"127.0.0.1:{port}", root=root,
-                              pretrained=pretrained, demo=data / "demo")
-    finally:
-        app.demo.close()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with run_studio(tmp_path_factory.mktemp("studio_browser"), tiny_checkpoint) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import importlib  # noqa: E402
 import io  # noqa: E402
 import pickle  # noqa: E402
 import shutil  # noqa: E402
@@ -24,13 +23,13 @@ import uuid  # noqa: E402
 import zipfile  # noqa: E402
 import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from conftest import run_studio  # noqa: E402
 from PIL import Image  # noqa: E402
-from test_app_api import CKPT, _free_port, _inspect  # noqa: E402
+from test_app_api import CKPT, _inspect  # noqa: E402
 from test_checkpoint import MARKER, _copy_with, _Payload  # noqa: E402
 from test_data import _chunk, _png_bytes  # noqa: E402
 
@@ -39,38 +38,16 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import load_test  # noqa: E402
 
 ENV = {"IKD_MAX_FILE_SIZE": "5mb", "IKD_DELETE_CACHE": "1,30", "IKD_ALLOW_SERVER_PATHS": "1"}
-ENV_KEYS = ("IKD_PRETRAINED_DIR", "IKD_DATA_DIR", "IKD_WORK_DIR", "GRADIO_TEMP_DIR", *ENV)
 CACHE_AGE = 30
 
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
-    from ikd_core.data.synthetic import generate_demo_dataset
-
     root = tmp_path_factory.mktemp("studio_hard")
-    pretrained, data, work, gtmp = root / "pretrained", root / "data", root / "work", root / "gradio"
-    generate_demo_dataset(data / "demo", n_train=12, n_test_good=4, n_test_defect=2, image_size=64, seed=0)
-    pretrained.mkdir()
-    src = Path(tiny_checkpoint.checkpoint)
-    shutil.copy(src, pretrained / CKPT)
-    shutil.copy(src.with_suffix(".json"), (pretrained / CKPT).with_suffix(".json"))
-    old = {k: os.environ.get(k) for k in ENV_KEYS}
-    os.environ.update({"IKD_PRETRAINED_DIR": str(pretrained), "IKD_DATA_DIR": str(data), "IKD_WORK_DIR": str(work),
-                       "GRADIO_TEMP_DIR": str(gtmp), **ENV})
-    app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
-    port = _free_port()
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    **app.launch_kwargs())
-    try:
-        yield SimpleNamespace(app=app, url=f"http://127.0.0.1:{port}/", root=root, pretrained=pretrained,
-                              demo=data / "demo", work=work, gradio_tmp=gtmp, canary=None)
-    finally:
-        app.demo.close()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    gtmp = root / "gradio"
+    with run_studio(root, tiny_checkpoint, {"GRADIO_TEMP_DIR": str(gtmp), **ENV}) as s:
+        s.gradio_tmp, s.canary = gtmp, None
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -364,3 +364,13 @@ def test_job_registry_stops_only_the_owners_job(demo_root: Path, tmp_path: Path)
     assert reg.get("alice") is job
     reg.discard("alice", job)
     assert reg.get("alice") is None
+
+
+def test_prune_files_keeps_the_newest(tmp_path) -> None:
+    for i in range(5):
+        f = tmp_path / f"{i}.gif"
+        f.write_bytes(b"x")
+        os.utime(f, ns=(i * 10**9, i * 10**9))
+    service.prune_files(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3.gif", "4.gif"]
+    service.prune_files(tmp_path / "missing", keep=1)  # no folder: nothing to do
