@@ -611,6 +611,19 @@ def on_load() -> tuple[Any, ...]:
     return gr.Dropdown(choices=names, value=value), info, label, gallery, paths
 
 
+def warm_up() -> None:
+    """Prepare what the first visitor needs (demo data, the ready model, its test set) before the
+    server opens, so the first upload gets its heatmap at once (a few seconds, once)."""
+    try:
+        ensure_demo_data()
+        name = initial_checkpoint()
+        if name:
+            _, predictor = _predictor(name)
+            example_images(predictor.metadata)
+    except Exception:  # noqa: BLE001 - a failed warm-up only means the first request does the work
+        log.exception("warm-up failed")
+
+
 # ------------------------------------------------------------------------------------------ UI
 CSS = """
 .ikd-bar { height: 10px; background: var(--neutral-200); border-radius: 5px; overflow: hidden; }
@@ -804,6 +817,7 @@ def launch_kwargs() -> dict[str, Any]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
+    warm_up()
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
