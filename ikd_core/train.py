@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import math
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,12 +372,3 @@ def compute_metrics(res: dict[str, Tensor]) -> dict[str, float]:
         res["masks"][known] if has_masks else None,
     )
 
-
-def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Mean of each metric over categories, ignoring NaN."""
-    keys = sorted({k for r in rows for k in r})
-    out = {}
-    for k in keys:
-        vals = [r[k] for r in rows if k in r and not math.isnan(r[k])]
-        out[k] = float(np.mean(vals)) if vals else float("nan")
-    return out

@@ -1,6 +1,6 @@
 """The real timm / Hugging Face hub path of teacher weight resolution, against a fake hub on loopback.
 
-What ``timm.create_model("resnet18", pretrained=True)`` asks of the hub (timm 1.0.31,
+What timm asks of the hub when it downloads resnet18 weights (timm 1.0.31,
 huggingface_hub 2.4.0): timm looks for the safetensors alternative of ``pytorch_model.bin`` first,
 ``hf_hub_download("timm/resnet18.a1_in1k", "model.safetensors", revision=None)``, i.e.
 

@@ -74,6 +74,3 @@ def default_checkpoint_name(category: str, backbone: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in category).strip("._") or "custom"
     return f"{safe}-{backbone}.safetensors"
 
-
-def resolve_root(path: str | os.PathLike[str] | None, default: Path) -> Path:
-    return Path(path) if path else default
