@@ -120,6 +120,7 @@ def load_model(
         combine=tcfg.get("combine", "product"),
         sigma=float(tcfg.get("sigma", 4.0)),
         feature_pool=bool(tcfg.get("feature_pool", False)),
+        student=student,
     )
     want = teacher.get("fingerprint")
     if want and want != model.teacher_fingerprint:
@@ -128,7 +129,7 @@ def load_model(
             f"found here ({model.teacher_fingerprint}, {model.teacher_source})"
         )
     model.student.load_state_dict(state)
-    model.to(select_device(str(device)) if str(device) == "auto" else torch.device(device)).eval()
+    model.to(select_device(str(device))).eval()
     return model, meta
 
 

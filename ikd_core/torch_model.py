@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .anomaly_map import AnomalyMapGenerator
-from .backbones import BACKBONES, build_student, build_teacher
+from .backbones import BACKBONES, FeatureExtractor, build_student, build_teacher
 
 
 def normalize_features(feats: list[Tensor]) -> list[Tensor]:
@@ -31,11 +31,12 @@ class IKDModel(nn.Module):
         combine: str = "product",
         sigma: float = 4.0,
         feature_pool: bool = False,
+        student: FeatureExtractor | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.teacher, self.teacher_source, self.teacher_fingerprint = build_teacher(backbone, teacher_weights)
-        self.student = build_student(backbone)
+        self.student = student if student is not None else build_student(backbone)
         self.feature_pool = feature_pool
         self.anomaly_map = AnomalyMapGenerator(combine=combine, sigma=sigma)
 

@@ -52,7 +52,7 @@ class TrainConfig:
     sigma: float = 4.0
     feature_pool: bool = False
     holdout_fraction: float = 0.1  # good training images kept aside to fit the threshold
-    threshold_k: float = 3.0  # threshold = mean + k * std of held-out good image scores
+    threshold_k: float = 3.0  # threshold = max(mean + k * std, max) of held-out good image scores
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # CUDA only; the loss is always float32
@@ -162,7 +162,8 @@ def predict_maps(
 def fit_normalization(maps: Tensor, k: float = 3.0) -> dict[str, float]:
     """Threshold and colour scale from held-out good maps.
 
-    threshold = mean + k * std of the image scores (max of each map); ``lo`` = median good pixel.
+    threshold = max(mean + k * std, max) of the image scores (max of each map), so no held-out good
+    image is above it; ``lo`` = median good pixel.
     The normalised score 0.5 * (x - lo) / (threshold - lo) puts the threshold at 0.5.
     """
     scores = maps.flatten(1).amax(dim=1).double()

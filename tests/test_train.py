@@ -75,10 +75,18 @@ def test_fit_normalization_threshold_above_good_scores() -> None:
 
 
 def test_predictor_matches_training_maps_and_renders(tiny_checkpoint, demo_root: Path) -> None:
+    from ikd_core.data.mvtec import MVTecDataset
+
     predictor = Predictor.from_checkpoint(tiny_checkpoint.checkpoint)
-    path = sorted((demo_root / "demo_texture" / "test" / "good").glob("*.png"))[0]
+    samples = MVTecDataset(demo_root, "demo_texture", "test", 64).samples
+    idx = next(i for i, s in enumerate(samples) if s.label == 1)
+    path = samples[idx].path
     (pred,) = predictor.predict([path])
     assert pred.anomaly_map.shape == (64, 64)
+    # The reloaded checkpoint scores the image exactly as the model did at the end of training.
+    expected = tiny_checkpoint.test_outputs
+    assert pred.score == pytest.approx(expected["scores"][idx].item(), rel=1e-5)
+    np.testing.assert_allclose(pred.anomaly_map, expected["maps"][idx].numpy(), rtol=1e-4, atol=1e-6)
     assert pred.norm_score == pytest.approx(float(np.clip(0.5 * (pred.score - pred.lo) / (pred.threshold - pred.lo),
                                                           0, 1)))
     assert pred.is_anomalous(0.0) and not pred.is_anomalous(1.01)
