@@ -62,6 +62,7 @@ DASH = "–"
 DEMO_LABEL = "synthetic demo data — not MVTec AD"
 PAPER_ROW = "IKD (paper)"
 GIF_FRAMES = 8
+SETTINGS_KEYS = ("backbone", "image_size", "epochs", "batch_size", "lr", "seed", "max_minutes", "hard_mining", "gamma")
 GIF_FPS = 2.0
 GIF_MAX_WIDTH = 1024
 
@@ -148,6 +149,7 @@ class CategoryResult:
     curves: dict[str, str] = field(default_factory=dict)
     gif: str | None = None
     gif_frames: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # training settings recorded in the checkpoint
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,6 +263,8 @@ def run_category(
     r.images_per_sec = meta.get("images_per_sec")
     r.epochs_completed = meta.get("epochs_completed")
     r.teacher = (meta.get("teacher") or {}).get("source")
+    recorded = meta.get("train_config") or {}
+    r.settings = {k: recorded[k] for k in SETTINGS_KEYS if k in recorded}
     if meta.get("stopped_early"):
         r.notes.append(f"training stopped early after {r.epochs_completed} epochs")
 
@@ -373,9 +377,7 @@ def build_report(summary: dict[str, Any], results: Sequence[CategoryResult]) -> 
         *([f"- Invoked as: `{summary['invoked']}`"] if summary.get("invoked") else []),
         f"- Data: {'MVTec AD' if data == 'mvtec' else 'synthetic demo data (not MVTec AD)'}, root "
         f"`{summary['data_root']}`; categories run: {', '.join(summary['categories'])}",
-        f"- Model: backbone {cfg['backbone']}, image size {cfg['image_size']} px, epochs {cfg['epochs']}, batch "
-        f"size {cfg['batch_size']}, lr {cfg['lr']:g}, seed {cfg['seed']}; device {summary['device']}; "
-        f"checkpoints in `{summary['pretrained_dir']}`" + (" (retrained)" if summary["retrain"] else ""),
+        model_line(summary, results),
         *machine_lines(summary["machine"]),
         f"- Date: {summary['finished'] or summary['started']} (UTC); total wall time "
         f"{_duration(summary['wall_seconds'])}",
@@ -425,7 +427,7 @@ def build_report(summary: dict[str, Any], results: Sequence[CategoryResult]) -> 
         trained = DASH if r.status != "ok" else ("yes" if r.trained else "no (checkpoint)")
         lines.append(
             f"| {r.category} | {r.status} | {trained} | {_duration(r.train_seconds)} | "
-            f"{_num(r.images_per_sec)} | {r.epochs_completed if r.epochs_completed is not None else DASH} | "
+            f"{_num(r.images_per_sec)} | {DASH if r.epochs_completed is None else format(r.epochs_completed, 'g')} | "
             f"{r.image_size or DASH} | {_duration(r.eval_seconds)} | {r.n_test or DASH} | {curves} | {gif} |"
         )
     total_train = sum(r.train_seconds or 0.0 for r in results if r.trained)
@@ -443,6 +445,40 @@ def build_report(summary: dict[str, Any], results: Sequence[CategoryResult]) -> 
         lines += [f"- {c}: {n}" for c, n in notes]
         lines.append("")
     return "\n".join(lines)
+
+
+def settings_text(s: dict[str, Any]) -> str:
+    """One line of training settings (``TrainConfig`` keys), as the report's Model line shows them."""
+    parts = [f"backbone {s.get('backbone', DASH)}", f"image size {s.get('image_size', DASH)} px",
+             f"epochs {s.get('epochs', DASH)}", f"batch size {s.get('batch_size', DASH)}",
+             f"lr {s['lr']:g}" if "lr" in s else f"lr {DASH}", f"seed {s.get('seed', DASH)}"]
+    if s.get("max_minutes"):
+        parts.append(f"time limit {s['max_minutes']:g} min")
+    if s.get("hard_mining") is False:
+        parts.append("AHSM off")
+    if s.get("gamma") is not None and s["gamma"] != 1.0:
+        parts.append(f"gamma {s['gamma']:g}")
+    return ", ".join(parts)
+
+
+def model_line(summary: dict[str, Any], results: Sequence[CategoryResult]) -> str:
+    """The Model line: the run's settings, or those recorded in the checkpoints it evaluated instead."""
+    cfg = summary["config"]
+    tail = f"; device {summary['device']}; checkpoints in `{summary['pretrained_dir']}`" + (
+        " (retrained)" if summary["retrain"] else "")
+    reused = [r for r in results if r.status == "ok" and not r.trained]
+    if not reused:
+        return f"- Model: {settings_text(cfg)}{tail}"
+    groups: dict[str, list[str]] = {}
+    for r in reused:
+        groups.setdefault(settings_text(r.settings) if r.settings else "settings not recorded", []).append(
+            r.category)
+    described = "; ".join(text if len(groups) == 1 else f"{', '.join(cats)}: {text}" for text, cats in
+                          groups.items())
+    head = f"- Model: existing checkpoints evaluated, trained with {described}"
+    if any(r.trained for r in results):
+        head += f"; categories trained in this run: {settings_text(cfg)}"
+    return head + tail
 
 
 def _rel(path: str | None, base: str) -> str:

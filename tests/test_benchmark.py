@@ -97,6 +97,11 @@ def test_existing_checkpoint_is_evaluated_not_retrained(demo_run: dict, monkeypa
     md = (work / "results" / "again.md").read_text()
     row = table(md, TABLES["image_auroc"])["Ours (efficientnet_lite0)"]
     assert row["Demo Texture"] == DASH  # not run: empty, never invented
+    # The Model line shows how the evaluated checkpoint was trained (TINY), not this command's defaults.
+    model = next(ln for ln in md.splitlines() if ln.startswith("- Model:"))
+    assert "existing checkpoints evaluated" in model
+    assert "image size 64 px, epochs 1, batch size 4, lr 0.001" in model and "epochs 50" not in model
+    assert r["settings"]["batch_size"] == 4
     assert (work / "assets2" / "demo_object.gif").is_file()
 
 
