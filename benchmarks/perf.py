@@ -164,12 +164,51 @@ def _fmt(v: Any, spec: str = ".1f") -> str:
 
 
 # --------------------------------------------------------------------------- measurements (one case each)
-def train_step_case(backbone: str, batch: int, form: str, device: str = "cpu", steps: int = 5, warmup: int = 2,
-                    amp: bool = True, image_size: int = IMAGE_SIZE, naive_max_gb: float | None = None) -> dict:
-    """Forward + backward + AdamW step of the IKD training loop on random images; ``form``: fast | naive CSL.
+def _rss_mb() -> tuple[float, float] | None:
+    """(current, peak) resident set of this process in MB from /proc, or None where it is not readable."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    vals = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in status.splitlines()
+            if ln.startswith(("VmRSS:", "VmHWM:"))}
+    return (vals["VmRSS"], vals["VmHWM"]) if len(vals) == 2 else None
 
-    Mirrors ``ikd_core.train.train`` (autocast on CUDA, float32 loss). Peak memory is above the built model,
-    so it holds activations, gradients and the optimiser state.
+
+class _StepPeak:
+    """Peak CUDA memory (MB) of one step above the allocation before it; nothing on CPU."""
+
+    def __init__(self, dev: torch.device) -> None:
+        self.dev = dev
+        self.above_mb: float | None = None
+
+    def __enter__(self) -> _StepPeak:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+            torch.cuda.reset_peak_memory_stats(self.dev)
+            self.base = torch.cuda.memory_allocated(self.dev) / 2**20
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+            self.above_mb = max(0.0, torch.cuda.max_memory_allocated(self.dev) / 2**20 - self.base)
+
+
+def train_step_case(backbone: str, batch: int, device: str = "cpu", steps: int = 5, warmup: int = 1,
+                    amp: bool = True, image_size: int = IMAGE_SIZE, hard_mining: bool = True,
+                    naive_max_gb: float | None = None, forms: tuple[str, ...] = ("fast", "naive")) -> dict:
+    """The IKD training step (forward + backward + AdamW) with the fast CSL and with the naive Gram CSL,
+    interleaved in one process on the same model and images, so that both see the same machine state.
+
+    Step pairs alternate their order (fast-naive, naive-fast, ...). Per form: median step time and peak memory
+    above the built model (activations, gradients, optimiser state, the loss's temporaries): on CUDA from the
+    allocator, per step; on CPU the process's resident-set high-water mark, which only means something with
+    one form per process (``forms=("naive",)``: the allocator keeps what a step freed for the next one).
+    ``speedup`` = median over pairs of naive time / fast time, with its range. ``loss_ms``: the loss alone
+    (forward + backward of ``IKDLoss`` on the features of the last step), the only part in which the two steps
+    differ. Mirrors ``ikd_core.train.train`` (autocast on CUDA, float32 loss). The naive form is skipped, with
+    the reason, where its |H| x |H| matrices (~20 |H|^2 bytes) would not fit in ``naive_max_gb``.
     """
     import ikd_core.loss as loss_mod
     from ikd_core.loss import IKDLoss
@@ -181,53 +220,101 @@ def train_step_case(backbone: str, batch: int, form: str, device: str = "cpu", s
     teacher = teacher_for(backbone)
     model = IKDModel(backbone, teacher_weights=teacher).to(dev)
     model.train()
-    crit = IKDLoss(len(model.student.channels), model.default_level_weights).to(dev)
+    crit = IKDLoss(len(model.student.channels), model.default_level_weights, hard_mining=hard_mining).to(dev)
     opt = torch.optim.AdamW(model.student.parameters(), lr=5e-5, weight_decay=1e-2)
     use_amp = amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
     x = torch.randn(batch, 3, image_size, image_size, device=dev)
-    sizes: list[int] = []
     limit = (naive_max_gb if naive_max_gb is not None else naive_limit_gb(device)) * 2**30
     fast_fn = loss_mod.context_similarity_loss
+    state: dict[str, Any] = {"form": "fast", "sizes": []}
+    base_rss = _rss_mb()
 
     def csl(t: torch.Tensor, s: torch.Tensor, all_reduce: Callable = loss_mod._identity) -> torch.Tensor:
-        sizes.append(int(t.shape[0]))
-        if form == "fast":
+        state["sizes"].append(int(t.shape[0]))
+        if state["form"] == "fast":
             return fast_fn(t, s, all_reduce)
         if 20 * t.shape[0] ** 2 > limit:
-            raise MemoryError(f"|H| = {t.shape[0]}: the naive Gram CSL needs ~{20 * t.shape[0] ** 2 / 2**30:.0f} GiB")
+            raise MemoryError(f"|H| = {t.shape[0]}: the naive Gram CSL needs ~{20 * t.shape[0] ** 2 / 2**30:.0f} "
+                              f"GiB (limit {limit / 2**30:.1f})")
         return loss_mod.context_similarity_loss_naive(t, s)
 
-    def step() -> float:
-        with _autocast(dev, use_amp):
-            t_feats, s_feats = model(x)
-        loss = crit(t_feats, s_feats)
+    def step(form: str) -> tuple[float, float | None, float]:
+        state["form"] = form
+        state["sizes"] = []
         opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        return float(loss.detach())
+        with _StepPeak(dev) as peak:
+            _sync(dev)
+            t0 = time.perf_counter()
+            with _autocast(dev, use_amp):
+                t_feats, s_feats = model(x)
+            loss = crit(t_feats, s_feats)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            _sync(dev)
+            sec = time.perf_counter() - t0
+        return sec, peak.above_mb, float(loss.detach())
 
+    res: dict[str, dict[str, Any]] = {f: {"times": [], "peaks": []} for f in forms}
+    pairs: list[float] = []
+    loss_val = float("nan")
     loss_mod.context_similarity_loss = csl
-    times = []
     try:
-        with _Peak(dev) as peak:
-            for i in range(warmup + steps):
-                sizes.clear()
+        for i in range(warmup + steps):
+            order = forms if i % 2 == 0 else forms[::-1]
+            took: dict[str, float] = {}
+            for form in order:
+                if "skipped" in res[form]:
+                    continue
+                try:
+                    sec, above, loss_val = step(form)
+                except MemoryError as exc:
+                    res[form]["skipped"] = str(exc)
+                    continue
+                res[form]["hard_sizes"] = list(state["sizes"])
+                if i >= warmup:
+                    res[form]["times"].append(sec)
+                    res[form]["peaks"].append(above)
+                    took[form] = sec
+            if len(took) == 2:
+                pairs.append(took["naive"] / took["fast"])
+        # The loss alone, on the last step's features: the part in which the two steps differ.
+        with torch.no_grad(), _autocast(dev, use_amp):
+            t_feats, s_feats = model(x)
+        for form in forms:
+            if "skipped" in res[form]:
+                continue
+            state["form"] = form
+            times = []
+            for _ in range(max(3, steps)):
+                s_req = [f.detach().requires_grad_(True) for f in s_feats]
                 _sync(dev)
                 t0 = time.perf_counter()
-                loss = step()
+                crit(t_feats, s_req).backward()
                 _sync(dev)
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
+                times.append(time.perf_counter() - t0)
+            res[form]["loss_ms"] = 1000 * statistics.median(times)
     finally:
         loss_mod.context_similarity_loss = fast_fn
-    sec = statistics.median(times)
-    return {
-        "backbone": backbone, "batch": batch, "form": form, "device": str(dev), "teacher": teacher,
-        "amp": use_amp, "step_s": sec, "images_per_s": batch / sec, "peak_mb": peak.above_mb,
-        "total_peak_mb": peak.total_mb, "hard_sizes": list(sizes), "loss": loss, "steps": steps,
-    }
+    out: dict[str, Any] = {"backbone": backbone, "batch": batch, "device": str(dev), "teacher": teacher,
+                           "amp": use_amp, "hard_mining": hard_mining, "steps": steps, "loss": loss_val}
+    cpu_peak = None
+    if dev.type != "cuda" and len(forms) == 1 and base_rss and (end_rss := _rss_mb()):
+        cpu_peak = max(0.0, end_rss[1] - base_rss[0])
+    for form, r in res.items():
+        if r["times"]:
+            sec = statistics.median(r["times"])
+            peaks = [v for v in r["peaks"] if v is not None]
+            peak = (max(peaks) if peaks else None) if dev.type == "cuda" else cpu_peak
+            out[form] = {"step_s": sec, "images_per_s": batch / sec, "peak_mb": peak,
+                         "hard_sizes": r.get("hard_sizes", []), "loss_ms": r.get("loss_ms")}
+        else:
+            out[form] = {"skipped": r.get("skipped", "no step measured"), "hard_sizes": r.get("hard_sizes", [])}
+    if pairs:
+        out["speedup"] = statistics.median(pairs)
+        out["speedup_range"] = [min(pairs), max(pairs)]
+    return out
 
 
 @torch.no_grad()
@@ -354,31 +441,40 @@ def csl_section(device: str, quick: bool, command: str) -> str:
     ]).rstrip() + "\n"
 
 
+def ahsm_off_backbones(backbones: list[str]) -> list[str]:
+    """Backbones also measured with AHSM off (every position hard): the offline default and the paper's."""
+    return [bb for bb in ("efficientnet_lite0", "hrnet_w32") if bb in backbones] or backbones[:1]
+
+
 def train_section(device: str, backbones: list[str], batches: list[int], steps: int, warmup: int, threads: int,
                   command: str) -> str:
+    cases = [(bb, batch, True) for bb in backbones for batch in batches]
+    cases += [(bb, batch, False) for bb in ahsm_off_backbones(backbones) for batch in batches]
     rows = []
-    for bb in backbones:
-        for batch in batches:
-            pair = {}
-            for form in ("fast", "naive"):
-                kw = {"backbone": bb, "batch": batch, "form": form, "device": device, "steps": steps,
-                      "warmup": warmup}
-                t0 = time.perf_counter()
-                try:
-                    if device.startswith("cuda"):
-                        res = train_step_case(**kw)
-                        torch.cuda.empty_cache()
-                    else:
-                        res = _in_subprocess("train_step_case", kw, threads)
-                except Exception as exc:  # noqa: BLE001 - reported in the table
-                    res = {"error": str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}
-                    if device.startswith("cuda"):
-                        torch.cuda.empty_cache()
-                pair[form] = res
-                print(f"train {bb} batch {batch} {form}: "
-                      f"{res.get('images_per_s', res.get('error'))} ({time.perf_counter() - t0:.0f} s)", flush=True)
-            rows.append((bb, batch, pair))
-    mem = "CUDA max_memory_allocated" if device.startswith("cuda") else "subprocess ru_maxrss"
+    for bb, batch, hard in cases:
+        kw = {"backbone": bb, "batch": batch, "device": device, "steps": steps, "warmup": warmup,
+              "hard_mining": hard}
+        t0 = time.perf_counter()
+        try:
+            if device.startswith("cuda"):
+                res = train_step_case(**kw)
+            else:
+                res = _in_subprocess("train_step_case", kw, threads)
+                # Peak memory: one form per fresh process (one step), so each form's high-water mark is its own.
+                for form in ("fast", "naive"):
+                    if "skipped" not in res[form]:
+                        one = _in_subprocess("train_step_case", {**kw, "steps": 1, "warmup": 0, "forms": [form]},
+                                             threads)
+                        res[form]["peak_mb"] = one[form].get("peak_mb")
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            res = {"error": str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        rows.append((bb, batch, hard, res))
+        print(f"train {bb} batch {batch} AHSM {'on' if hard else 'off'}: {res.get('speedup', res.get('error'))} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    mem = ("CUDA max_memory_allocated of a step above the allocation before it" if device.startswith("cuda") else
+           "resident-set high-water mark of one step in a fresh process (one per form) above the built model")
     lines = [
         "## Training step",
         "",
@@ -386,31 +482,46 @@ def train_section(device: str, backbones: list[str], batches: list[int], steps: 
         "",
         f"Forward + backward + AdamW on random {IMAGE_SIZE} px images, device {device}"
         + (" with AMP (bf16 autocast, float32 loss)" if device.startswith("cuda") else "")
-        + f"; median of {steps} steps after {warmup} warm-up; AHSM on, gamma 1 (the training defaults). "
-        f"'naive' computes the CSL from |H| x |H| Grams (`context_similarity_loss_naive`). Peak memory: {mem}, "
-        "above the built model (activations, gradients, optimiser state). |H|: hard positions per level "
-        "in the last step.",
+        + ". Each row runs the step with our loss (exact fast CSL) and with a reference loss whose CSL is the "
+        "naive |H| x |H| Gram form (`context_similarity_loss_naive`), interleaved in one process on the same "
+        f"model and images, order alternating; {steps} steps of each after {warmup} warm-up pair(s). img/s from "
+        "the median step; speed-up = median over step pairs of reference time / our time [min - max]. "
+        "Loss ms: forward + backward of the loss alone on the features of the last step (the only part in which "
+        f"the two steps differ). Peak MB: {mem}. abs(H): hard positions per "
+        "level in the last step; AHSM on is the training default, AHSM off (every position hard) the paper's "
+        "ablation.",
         "",
-        "| Backbone | Teacher | Batch | fast img/s | naive img/s | fast / naive | fast peak MB | naive peak MB | "
-        "abs(H) per level |",
-        "|:---|:---|---:|---:|---:|---:|---:|---:|:---|",
+        "| Backbone | Teacher | AHSM | Batch | ours img/s | reference img/s | speed-up | ours loss ms | "
+        "reference loss ms | ours peak MB | reference peak MB | abs(H) per level |",
+        "|:---|:---|:---|---:|---:|---:|:---|---:|---:|---:|---:|:---|",
     ]
-    errors = []
-    for bb, batch, pair in rows:
-        f, n = pair["fast"], pair["naive"]
-        ratio = f"{f['images_per_s'] / n['images_per_s']:.2f}x" if "error" not in f and "error" not in n else "-"
-        cells = []
-        for r in (f, n):
-            if "error" in r:
-                cells.append("failed")
-                errors.append(f"- {bb}, batch {batch}, {'fast' if r is f else 'naive'}: {r['error']}")
-            else:
-                cells.append(f"{r['images_per_s']:.2f}")
-        teacher = f.get("teacher") or n.get("teacher") or "-"
+    errors, skips = [], []
+    for bb, batch, hard, r in rows:
+        ahsm = "on" if hard else "off"
+        if "error" in r:
+            errors.append(f"- {bb}, AHSM {ahsm}, batch {batch}: {r['error']}")
+            lines.append(f"| {bb} | - | {ahsm} | {batch} | failed | failed | - | - | - | - | - | - |")
+            continue
+        f, n = r["fast"], r["naive"]
+        if "skipped" in n:
+            skips.append(f"- {bb}, AHSM {ahsm}, batch {batch}: reference not run: {n['skipped']}")
+        speed = "-"
+        if "speedup" in r:
+            lo, hi = r["speedup_range"]
+            speed = f"{r['speedup']:.2f}x [{lo:.2f} - {hi:.2f}]"
+        elif "skipped" in n and "skipped" not in f:
+            speed = "only ours runs"
+
+        def cell(d: dict, key: str, spec: str) -> str:
+            return "cannot run" if "skipped" in d else _fmt(d.get(key), spec)
+
         hs = f.get("hard_sizes") or n.get("hard_sizes")
-        lines.append(f"| {bb} | {teacher} | {batch} | {cells[0]} | {cells[1]} | {ratio} | "
-                     f"{_fmt(f.get('peak_mb'), '.0f')} | {_fmt(n.get('peak_mb'), '.0f')} | "
-                     f"{', '.join(map(str, hs)) if hs else '-'} |")
+        lines.append(
+            f"| {bb} | {r['teacher']} | {ahsm} | {batch} | {cell(f, 'images_per_s', '.2f')} | "
+            f"{cell(n, 'images_per_s', '.2f')} | {speed} | {cell(f, 'loss_ms', '.1f')} | {cell(n, 'loss_ms', '.1f')} | "
+            f"{cell(f, 'peak_mb', '.0f')} | {cell(n, 'peak_mb', '.0f')} | {', '.join(map(str, hs)) if hs else '-'} |")
+    if skips:
+        lines += ["", *skips]
     if errors:
         lines += ["", "Failures:", *errors]
     return "\n".join(lines) + "\n"
@@ -583,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     if "csl" in wanted:
         measure(SECTION_ORDER[0], lambda: csl_section(args.device, args.quick, command))
     if "train" in wanted:
-        steps, warmup = (1, 1) if args.quick else (5, 2)
+        steps, warmup = (2, 1) if args.quick else (6, 1)
         measure(SECTION_ORDER[1], lambda: train_section(args.device, backbones, [2, 8], steps, warmup, args.threads,
                                                         command))
     if "infer" in wanted:

@@ -196,3 +196,23 @@ def test_perf_report_keeps_unmeasured_sections(tmp_path: Path) -> None:
     assert text.index("## Training step") < text.index(perf.LOAD_TEST_HEADING) < text.index("## GPU")
     _, sections = perf.split_report(text)
     assert set(sections) == {"## Training step", perf.LOAD_TEST_HEADING, perf.GPU_HEADING}
+
+
+def test_perf_train_step_pairs_both_forms_and_reports_a_reference_that_cannot_run() -> None:
+    """benchmarks/perf.py's paired step: both losses measured on one model, the same hard-set sizes with AHSM
+    off (every position), and a reference too big for its memory limit is reported, not run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("perf", Path(__file__).resolve().parents[1] / "benchmarks/perf.py")
+    perf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(perf)
+    r = perf.train_step_case("efficientnet_lite0", 2, steps=2, warmup=0, image_size=64)
+    for form in ("fast", "naive"):
+        assert r[form]["images_per_s"] > 0 and r[form]["loss_ms"] > 0
+    lo, hi = r["speedup_range"]
+    assert lo <= r["speedup"] <= hi
+    everything = [2 * 16 * 16, 2 * 8 * 8, 2 * 4 * 4]  # strides 4, 8, 16 at 64 px, batch 2
+    off = perf.train_step_case("efficientnet_lite0", 2, steps=1, warmup=0, image_size=64, hard_mining=False,
+                               naive_max_gb=20 * 300**2 / 2**30)  # room for |H| <= 300: levels 1 and 2 only
+    assert off["fast"]["hard_sizes"] == everything
+    assert "|H| = 512" in off["naive"]["skipped"] and "speedup" not in off
