@@ -7,7 +7,8 @@ Per level, with t and s the channel-L2-normalised teacher and student features:
   hard set H = {p : d(p) >= m}, all positions when H is empty;
 * pixel loss L_ps = mean of d over H;
 * context similarity loss L_cs = mean over (i, j) in H x H of (t_i.t_j - s_i.s_j)^2, computed exactly
-  from C x C Gram matrices (see :func:`context_similarity_loss`), never from |H| x |H| ones.
+  from C x C Gram matrices, or from the |H| x |H| one while |H| <= 2C where that is cheaper
+  (see :func:`context_similarity_loss`).
 
 Level loss = L_ps + gamma * L_cs; the total is the weighted mean over levels.
 """
@@ -28,29 +29,54 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-def context_similarity_loss(t: Tensor, s: Tensor, all_reduce: AllReduce = _identity) -> Tensor:
-    """Exact CSL = ||T T^T - S S^T||_F^2 / n^2 for row-feature matrices T, S of shape (n, C).
+PAIRS_MAX_RATIO = 2
+"""The n x n arrangement is used up to n = PAIRS_MAX_RATIO * C: below, it is the cheaper one (O(n^2 C) against
+O(n C^2); measured crossover on CPU near n = 2C), and its matrices stay within (2C)^2 entries."""
 
-    Never forms the n x n Grams: O(n C^2) time, O(C^2) memory. With P = T + S and D = T - S,
-    T T^T - S S^T = (P D^T + D P^T) / 2, so
 
-        ||T T^T - S S^T||_F^2 = (<P^T P, D^T D> + <(P^T D)^T, P^T D>) / 2.
-
-    This is ||T^T T||^2 + ||S^T S||^2 - 2 ||T^T S||^2 rearranged so that every term is of the
-    order of ||D||^2: no catastrophic cancellation when the student is close to the teacher.
-    Accumulates in float32 (float64 inputs stay float64). ``all_reduce`` sums the C x C Grams
-    and n over ranks, so the loss is the one of the global batch.
-    """
+def _float_pd(t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """P = T + S and D = T - S in float32 (float64 inputs stay float64)."""
     dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
-    t = t.to(dtype)
-    s = s.to(dtype)
-    p, d = t + s, t - s
-    n = all_reduce(torch.tensor(float(t.shape[0]), dtype=dtype, device=t.device))
+    t, s = t.to(dtype), s.to(dtype)
+    return t + s, t - s
+
+
+def csl_gram(t: Tensor, s: Tensor, all_reduce: AllReduce = _identity) -> Tensor:
+    """Exact CSL from C x C Grams: ``(<P^T P, D^T D> + <(P^T D)^T, P^T D>) / 2 / n^2``; O(n C^2) time, O(C^2)
+    memory. ``all_reduce`` sums the Grams and n over ranks, so the loss is the one of the global batch."""
+    p, d = _float_pd(t, s)
+    n = all_reduce(torch.tensor(float(t.shape[0]), dtype=p.dtype, device=p.device))
     pp = all_reduce(p.T @ p)
     dd = all_reduce(d.T @ d)
     pd = all_reduce(p.T @ d)
     total = 0.5 * ((pp * dd).sum() + (pd.T * pd).sum())
     return total.clamp_min(0.0) / n.clamp_min(1.0).square()
+
+
+def csl_pairs(t: Tensor, s: Tensor) -> Tensor:
+    """Exact CSL from the n x n matrix ``(P D^T + D P^T) / 2`` (= T T^T - S S^T); O(n^2 C) time, one process."""
+    p, d = _float_pd(t, s)
+    m = p @ d.T
+    return (0.5 * (m + m.T)).square().sum() / max(t.shape[0], 1) ** 2
+
+
+def context_similarity_loss(t: Tensor, s: Tensor, all_reduce: AllReduce = _identity) -> Tensor:
+    """Exact CSL = ||T T^T - S S^T||_F^2 / n^2 for row-feature matrices T, S of shape (n, C).
+
+    With P = T + S and D = T - S, T T^T - S S^T = (P D^T + D P^T) / 2, so
+
+        ||T T^T - S S^T||_F^2 = (<P^T P, D^T D> + <(P^T D)^T, P^T D>) / 2      (C x C: :func:`csl_gram`)
+                              = ||(P D^T + D P^T) / 2||_F^2                     (n x n: :func:`csl_pairs`)
+
+    Both are ||T^T T||^2 + ||S^T S||^2 - 2 ||T^T S||^2 rearranged so that every term is of the order of
+    ||D||^2: no catastrophic cancellation when the student is close to the teacher. The cheaper one is used:
+    the n x n form while n <= 2C on one process (small hard sets), the C x C Grams otherwise and always
+    across ranks, so time is O(n C min(n, C)) and memory O(C^2) at any n; |H| x |H| Grams of big hard sets
+    are never formed. Accumulates in float32 (float64 inputs stay float64).
+    """
+    if all_reduce is _identity and t.shape[0] <= PAIRS_MAX_RATIO * t.shape[1]:
+        return csl_pairs(t, s)
+    return csl_gram(t, s, all_reduce)
 
 
 def context_similarity_loss_naive(t: Tensor, s: Tensor) -> Tensor:

@@ -6,7 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ikd_core.loss import AdaptiveMargin, IKDLoss, context_similarity_loss, context_similarity_loss_naive
+from ikd_core.loss import (
+    AdaptiveMargin,
+    IKDLoss,
+    context_similarity_loss,
+    context_similarity_loss_naive,
+    csl_gram,
+    csl_pairs,
+)
+
+# Our loss picks the n x n arrangement for n <= 2C and the C x C Grams above; both are checked on both sides.
+FORMS = {"auto": context_similarity_loss, "gram": csl_gram, "pairs": csl_pairs}
 
 
 def _pair(n: int, c: int, eps: float | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,26 +29,44 @@ def _pair(n: int, c: int, eps: float | None, seed: int = 0) -> tuple[torch.Tenso
     return t, s
 
 
+@pytest.mark.parametrize("n", [3000, 150])
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("eps", [None, 1e-1, 1e-2, 1e-3, 1e-4])
-def test_csl_equals_naive_gram_float32(eps: float | None) -> None:
-    t, s = _pair(3000, 96, eps)
+def test_csl_equals_naive_gram_float32(eps: float | None, form: str, n: int) -> None:
+    t, s = _pair(n, 96, eps)
     ref = context_similarity_loss_naive(t.double(), s.double()).item()
-    fast = context_similarity_loss(t, s).item()
+    fast = FORMS[form](t, s).item()
     assert ref > 0
     assert abs(fast - ref) / ref < 1e-4
 
 
-def test_csl_gradient_matches_naive() -> None:
-    t, s = _pair(500, 32, 1e-2)
+@pytest.mark.parametrize("n", [500, 40])
+@pytest.mark.parametrize("form", FORMS)
+def test_csl_gradient_matches_naive(form: str, n: int) -> None:
+    t, s = _pair(n, 32, 1e-2)
     s1 = s.double().clone().requires_grad_(True)
     s2 = s.double().clone().requires_grad_(True)
-    context_similarity_loss(t.double(), s1).backward()
+    FORMS[form](t.double(), s1).backward()
     context_similarity_loss_naive(t.double(), s2).backward()
     torch.testing.assert_close(s1.grad, s2.grad, rtol=1e-8, atol=1e-12)
 
 
-def test_csl_bf16_inputs_accumulate_in_float32() -> None:
-    t, s = _pair(2000, 64, None)
+def test_csl_picks_the_cheaper_exact_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """n x n while n <= 2C on one process; C x C Grams for bigger hard sets and whenever ranks are reduced."""
+    import ikd_core.loss as loss_mod
+
+    used = []
+    monkeypatch.setattr(loss_mod, "csl_pairs", lambda t, s: used.append("pairs") or csl_pairs(t, s))
+    monkeypatch.setattr(loss_mod, "csl_gram", lambda t, s, r=None: used.append("gram") or csl_gram(t, s))
+    for n in (10, 64, 65, 1000):
+        loss_mod.context_similarity_loss(*_pair(n, 32, None))
+    loss_mod.context_similarity_loss(*_pair(10, 32, None), all_reduce=lambda x: x)  # a (1-rank) reduction
+    assert used == ["pairs", "pairs", "gram", "gram", "gram"]
+
+
+@pytest.mark.parametrize("n", [2000, 100])
+def test_csl_bf16_inputs_accumulate_in_float32(n: int) -> None:
+    t, s = _pair(n, 64, None)
     ref = context_similarity_loss_naive(t.bfloat16().double(), s.bfloat16().double()).item()
     out = context_similarity_loss(t.bfloat16(), s.bfloat16())
     assert out.dtype == torch.float32
