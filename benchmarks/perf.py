@@ -7,8 +7,9 @@ Sections:
 
 * CSL: the exact fast form vs the naive |H| x |H| Gram form (``benchmarks/csl.py``, one subprocess per case on
   CPU so the peak resident memory is its own; in-process with ``torch.cuda.max_memory_allocated`` on CUDA).
-* Training step: images/s of forward + backward + AdamW for every backbone at 256 px, batch 2 and 8, with the
-  fast CSL and, side by side, with the naive Gram CSL; peak memory above the built model.
+* Training step: images/s of forward + backward + AdamW for every backbone at 256 px, batch 2 and 8, with our
+  loss and with a reference whose CSL is the naive Gram form, interleaved in one process (paired speed-up),
+  the loss alone, peak memory above the built model; AHSM on (default) and off (every position hard).
 * Inference: ms per image of teacher + student + anomaly map at batch 1 and 16, and the floor of two teacher
   forwards, so the post-processing overhead shows.
 

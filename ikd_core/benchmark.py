@@ -580,7 +580,8 @@ def run_benchmark(
 
         def on_progress(p: Any, cat: str = cat) -> None:
             if p.phase == "train" and p.step == p.steps_per_epoch:
-                bar.set_postfix_str(f"{cat} epoch {p.epoch}/{p.epochs} loss {p.loss:.4f}")
+                bar.set_postfix_str(f"{cat} epoch {p.epoch}/{p.epochs} loss {p.loss:.4f}, "
+                                    f"category ETA {_duration(p.eta_s)}")
             elif p.phase != "train":
                 bar.set_postfix_str(f"{cat} {p.phase}")
 

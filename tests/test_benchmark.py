@@ -216,3 +216,10 @@ def test_perf_train_step_pairs_both_forms_and_reports_a_reference_that_cannot_ru
                                naive_max_gb=20 * 300**2 / 2**30)  # room for |H| <= 300: levels 1 and 2 only
     assert off["fast"]["hard_sizes"] == everything
     assert "|H| = 512" in off["naive"]["skipped"] and "speedup" not in off
+
+
+def test_progress_shows_category_epoch_and_eta(demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_benchmark(demo_root, data="demo", categories="demo_texture", name="p", out=tmp_path / "r",
+                  assets=tmp_path / "a", pretrained_dir=tmp_path / "p", **{**TINY, "progress": True})
+    err = capsys.readouterr().err
+    assert "benchmark" in err and "demo_texture epoch 1/1" in err and "category ETA" in err
