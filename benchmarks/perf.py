@@ -176,26 +176,6 @@ def _rss_mb() -> tuple[float, float] | None:
     return (vals["VmRSS"], vals["VmHWM"]) if len(vals) == 2 else None
 
 
-class _StepPeak:
-    """Peak CUDA memory (MB) of one step above the allocation before it; nothing on CPU."""
-
-    def __init__(self, dev: torch.device) -> None:
-        self.dev = dev
-        self.above_mb: float | None = None
-
-    def __enter__(self) -> _StepPeak:
-        if self.dev.type == "cuda":
-            torch.cuda.synchronize(self.dev)
-            torch.cuda.reset_peak_memory_stats(self.dev)
-            self.base = torch.cuda.memory_allocated(self.dev) / 2**20
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.dev.type == "cuda":
-            torch.cuda.synchronize(self.dev)
-            self.above_mb = max(0.0, torch.cuda.max_memory_allocated(self.dev) / 2**20 - self.base)
-
-
 def train_step_case(backbone: str, batch: int, device: str = "cpu", steps: int = 5, warmup: int = 1,
                     amp: bool = True, image_size: int = IMAGE_SIZE, hard_mining: bool = True,
                     naive_max_gb: float | None = None, forms: tuple[str, ...] = ("fast", "naive")) -> dict:
@@ -244,7 +224,7 @@ def train_step_case(backbone: str, batch: int, device: str = "cpu", steps: int =
         state["form"] = form
         state["sizes"] = []
         opt.zero_grad(set_to_none=True)
-        with _StepPeak(dev) as peak:
+        with _Peak(dev) as peak:
             _sync(dev)
             t0 = time.perf_counter()
             with _autocast(dev, use_amp):
@@ -255,7 +235,8 @@ def train_step_case(backbone: str, batch: int, device: str = "cpu", steps: int =
             scaler.update()
             _sync(dev)
             sec = time.perf_counter() - t0
-        return sec, peak.above_mb, float(loss.detach())
+        # Per step on CUDA only: on CPU a high-water mark is per process (see the docstring).
+        return sec, peak.above_mb if dev.type == "cuda" else None, float(loss.detach())
 
     res: dict[str, dict[str, Any]] = {f: {"times": [], "peaks": []} for f in forms}
     pairs: list[float] = []
