@@ -128,15 +128,9 @@ def train_section(device: str, image_size: int, batch: int, steps: int, warmup: 
         try:
             r = perf.train_step_case(bb, batch, device, steps=steps, warmup=warmup, amp=True, image_size=image_size,
                                      hard_mining=hard)
-            f, n = r["fast"], r["naive"]
-
-            def cell(d: dict, key: str, spec: str) -> str:
-                return "cannot run" if "skipped" in d else perf._fmt(d.get(key), spec)
-
-            speed = (f"{r['speedup']:.2f}x [{r['speedup_range'][0]:.2f} - {r['speedup_range'][1]:.2f}]"
-                     if "speedup" in r else "-")
+            f, n, cell = r["fast"], r["naive"], perf.step_cell
             lines.append(f"| {bb} | {r['teacher']} | {ahsm} | {cell(f, 'images_per_s', '.1f')} | "
-                         f"{cell(n, 'images_per_s', '.1f')} | {speed} | {cell(f, 'loss_ms', '.2f')} | "
+                         f"{cell(n, 'images_per_s', '.1f')} | {perf.speedup_text(r)} | {cell(f, 'loss_ms', '.2f')} | "
                          f"{cell(n, 'loss_ms', '.2f')} | {cell(f, 'peak_mb', '.0f')} | {cell(n, 'peak_mb', '.0f')} | "
                          f"{', '.join(map(str, f.get('hard_sizes') or n.get('hard_sizes') or []))} |")
             if "skipped" in n:

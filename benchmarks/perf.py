@@ -164,6 +164,19 @@ def _fmt(v: Any, spec: str = ".1f") -> str:
     return str(v)
 
 
+def step_cell(d: dict, key: str, spec: str) -> str:
+    """A cell of one form's training-step result: 'cannot run' where that form was skipped."""
+    return "cannot run" if "skipped" in d else _fmt(d.get(key), spec)
+
+
+def speedup_text(r: dict) -> str:
+    """'1.02x [0.95 - 1.10]' (median and range over step pairs), 'only ours runs', or '-'."""
+    if "speedup" in r:
+        lo, hi = r["speedup_range"]
+        return f"{r['speedup']:.2f}x [{lo:.2f} - {hi:.2f}]"
+    return "only ours runs" if "skipped" in r["naive"] and "skipped" not in r["fast"] else "-"
+
+
 # --------------------------------------------------------------------------- measurements (one case each)
 def _rss_mb() -> tuple[float, float] | None:
     """(current, peak) resident set of this process in MB from /proc, or None where it is not readable."""
@@ -487,21 +500,13 @@ def train_section(device: str, backbones: list[str], batches: list[int], steps: 
         f, n = r["fast"], r["naive"]
         if "skipped" in n:
             skips.append(f"- {bb}, AHSM {ahsm}, batch {batch}: reference not run: {n['skipped']}")
-        speed = "-"
-        if "speedup" in r:
-            lo, hi = r["speedup_range"]
-            speed = f"{r['speedup']:.2f}x [{lo:.2f} - {hi:.2f}]"
-        elif "skipped" in n and "skipped" not in f:
-            speed = "only ours runs"
-
-        def cell(d: dict, key: str, spec: str) -> str:
-            return "cannot run" if "skipped" in d else _fmt(d.get(key), spec)
-
+        cell = step_cell
         hs = f.get("hard_sizes") or n.get("hard_sizes")
         lines.append(
             f"| {bb} | {r['teacher']} | {ahsm} | {batch} | {cell(f, 'images_per_s', '.2f')} | "
-            f"{cell(n, 'images_per_s', '.2f')} | {speed} | {cell(f, 'loss_ms', '.1f')} | {cell(n, 'loss_ms', '.1f')} | "
-            f"{cell(f, 'peak_mb', '.0f')} | {cell(n, 'peak_mb', '.0f')} | {', '.join(map(str, hs)) if hs else '-'} |")
+            f"{cell(n, 'images_per_s', '.2f')} | {speedup_text(r)} | {cell(f, 'loss_ms', '.1f')} | "
+            f"{cell(n, 'loss_ms', '.1f')} | {cell(f, 'peak_mb', '.0f')} | {cell(n, 'peak_mb', '.0f')} | "
+            f"{', '.join(map(str, hs)) if hs else '-'} |")
     if skips:
         lines += ["", *skips]
     if errors:
