@@ -79,13 +79,21 @@ def _tab(page: Page, name: str) -> None:
 
 
 def _set_number(page: Page, selector: str, value: float) -> None:
-    """Type ``value`` into a slider's number box and wait until the slider itself has it."""
+    """Type ``value`` into a slider's number box and wait until the slider itself has it. Typed again if the
+    value was lost (a box typed into while a freshly shown tab still mounts keeps its old value)."""
     box = page.locator(selector)
-    box.fill(str(value))
-    box.press("Enter")
     slider = page.locator(selector.replace("input[type=number]", "input[type=range]"))
-    if slider.count():
-        expect(slider).to_have_value(str(value))
+    for attempt in range(3):
+        box.fill(str(value))
+        box.press("Enter")
+        if not slider.count():
+            return
+        try:
+            expect(slider).to_have_value(str(value), timeout=10_000)
+            return
+        except AssertionError:
+            if attempt == 2:
+                raise
 
 
 def _fetch_png(page: Page, selector: str) -> np.ndarray:
