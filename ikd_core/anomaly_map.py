@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 from torch import Tensor, nn
@@ -14,7 +15,12 @@ class AnomalyMapGenerator(nn.Module):
 
     Args:
         combine: ``"product"`` over levels (paper) or ``"sum"``.
-        sigma: Gaussian blur sigma in pixels of the output (paper code: 4); 0 disables the blur.
+        sigma: Gaussian blur sigma in pixels of the output; 0 disables the blur. The official IKD code has
+            no blur; 4 is this project's default, the smoothing common to STFPM-style maps (RD4AD, anomalib).
+
+    The map is always computed in float32 with autocast off, so a model run under mixed precision (CUDA AMP,
+    CPU bfloat16) gives the same full-resolution float32 map as in float32 (a bf16 blur would quantise it to a
+    few hundred distinct values).
     """
 
     def __init__(self, combine: str = "product", sigma: float = 4.0) -> None:
@@ -28,6 +34,11 @@ class AnomalyMapGenerator(nn.Module):
         self, teacher_feats: Sequence[Tensor], student_feats: Sequence[Tensor], size: tuple[int, int]
     ) -> Tensor:
         """Return (B, 1, H, W) float32 maps at ``size``."""
+        device_type = teacher_feats[0].device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self._maps(teacher_feats, student_feats, size)
+
+    def _maps(self, teacher_feats: Sequence[Tensor], student_feats: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
         result: Tensor | None = None
         for t, s in zip(teacher_feats, student_feats, strict=True):
             level = (t.float() - s.float()).square().sum(dim=1, keepdim=True)

@@ -269,8 +269,7 @@ def run_category(
         r.notes.append(f"training stopped early after {r.epochs_completed} epochs")
 
     t_eval = time.perf_counter()
-    amp = bool((meta.get("train_config") or {}).get("amp", cfg.amp)) and device.type == "cuda"
-    res = predict_maps(model, DataLoader(test_ds, batch_size=8, shuffle=False), device, amp)
+    res = predict_maps(model, DataLoader(test_ds, batch_size=8, shuffle=False), device)
     r.metrics = compute_metrics(res)
     r.eval_seconds = round(time.perf_counter() - t_eval, 2)
     r.n_test = int(res["labels"].numel())

@@ -142,14 +142,16 @@ def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
 
 
 @torch.no_grad()
-def predict_maps(
-    model: IKDModel, loader: DataLoader, device: torch.device, amp: bool = False
-) -> dict[str, Tensor]:
-    """Run the model over a loader: maps (N,H,W), scores (N,), labels (N,), masks (N,H,W)."""
+def predict_maps(model: IKDModel, loader: DataLoader, device: torch.device) -> dict[str, Tensor]:
+    """Run the model over a loader: maps (N,H,W), scores (N,), labels (N,), masks (N,H,W).
+
+    Always float32 with autocast off, whatever the caller's context: the threshold fit, the metrics and
+    :class:`~ikd_core.predict.Predictor` must all see the same maps (mixed precision is for training steps).
+    """
     model.eval()
     maps, labels, masks = [], [], []
     for batch in loader:
-        with _autocast(device, amp):
+        with torch.autocast(device_type=device.type, enabled=False):
             m = model(batch["image"].to(device, non_blocking=True))
         maps.append(m.float()[:, 0].cpu())
         labels.append(torch.as_tensor(batch["label"]))
@@ -298,7 +300,7 @@ def train(
             report(epoch, step, "train")
         if test_ds is not None and cfg.val_every and epoch % cfg.val_every == 0 and epoch < cfg.epochs:
             report(epoch, steps, "validate")
-            res = predict_maps(model, _loader(test_ds, 8, cfg), device, use_amp)
+            res = predict_maps(model, _loader(test_ds, 8, cfg), device)
             history[-1].update({f"val_{k}": v for k, v in compute_metrics(res).items()})
         if stopped_early:
             break
@@ -309,14 +311,14 @@ def train(
         return TrainResult(model, {}, {}, history, None, seconds=time.perf_counter() - start)
 
     report(epoch, steps, "fit")
-    hold = predict_maps(model, _loader(hold_ds, 8, cfg), device, use_amp)
+    hold = predict_maps(model, _loader(hold_ds, 8, cfg), device)
     norm = fit_normalization(hold["maps"], cfg.threshold_k)
     norm["holdout_is_train"] = not hold_idx
     metrics: dict[str, float] = {}
     test_outputs = None
     if test_ds is not None:
         report(epoch, steps, "evaluate")
-        test_outputs = predict_maps(model, _loader(test_ds, 8, cfg), device, use_amp)
+        test_outputs = predict_maps(model, _loader(test_ds, 8, cfg), device)
         metrics = compute_metrics(test_outputs)
 
     cfg_dict = cfg.to_dict()
