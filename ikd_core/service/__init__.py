@@ -1,0 +1,48 @@
+"""UI-agnostic services behind the IKD Studio app: checkpoints, uploads, background training, caches.
+
+Nothing here imports a UI toolkit; the Gradio app (``app.py``) is a thin layer over these functions, and
+every user-facing problem is raised as an :class:`~ikd_core.errors.IKDError` whose message can be shown
+as is.
+
+Locations come from :class:`StudioPaths` (environment variables ``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR``
+and ``IKD_WORK_DIR``), so tests and deployments can point the app somewhere else than the repository.
+"""
+
+from .checkpoints import (
+    CHECKPOINT_SUFFIX,
+    MAX_CHECKPOINT_BYTES,
+    MAX_SIDECAR_BYTES,
+    CheckpointInfo,
+    check_checkpoint_name,
+    checkpoint_info,
+    default_checkpoint,
+    import_checkpoint,
+    list_checkpoints,
+    resolve_checkpoint,
+    unique_path,
+)
+from .jobs import Curves, JobEvent, JobRegistry, TrainingJob, curves_from_outputs
+from .paths import DATA_ENV, PRETRAINED_ENV, WORK_ENV, StudioPaths, sanitize_name
+from .predictors import PredictorCache
+from .testsets import SampleIndex, check_training_data, data_spec_for_checkpoint, mvtec_missing
+from .uploads import (
+    MAX_INSPECT_SIDE,
+    MAX_UPLOAD_FILE_BYTES,
+    MAX_UPLOAD_FILES,
+    MAX_UPLOAD_TOTAL_BYTES,
+    discard_upload,
+    extract_images,
+    load_inspect_image,
+    prune_files,
+    uploaded_data_spec,
+)
+
+__all__ = [
+    "CHECKPOINT_SUFFIX", "DATA_ENV", "MAX_CHECKPOINT_BYTES", "MAX_INSPECT_SIDE", "MAX_SIDECAR_BYTES",
+    "MAX_UPLOAD_FILES", "MAX_UPLOAD_FILE_BYTES", "MAX_UPLOAD_TOTAL_BYTES", "PRETRAINED_ENV", "WORK_ENV",
+    "CheckpointInfo", "Curves", "JobEvent", "JobRegistry", "PredictorCache", "SampleIndex", "StudioPaths",
+    "TrainingJob", "check_checkpoint_name", "check_training_data", "checkpoint_info", "curves_from_outputs",
+    "data_spec_for_checkpoint", "default_checkpoint", "discard_upload", "extract_images", "import_checkpoint",
+    "list_checkpoints", "load_inspect_image", "mvtec_missing", "prune_files", "resolve_checkpoint",
+    "sanitize_name", "unique_path", "uploaded_data_spec",
+]

@@ -1,0 +1,251 @@
+"""The checkpoint store: safe names, listing, metadata summaries and validated imports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import read_metadata, sidecar_path
+from ..errors import CheckpointError, IKDError
+from .paths import sanitize_name
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIX = ".safetensors"
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+#: Largest accepted checkpoint upload and JSON sidecar.
+MAX_CHECKPOINT_BYTES = 2 * 1024**3
+MAX_SIDECAR_BYTES = 16 * 1024 * 1024
+
+
+def check_checkpoint_name(name: str) -> str:
+    """Return ``name`` if it is a plain ``*.safetensors`` file name, else raise :class:`CheckpointError`.
+
+    Refused: empty names, absolute paths, path separators, ``..``, hidden files and other suffixes.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise CheckpointError("no checkpoint chosen; pick one from the list or train / upload one")
+    name = name.strip()
+    if (
+        "/" in name
+        or "\\" in name
+        or ".." in name
+        or "\x00" in name
+        or os.path.isabs(name)
+        or not _NAME_RE.fullmatch(name)
+    ):
+        raise CheckpointError(
+            f"invalid checkpoint name {name!r}: use a plain file name from the list such as "
+            "'demo_texture-efficientnet_lite0.safetensors' (no folders or '..')"
+        )
+    if not name.lower().endswith(CHECKPOINT_SUFFIX):
+        raise CheckpointError(f"{name}: only .safetensors checkpoints are accepted")
+    return name
+
+
+def resolve_checkpoint(name: str, directory: str | os.PathLike[str]) -> Path:
+    """The path of checkpoint ``name`` inside ``directory``; never a path outside it.
+
+    Raises :class:`CheckpointError` for unsafe names or missing files.
+    """
+    name = check_checkpoint_name(name)
+    root = Path(directory).resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise CheckpointError(f"invalid checkpoint name {name!r}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {name} not found in {directory}; refresh the list")
+    return path
+
+
+def unique_path(directory: str | os.PathLike[str], name: str) -> Path:
+    """``directory/name``, or ``directory/<stem>-2<suffix>`` (``-3``, ...) if that is taken."""
+    directory = Path(directory)
+    path = directory / name
+    stem, suffix = path.stem, path.suffix
+    n = 2
+    while path.exists() or sidecar_path(path).exists():
+        path = directory / f"{stem}-{n}{suffix}"
+        n += 1
+    return path
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+@dataclass
+class CheckpointInfo:
+    """A checkpoint file and its metadata (``error`` instead when it cannot be read)."""
+
+    name: str
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def category(self) -> str:
+        return str(self.metadata.get("category", "?"))
+
+    @property
+    def backbone(self) -> str:
+        return str(self.metadata.get("backbone", "?"))
+
+    @property
+    def image_size(self) -> int | None:
+        size = self.metadata.get("image_size")
+        return int(size) if size is not None else None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        m = self.metadata.get("metrics") or {}
+        return {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
+
+    @property
+    def created(self) -> str:
+        return str(self.metadata.get("created", "?"))
+
+    def label(self) -> str:
+        """Short text for a choice list."""
+        if not self.ok:
+            return f"{self.name} (unreadable)"
+        return f"{self.name} ({self.category}, {self.backbone}, {self.image_size} px)"
+
+    def describe(self) -> str:
+        """Markdown summary: backbone, category, image size, data, training, metrics, date."""
+        if not self.ok:
+            return f"**{self.name}**: cannot be used: {self.error}"
+        m = self.metadata
+        data = m.get("data") or {}
+        lines = [
+            f"**{self.name}**",
+            "",
+            f"- category: `{self.category}` (data: {data.get('kind', '?')})",
+            f"- backbone: `{self.backbone}`, image size {self.image_size} px",
+            f"- trained: {m.get('epochs_completed', '?')} epochs on {m.get('n_train', '?')} good images, "
+            f"{m.get('train_seconds', '?')} s on {m.get('device', '?')}",
+            f"- created: {self.created}",
+        ]
+        metrics = self.metrics
+        if metrics:
+            from ..metrics import METRIC_LABELS
+
+            order = [k for k in METRIC_LABELS if k in metrics] + [k for k in metrics if k not in METRIC_LABELS]
+            parts = [f"{METRIC_LABELS.get(k, k)} {_fmt(metrics[k])}" for k in order]
+            lines.append(f"- test metrics: {', '.join(parts)}")
+        else:
+            lines.append("- test metrics: none (no labelled test set)")
+        return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
+def checkpoint_info(path: str | os.PathLike[str]) -> CheckpointInfo:
+    """Metadata of one checkpoint (header only; tensors are not loaded)."""
+    path = Path(path)
+    try:
+        return CheckpointInfo(path.name, path, read_metadata(path))
+    except IKDError as exc:
+        return CheckpointInfo(path.name, path, {}, str(exc))
+    except OSError as exc:
+        return CheckpointInfo(path.name, path, {}, f"cannot read: {exc}")
+
+
+def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointInfo]:
+    """Every ``*.safetensors`` directly in ``directory`` (hidden and temporary files, and links that lead
+    outside ``directory``, skipped), by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    root = directory.resolve()
+    paths = sorted(
+        p for p in directory.iterdir()
+        if p.is_file() and p.suffix == CHECKPOINT_SUFFIX and not p.name.startswith(".")
+        and _NAME_RE.fullmatch(p.name) and p.resolve().parent == root
+    )
+    return [checkpoint_info(p) for p in paths]
+
+
+def default_checkpoint(infos: Sequence[CheckpointInfo], preferred: Sequence[str] = ()) -> str | None:
+    """The first usable name of ``preferred`` present in ``infos``, else the first usable one."""
+    usable = [i.name for i in infos if i.ok]
+    for name in preferred:
+        if name in usable:
+            return name
+    return usable[0] if usable else None
+
+
+def import_checkpoint(
+    upload: str | os.PathLike[str],
+    directory: str | os.PathLike[str],
+    sidecar: str | os.PathLike[str] | None = None,
+    original_name: str | None = None,
+    device: str = "cpu",
+    validate_model: bool = True,
+) -> CheckpointInfo:
+    """Copy an uploaded checkpoint (+ optional ``.json`` sidecar) into ``directory`` after checking it.
+
+    The file is staged in a private temporary folder, then checked with
+    :func:`~ikd_core.checkpoint.read_metadata` and (``validate_model``) a full
+    :func:`~ikd_core.predict.load_model`. Only a file that passes is moved in, under a new name if the
+    name is taken, so a bad upload never replaces or touches existing files.
+    """
+    upload = Path(upload)
+    directory = Path(directory)
+    name = original_name or upload.name
+    if not name.lower().endswith(CHECKPOINT_SUFFIX):
+        raise CheckpointError(
+            f"{Path(name).name}: only .safetensors checkpoints are accepted (.pt/.ckpt/.pth files are pickles "
+            "and are never loaded)"
+        )
+    if not upload.is_file():
+        raise CheckpointError(f"uploaded file {name} is missing; upload it again")
+    if upload.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{name} is larger than {MAX_CHECKPOINT_BYTES // 1024**2} MiB")
+    stem = sanitize_name(Path(Path(name).name).stem, "uploaded")
+    directory.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".import-", dir=directory))
+    try:
+        staged = stage / f"{stem}{CHECKPOINT_SUFFIX}"
+        shutil.copyfile(upload, staged)
+        if sidecar is not None:
+            side = Path(sidecar)
+            if side.stat().st_size > MAX_SIDECAR_BYTES:
+                raise CheckpointError(f"{side.name}: metadata file too large")
+            try:
+                json.loads(side.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"{side.name}: not a valid JSON metadata file ({exc})") from exc
+            shutil.copyfile(side, sidecar_path(staged))
+        meta = read_metadata(staged)
+        if validate_model:
+            from ..predict import load_model
+
+            try:
+                load_model(staged, device)
+            except IKDError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means an unusable upload
+                raise CheckpointError(f"{name}: cannot be loaded: {exc}") from exc
+        target = unique_path(directory, staged.name)
+        side_target = sidecar_path(target)
+        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        side_staged = sidecar_path(staged)
+        side_staged.write_text(text, encoding="utf-8")
+        os.replace(side_staged, side_target)
+        os.replace(staged, target)
+        return CheckpointInfo(target.name, target, meta)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -1,0 +1,101 @@
+"""Test sets: the data a checkpoint was trained on, checks of training data, and finding an image's
+ground truth by content."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..data.mvtec import Sample, list_categories
+from ..data.sources import DataSpec
+from .paths import StudioPaths
+
+
+def check_training_data(spec: DataSpec, image_size: int) -> tuple[Any, Any]:
+    """The (train, test-or-None) datasets of ``spec``, checked before any training starts.
+
+    Besides the layout checks of :func:`~ikd_core.data.sources.build_datasets` (missing or empty folders,
+    unsafe category names, masks missing or of another size), every image and mask is opened once, header
+    only, so a non-image file with an image extension or a decompression bomb is reported here by name
+    instead of failing mid-epoch. Raises :class:`DataError`.
+    """
+    from ..data.mvtec import image_size_of
+    from ..data.sources import build_datasets
+
+    train_ds, test_ds = build_datasets(spec, image_size)
+    for ds in (train_ds, test_ds):
+        for sample in getattr(ds, "samples", []) if ds is not None else []:
+            image_size_of(Path(sample.path))
+            if sample.mask_path:
+                image_size_of(Path(sample.mask_path))
+    return train_ds, test_ds
+
+
+def data_spec_for_checkpoint(meta: dict[str, Any], paths: StudioPaths) -> DataSpec | None:
+    """The data a checkpoint was trained on, re-rooted for this machine (``None`` if unknown).
+
+    Demo data lives under ``paths.demo_root``; MVTec AD under the recorded root when it exists, else
+    ``paths.mvtec_root``; folder data as recorded.
+    """
+    data = meta.get("data") or {}
+    if not isinstance(data, dict) or "kind" not in data:
+        return None
+    try:
+        spec = DataSpec.from_dict(data)
+    except TypeError:
+        return None
+    if spec.kind == "demo":
+        spec.root = str(paths.demo_root)
+    elif spec.kind == "mvtec":
+        recorded = Path(spec.root) if spec.root else None
+        if recorded is None or not (recorded / spec.category).is_dir():
+            spec.root = str(paths.mvtec_root)
+    return spec
+
+
+def mvtec_missing(root: str | os.PathLike[str], category: str | None = None) -> bool:
+    """True when MVTec AD (or ``category`` of it) is not under ``root``."""
+    cats = list_categories(root)
+    return not cats if category is None else category not in cats
+
+
+class SampleIndex:
+    """Finds the test-set sample (and so its ground-truth mask) of an image file by its content.
+
+    Files are matched by size first and SHA-256 second, so renamed copies (e.g. uploads) are found.
+    """
+
+    def __init__(self, samples: Iterable[Sample]) -> None:
+        self._by_size: dict[int, list[Sample]] = {}
+        self._hashes: dict[str, str] = {}
+        for s in samples:
+            with contextlib.suppress(OSError):
+                self._by_size.setdefault(os.path.getsize(s.path), []).append(s)
+
+    @staticmethod
+    def _sha(path: str | os.PathLike[str]) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    def lookup(self, path: str | os.PathLike[str]) -> Sample | None:
+        """The sample with the same bytes as ``path``, or ``None``."""
+        try:
+            cands = self._by_size.get(os.path.getsize(path), [])
+            if not cands:
+                return None
+            want = self._sha(path)
+            for s in cands:
+                if s.path not in self._hashes:
+                    self._hashes[s.path] = self._sha(s.path)
+                if self._hashes[s.path] == want:
+                    return s
+        except OSError:
+            return None
+        return None

@@ -1,0 +1,220 @@
+"""Uploaded files: good images for training (files or zips, extracted safely), images to inspect, and
+clean-up of what the studio wrote for them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import time
+import uuid
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..data.sources import DataSpec
+from ..data.transforms import IMAGE_EXTENSIONS
+from ..errors import DataError
+from .paths import sanitize_name
+
+#: Limits for uploaded good images (one zip or several files).
+MAX_UPLOAD_FILES = 5000
+MAX_UPLOAD_FILE_BYTES = 64 * 1024 * 1024
+MAX_UPLOAD_TOTAL_BYTES = 2 * 1024**3
+#: Inspected images larger than this (either side, pixels) are downscaled before scoring and display.
+MAX_INSPECT_SIDE = 2048
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _check_member_name(name: str) -> PurePosixPath:
+    """A zip member name as a relative path; :class:`DataError` if it could escape the target."""
+    norm = name.replace("\\", "/")
+    p = PurePosixPath(norm)
+    if (
+        not norm
+        or norm.startswith("/")
+        or p.is_absolute()
+        or (len(norm) > 1 and norm[1] == ":")
+        or ".." in p.parts
+        or "\x00" in norm
+    ):
+        raise DataError(f"refusing the archive: member {name!r} would be written outside the upload folder")
+    return p
+
+
+def _verify_image(path: Path, shown: str) -> None:
+    from ..data.transforms import load_image
+
+    try:
+        load_image(path)
+    except DataError as exc:
+        raise DataError(f"{shown}: not a usable image ({exc}); remove it and upload again") from exc
+
+
+def extract_images(
+    files: Iterable[str | os.PathLike[str]],
+    target: str | os.PathLike[str],
+    max_files: int = MAX_UPLOAD_FILES,
+    max_file_bytes: int = MAX_UPLOAD_FILE_BYTES,
+    max_total_bytes: int = MAX_UPLOAD_TOTAL_BYTES,
+    verify: bool = True,
+) -> list[Path]:
+    """Copy image files, and the images inside zip archives, flat into the new folder ``target``.
+
+    Safe by construction: zip members with absolute paths, ``..`` or links are refused (the whole
+    upload, nothing is kept), only image extensions are taken (other members are skipped), and the
+    number and sizes of files are limited (also while decompressing, against zip bombs). Each image is
+    decoded once to check it. ``target`` must not exist yet; on any error it is removed.
+    """
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=False)
+    written: list[Path] = []
+    total = 0
+    used: set[str] = set()
+
+    def out_name(name: str) -> Path:
+        stem, suffix = Path(name).stem, Path(name).suffix.lower()
+        base = sanitize_name(stem, "image")
+        cand, n = f"{base}{suffix}", 2
+        while cand.lower() in used:
+            cand, n = f"{base}-{n}{suffix}", n + 1
+        used.add(cand.lower())
+        return target / cand
+
+    def account(size: int, shown: str) -> None:
+        nonlocal total
+        if size > max_file_bytes:
+            raise DataError(f"{shown} is larger than {max_file_bytes // 1024**2} MiB; downscale it")
+        total += size
+        if total > max_total_bytes:
+            raise DataError(f"the upload is larger than {max_total_bytes // 1024**2} MiB in total")
+        if len(written) >= max_files:
+            raise DataError(f"too many images (limit {max_files})")
+
+    try:
+        for f in files:
+            src = Path(f)
+            if zipfile.is_zipfile(src):
+                with zipfile.ZipFile(src) as zf:
+                    infos = zf.infolist()
+                    for info in infos:  # check every member before writing anything
+                        _check_member_name(info.filename)
+                        if stat.S_ISLNK(info.external_attr >> 16):
+                            raise DataError(f"refusing the archive: member {info.filename!r} is a symbolic link")
+                    for info in infos:
+                        p = PurePosixPath(info.filename.replace("\\", "/"))
+                        if info.is_dir() or not _is_image_name(p.name):
+                            continue
+                        if any(part.startswith(".") or part == "__MACOSX" for part in p.parts):
+                            continue
+                        shown = f"{src.name}:{info.filename}"
+                        account(info.file_size, shown)
+                        dest = out_name(p.name)
+                        with zf.open(info) as fin, dest.open("wb") as fout:
+                            copied = 0
+                            while chunk := fin.read(1 << 20):
+                                copied += len(chunk)
+                                if copied > max_file_bytes or copied > info.file_size:
+                                    raise DataError(f"{shown}: decompresses to more than it declares; refused")
+                                fout.write(chunk)
+                        if verify:
+                            _verify_image(dest, shown)
+                        written.append(dest)
+                continue
+            if not _is_image_name(src.name):
+                raise DataError(
+                    f"{src.name}: not an image or zip file (accepted: {', '.join(sorted(IMAGE_EXTENSIONS))}, .zip)"
+                )
+            account(src.stat().st_size, src.name)
+            dest = out_name(src.name)
+            shutil.copyfile(src, dest)
+            if verify:
+                _verify_image(dest, src.name)
+            written.append(dest)
+        if not written:
+            raise DataError("the upload contains no images (png, jpg, bmp, tif, webp; zip archives of those)")
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    return written
+
+
+def uploaded_data_spec(
+    files: Sequence[str | os.PathLike[str]],
+    work_dir: str | os.PathLike[str],
+    category: str | None = None,
+    **limits: Any,
+) -> DataSpec:
+    """Extract uploaded good images (files and/or zips) into a fresh folder under ``work_dir/uploads``
+    and return the matching ``DataSpec(kind="folder")``.
+
+    ``category`` (default: the name of the first upload) names the data and the checkpoint.
+    """
+    if not files:
+        raise DataError("upload good images first (several image files or one zip of them)")
+    name = sanitize_name(category or Path(Path(str(files[0])).name).stem, "custom")
+    folder = Path(work_dir) / "uploads" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}-{name}"
+    good = folder / "good"
+    folder.mkdir(parents=True, exist_ok=False)
+    try:
+        extract_images(files, good, **limits)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return DataSpec(kind="folder", category=name, good_dir=str(good))
+
+
+def discard_upload(spec: DataSpec | None, work_dir: str | os.PathLike[str]) -> bool:
+    """Remove the folder :func:`uploaded_data_spec` extracted for ``spec`` (once training is over).
+
+    Only folders directly under ``work_dir/uploads`` are removed; any other spec is left alone. True if
+    something was removed.
+    """
+    if spec is None or spec.kind != "folder" or not spec.good_dir:
+        return False
+    uploads = (Path(work_dir) / "uploads").resolve()
+    folder = Path(spec.good_dir).resolve().parent
+    if folder.parent != uploads or not folder.is_dir():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
+def load_inspect_image(path: str | os.PathLike[str], max_side: int = MAX_INSPECT_SIDE) -> tuple[Any, str | None]:
+    """An uploaded image as RGB for scoring and display, and a note when it was downscaled.
+
+    Images larger than ``max_side`` pixels a side are downscaled (keeping the aspect ratio); the EXIF
+    orientation is applied. Anything that is not a usable image (no image data, truncated, a decompression
+    bomb, ...) raises :class:`DataError` with a clear message.
+    """
+    from ..data.transforms import load_image
+
+    try:
+        img = load_image(path, max_side=max_side)
+    except DataError as exc:  # name the file as the user knows it, not by its server-side temporary path
+        raise DataError(str(exc).replace(str(path), Path(path).name)) from exc
+    note = None
+    with contextlib.suppress(Exception):
+        from PIL import Image
+
+        with Image.open(path) as head:
+            w, h = head.size
+        if max(w, h) > max_side:
+            note = f"{Path(path).name} is {w}x{h} px: scored and shown at {img.width}x{img.height} px"
+    return img, note
+
+
+def prune_files(folder: str | os.PathLike[str], keep: int) -> None:
+    """Delete all but the ``keep`` newest files of ``folder`` (e.g. exported GIFs, which Gradio has
+    already copied into its own cache by the time they are shown)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    files = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in files[keep:]:
+        old.unlink(missing_ok=True)
