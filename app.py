@@ -4,16 +4,23 @@ Distillation.
 Tabs: **Model** (train on the demo set, MVTec AD, a folder or uploaded good images; load / upload
 checkpoints), **Inspect** (heatmaps, overlays, scores and verdicts for your images) and **Export GIF**.
 
-``demo`` is importable without side effects (nothing is trained, generated or loaded at import); the demo
-data and the ready checkpoint are prepared on the first page load. Run ``python app.py``; the server
-address comes from ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (default 127.0.0.1:7860) and the
-folders from ``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR`` and ``IKD_WORK_DIR`` (see ``ikd_core.service``).
-``IKD_MAX_FILE_SIZE`` (default ``1gb``) limits each upload; ``IKD_DELETE_CACHE`` (``FREQUENCY,AGE`` in seconds,
-default ``3600,86400``) sweeps Gradio's temporary files; ``IKD_ALLOW_SERVER_PATHS=0`` hides server folders.
+``demo`` is importable without side effects (nothing is trained, generated or loaded at import, except on ZeroGPU,
+where the ready model is loaded on the CPU at import as ZeroGPU expects). ``python app.py`` prepares the demo data
+and the ready checkpoint, then serves; the address comes from ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``
+(default 127.0.0.1:7860).
+
+Settings (environment): ``IKD_STORAGE`` (one folder for everything written, e.g. ``/data`` on a Space with
+persistent storage; the shipped checkpoints are copied there on first start) or the single folders
+``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR`` and ``IKD_WORK_DIR`` (see ``ikd_core.service``); ``IKD_MAX_FILE_SIZE``
+(default ``1gb``) limits each upload; ``IKD_DELETE_CACHE`` (``FREQUENCY,AGE`` in seconds, default ``3600,86400``)
+sweeps Gradio's temporary files; ``IKD_ALLOW_SERVER_PATHS=0`` hides server folders; ``IKD_GPU_MAX_DURATION``
+(default 120, below 300) is the longest ZeroGPU call; ``IKD_PREDICTION_CACHE_MB`` (default 256) bounds the cached
+maps that re-rendering uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +28,6 @@ import os
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,7 @@ from ikd_core.visualize import COLORMAPS
 
 log = logging.getLogger("ikd_studio")
 
+REPO = Path(__file__).resolve().parent
 PATHS = service.StudioPaths.from_env()
 DEMO_CATEGORY = "demo_texture"
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -67,29 +74,59 @@ assert {v for _, v in BACKBONE_CHOICES} <= set(BACKBONES)
 
 
 # ------------------------------------------------------------------------------------------ device / ZeroGPU
-def device() -> str:
-    """CUDA when present, else CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-try:  # Hugging Face ZeroGPU: GPU work must run inside functions wrapped with spaces.GPU
+# On a ZeroGPU Space a GPU exists only inside functions decorated with ``spaces.GPU``, which run in a worker
+# process: their arguments and every value they return or yield are pickled. So models are loaded on the CPU in
+# the server process (before the worker forks), only forward passes (and training) run in the decorated
+# functions below, and re-rendering (threshold, opacity, colormap, GIF frames) uses maps cached in the server
+# process. Outside ZeroGPU ``spaces.GPU`` returns the function as it is.
+try:
     import spaces  # type: ignore[import-not-found]
+    from spaces.config import Config as _SpacesConfig  # type: ignore[import-not-found]
 
-    def gpu(duration: int = 60) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        return spaces.GPU(duration=duration)
+    ZERO_GPU = bool(_SpacesConfig.zero_gpu)
+except ImportError:  # not on Hugging Face: plain CPU / CUDA
+    spaces = None
+    ZERO_GPU = False
 
-except ImportError:
+#: Longest GPU call asked for, in seconds (ZeroGPU refuses more than its maximum; shorter calls queue sooner).
+GPU_MAX_DURATION = int(os.environ.get("IKD_GPU_MAX_DURATION", "120"))
+if not 10 <= GPU_MAX_DURATION < 300:
+    raise SystemExit("IKD_GPU_MAX_DURATION must be 10-299 seconds")
+INFER_DURATION = min(30, GPU_MAX_DURATION)  # up to 64 images through the model
+TRAIN_DURATION = GPU_MAX_DURATION
+#: Seconds of a ZeroGPU training call kept for data loading, model building, the threshold fit, evaluation and
+#: saving; the rest is the training time limit there.
+TRAIN_RESERVE_S = 45
+GPU_FUNCTIONS: dict[str, int] = {}  # name -> duration of every GPU-decorated function (tests check them)
 
-    def gpu(duration: int = 60) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        del duration
-        return lambda fn: fn
+
+def gpu(duration: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``spaces.GPU(duration=...)`` where the ``spaces`` package is installed; the duration must fit the ceiling."""
+    if not 0 < duration <= GPU_MAX_DURATION:
+        raise ValueError(f"GPU duration {duration} s is above the ceiling of {GPU_MAX_DURATION} s")
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        GPU_FUNCTIONS[fn.__name__] = duration
+        return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+
+    return deco
+
+
+def has_gpu() -> bool:
+    """Whether forward passes will run on a GPU (on ZeroGPU: inside the decorated functions)."""
+    return ZERO_GPU or torch.cuda.is_available()
+
+
+def compute_device() -> str:
+    """The device of forward passes. Call it only inside a :func:`gpu` function: on ZeroGPU CUDA exists there."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ------------------------------------------------------------------------------------------ shared state
 PREDICTORS = service.PredictorCache(maxsize=3)
 JOBS = service.JobRegistry()
-_PRED_LOCK = threading.Lock()
-_PREDICTIONS: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+#: Maps of inspected images, by checkpoint and file (bounded in bytes: ``IKD_PREDICTION_CACHE_MB``, default 256).
+PREDICTIONS = service.PredictionCache(int(os.environ.get("IKD_PREDICTION_CACHE_MB", "256")) * 1024**2)
 _DATA_LOCK = threading.Lock()
 _TEST_SETS: dict[str, tuple[list[Sample], service.SampleIndex]] = {}
 
@@ -113,8 +150,9 @@ def initial_checkpoint() -> str | None:
 
 
 def _predictor(name: str | None) -> tuple[Path, Any]:
+    """The checkpoint's path and its CPU predictor (metadata, test set; the GPU copy lives in the GPU calls)."""
     path = service.resolve_checkpoint(name or "", PATHS.pretrained)
-    return path, PREDICTORS.get(path, device())
+    return path, PREDICTORS.get(path, "cpu")
 
 
 def ensure_demo_data() -> Path:
@@ -151,30 +189,30 @@ def example_images(meta: dict[str, Any], n: int = 12) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ Inspect
-@gpu(duration=60)
-def predict_files(ckpt_path: Path, images: list[str], loaded: list[Any] | None = None) -> list[Any]:
-    """Predictions for image files, one image per forward pass (so a result never depends on the other
-    uploads and equals ``Predictor.predict([image])``); cached by checkpoint and file. ``loaded``: the
-    images already decoded by :func:`ikd_core.service.load_inspect_image` (else they are loaded here)."""
-    predictor = PREDICTORS.get(ckpt_path, device())
-    ckpt_key = service.PredictorCache.key(ckpt_path, device())
-    out = []
-    for i, image in enumerate(images):
-        st = os.stat(image)
-        key = (*ckpt_key, str(Path(image).resolve()), st.st_mtime_ns, st.st_size, service.MAX_INSPECT_SIDE)
-        with _PRED_LOCK:
-            pred = _PREDICTIONS.get(key)
-            if pred is not None:
-                _PREDICTIONS.move_to_end(key)
-        if pred is None:
-            img = loaded[i] if loaded is not None else service.load_inspect_image(image)[0]
-            pred = predictor.predict([img])[0]
-            with _PRED_LOCK:
-                _PREDICTIONS[key] = pred
-                while len(_PREDICTIONS) > 48:
-                    _PREDICTIONS.popitem(last=False)
-        out.append(pred)
-    return out
+@gpu(duration=INFER_DURATION)
+def predict_on_device(ckpt_path: str, images: list[np.ndarray]) -> list[Any]:
+    """The forward passes of Inspect and GIF export: one image per pass (so a result never depends on the other
+    images and equals ``Predictor.predict([image])``). Takes and returns plain picklable values (uint8 arrays in,
+    :class:`~ikd_core.predict.Prediction` out)."""
+    predictor = PREDICTORS.get(ckpt_path, compute_device())
+    return [predictor.predict([img])[0] for img in images]
+
+
+def predictions_for(ckpt_path: Path, paths: list[str], loaded: list[Any] | None = None) -> list[Any]:
+    """Predictions of image files, from the server-side cache where present; the rest in one GPU call.
+    ``loaded``: the images already decoded by :func:`ikd_core.service.load_inspect_image`."""
+    ckpt_key = service.PredictorCache.key(ckpt_path, "cpu")
+    # by content: the same image uploaded again (a new temporary file) is found too
+    keys = [(*ckpt_key, service.file_digest(image), service.MAX_INSPECT_SIDE) for image in paths]
+    preds = [PREDICTIONS.get(k) for k in keys]
+    missing = [i for i, p in enumerate(preds) if p is None]
+    if missing:
+        images = [np.asarray(loaded[i] if loaded is not None else service.load_inspect_image(paths[i])[0])
+                  for i in missing]
+        for i, pred in zip(missing, predict_on_device(str(ckpt_path), images), strict=True):
+            PREDICTIONS.put(keys[i], pred)
+            preds[i] = pred
+    return preds
 
 
 def _file_list(files: Any) -> list[str]:
@@ -211,7 +249,7 @@ def inspect_images(
             if note:
                 gr.Info(note)
             images.append(img)
-        preds = predict_files(ckpt_path, paths, images)
+        preds = predictions_for(ckpt_path, paths, images)
         threshold, alpha = float(threshold), float(alpha)
         rows, gallery = [], []
         for p, img, pred in zip(paths, images, preds, strict=True):
@@ -294,7 +332,7 @@ def import_checkpoint(files: Any, current: str | None) -> tuple[Any, ...]:
         )
     try:
         info = service.import_checkpoint(ckpts[0], PATHS.pretrained, sidecar=sides[0] if sides else None,
-                                         device=device())
+                                         device="cpu")
     except Exception as exc:  # noqa: BLE001
         raise _err(exc) from exc
     gr.Info(f"checkpoint {info.name} added and active")
@@ -427,9 +465,11 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def progress_text(job: service.TrainingJob, status: str) -> str:
-    p = job.last_progress
-    bar = ""
+def progress_text(p: Any, status: str, stopping: bool = False) -> str:
+    """Markdown for a training run's progress ``p`` (:class:`ikd_core.train.Progress`, or ``None`` before the
+    first step)."""
+    if stopping:
+        status = "stopping at the next step"
     if p is not None:
         frac = p.fraction
         bar = (f'<div class="ikd-bar"><div style="width:{100 * frac:.1f}%"></div></div>'
@@ -444,13 +484,13 @@ def progress_text(job: service.TrainingJob, status: str) -> str:
     return f"_{status or 'starting'}_"
 
 
-def _loss_figure(job: service.TrainingJob) -> Any:
+def _loss_figure(losses: list[tuple[int, float]]) -> Any:
     from ikd_core.visualize import plot_loss_curve
 
-    if not job.losses:
+    if not losses:
         return None
-    steps, losses = zip(*job.losses, strict=True)
-    return plot_loss_curve(np.array(steps), np.array(losses))
+    steps, values = zip(*losses, strict=True)
+    return plot_loss_curve(np.array(steps), np.array(values))
 
 
 def _curve_figures(curves: service.Curves | None) -> tuple[Any, Any, Any]:
@@ -476,13 +516,29 @@ def metrics_markdown(metrics: dict[str, float], title: str) -> str:
     return format_metrics_table(metrics, title=title)
 
 
-@gpu(duration=900)
+@gpu(duration=TRAIN_DURATION)
+def train_on_device(spec: dict[str, Any], config: dict[str, Any], out_path: str,
+                    stop_file: str) -> Iterator[service.TrainingUpdate]:
+    """The training run itself, on the GPU where there is one. Plain values in (the data spec and config as dicts),
+    picklable :class:`~ikd_core.service.TrainingUpdate` values out. On ZeroGPU the run is limited to the call's
+    duration less :data:`TRAIN_RESERVE_S`; Stop reaches it through ``stop_file``."""
+    from ikd_core.train import TrainConfig
+
+    dev = compute_device()
+    cfg = TrainConfig(**{**config, "device": dev})
+    if ZERO_GPU:
+        budget = (TRAIN_DURATION - TRAIN_RESERVE_S) / 60
+        cfg.max_minutes = budget if cfg.max_minutes is None else min(cfg.max_minutes, budget)
+    job = service.TrainingJob(DataSpec.from_dict(spec), cfg, out_path, device=torch.device(dev), stop_file=stop_file)
+    yield from service.stream_training(job)
+
+
 def train_model(
     source: str, category: str | None, data_root: str, folder: str, test_folder: str, uploads: Any, name: str,
     backbone: str, image_size: float, epochs: float, batch_size: float, lr: float, request: gr.Request,
 ) -> Iterator[dict[Any, Any]]:
-    """Train in a background thread and stream progress, the loss curve, then metrics, curves and the new
-    checkpoint (saved in ``pretrained/`` and made active)."""
+    """Check the inputs, run :func:`train_on_device` and stream its progress, the loss curve, then metrics, curves
+    and the new checkpoint (saved in ``pretrained/`` and made active)."""
     from ikd_core.train import TrainConfig
 
     owner = getattr(request, "session_hash", None) or "anonymous"
@@ -491,7 +547,7 @@ def train_model(
         if backbone not in BACKBONES:
             raise gr.Error(f"unknown backbone {backbone!r}")
         cfg = TrainConfig(backbone=backbone, image_size=int(image_size), epochs=int(epochs),
-                          batch_size=int(batch_size), lr=float(lr), device=device())
+                          batch_size=int(batch_size), lr=float(lr))
         if not (1 <= cfg.epochs <= 100_000 and 1 <= cfg.batch_size <= 4096 and math.isfinite(cfg.lr) and cfg.lr > 0
                 and 32 <= cfg.image_size <= 2048):
             raise gr.Error("epochs must be 1-100000, the batch size 1-4096, the learning rate > 0 and the image size "
@@ -499,60 +555,60 @@ def train_model(
         spec = spec_from_ui(source, category, data_root or "", folder or "", test_folder or "", uploads, name or "")
         # every data problem (missing or empty folders, unsafe names, masks, non-images) is reported now,
         # before a job starts or a checkpoint name is taken
-        datasets = service.check_training_data(spec, cfg.image_size)
+        service.check_training_data(spec, cfg.image_size)
         out = service.unique_path(PATHS.pretrained, default_checkpoint_name(spec.category, backbone))
     except Exception as exc:  # noqa: BLE001
         if source == SRC_UPLOAD:
             service.discard_upload(spec, PATHS.work)
         raise _err(exc) from exc
-    job = service.TrainingJob(spec, cfg, out, device=torch.device(device()), datasets=datasets)
-    JOBS.put(owner, job)
-    job.start()
+    stop = service.StopFile(PATHS.work / "jobs")
+    JOBS.put(owner, stop)
     title = f"{spec.category} ({backbone}, {cfg.image_size} px, {cfg.epochs} epochs)"
     yield {progress_md: f"_starting: {title}_", metrics_md: "", loss_plot: None, roc_img_plot: None,
            roc_pix_plot: None, pro_plot: None, stop_btn: gr.Button(interactive=True)}
-    status, last_plot, n_losses = "", 0.0, 0
+    losses: list[tuple[int, float]] = []
+    status, last, end = "", None, None
     try:
-        for ev in job.iter_events(poll=0.5):
-            if ev is not None and ev.kind == "status":
-                status = ev.message
-            elif ev is not None and ev.kind == "progress":
-                status = ""
-            now = time.monotonic()
-            if now - last_plot >= 1.0 or (ev is not None and ev.kind == "end"):
-                text = progress_text(job, "stopping at the next step" if job.stop_event.is_set() else status)
-                update: dict[Any, Any] = {progress_md: text}
-                if len(job.losses) != n_losses:
-                    n_losses = len(job.losses)
-                    update[loss_plot] = _loss_figure(job)
-                last_plot = now
+        with contextlib.closing(train_on_device(spec.to_dict(), cfg.to_dict(), str(out), str(stop.path))) as run:
+            for up in run:
+                losses += up.losses
+                if up.kind == "end":
+                    end = up
+                    break
+                if up.kind == "status":
+                    status = up.message
+                else:
+                    status, last = "", up.progress
+                update: dict[Any, Any] = {progress_md: progress_text(last, status, stop.path.exists())}
+                if up.losses:
+                    update[loss_plot] = _loss_figure(losses)
                 yield update
     finally:
-        if not job.done:
-            job.stop()  # the client went away: end the run, nothing is saved
-        JOBS.discard(owner, job)
+        if end is None:
+            stop.set()  # the client went away: end the run, nothing is saved
+        JOBS.discard(owner, stop)
+        stop.clear()
         if source == SRC_UPLOAD:  # the extracted images are only needed while training
-            job.join(timeout=60)
             service.discard_upload(spec, PATHS.work)
     done_state = {stop_btn: gr.Button(interactive=False)}
-    if job.state == "cancelled":
+    if end is None or end.state == "failed":
+        error = end.error if end is not None else "training ended unexpectedly"
+        yield {**done_state, progress_md: f"**Training failed:** {error}"}
+        raise gr.Error(error or "training failed")
+    if end.state == "cancelled":
         yield {**done_state, progress_md: "**Stopped.** Nothing was saved; the active model is unchanged."}
         return
-    if job.state == "failed":
-        yield {**done_state, progress_md: f"**Training failed:** {job.error}"}
-        raise gr.Error(job.error or "training failed")
-    result = job.result
-    ckpt = Path(result.checkpoint).name
-    roc_i, roc_p, pro = _curve_figures(job.curves)
-    meta = result.metadata
+    ckpt = Path(end.checkpoint or out).name
+    roc_i, roc_p, pro = _curve_figures(end.curves)
+    meta = end.metadata
     gr.Info(f"checkpoint {ckpt} saved and active")
     yield {
         **done_state,
-        progress_md: (f"**Done** in {_hms(result.seconds)}: {meta.get('epochs_completed')} epochs, "
+        progress_md: (f"**Done** in {_hms(end.seconds)}: {meta.get('epochs_completed')} epochs, "
                       f"{meta.get('images_per_sec')} images/s on {meta.get('device')}. "
                       f"Checkpoint `{ckpt}` saved and active."),
-        loss_plot: _loss_figure(job),
-        metrics_md: metrics_markdown(result.metrics, title),
+        loss_plot: _loss_figure(losses),
+        metrics_md: metrics_markdown(end.metrics, title),
         roc_img_plot: roc_i,
         roc_pix_plot: roc_p,
         pro_plot: pro,
@@ -569,10 +625,10 @@ def stop_training(request: gr.Request) -> None:
 
 
 # ------------------------------------------------------------------------------------------ Export GIF
-@gpu(duration=120)
 def export_gif(ckpt: str, n: float, fps: float, width: float, threshold: float, alpha: float, cmap: str,
                files: Any) -> tuple[Any, Any, str]:
-    """A GIF of ``n`` test images of the active model's data (or of the images in the Inspect tab)."""
+    """A GIF of ``n`` test images of the active model's data (or of the images in the Inspect tab). The maps come
+    from the prediction cache or one GPU call; the frames are drawn on the CPU."""
     from ikd_core.gif import make_gif, pick_samples
 
     try:
@@ -589,10 +645,12 @@ def export_gif(ckpt: str, n: float, fps: float, width: float, threshold: float, 
             what = f"{len(images)} images from the Inspect tab"
             if not images:
                 raise gr.Error("this model's data has no test set here: upload images in the Inspect tab first")
+        loaded = [service.load_inspect_image(p)[0] for p in images]
+        preds = predictions_for(path, images, loaded)
         out = PATHS.work / "exports" / f"{path.stem}-{uuid.uuid4().hex[:8]}.gif"
         service.prune_files(out.parent, keep=MAX_KEPT_EXPORTS - 1)
-        make_gif(predictor, images, out, masks=masks, fps=float(fps), size=int(width),
-                 norm_threshold=float(threshold), alpha=float(alpha), cmap=cmap)
+        make_gif(None, [np.asarray(im) for im in loaded], out, masks=masks, fps=float(fps), size=int(width),
+                 norm_threshold=float(threshold), alpha=float(alpha), cmap=cmap, predictions=preds)
     except Exception as exc:  # noqa: BLE001
         raise _err(exc) from exc
     return str(out), str(out), f"{len(images)} frames ({what}), {float(fps):g} fps, {int(width)} px wide"
@@ -615,6 +673,9 @@ def warm_up() -> None:
     """Prepare what the first visitor needs (demo data, the ready model, its test set) before the
     server opens, so the first upload gets its heatmap at once (a few seconds, once)."""
     try:
+        copied = service.seed_checkpoints(REPO / service.SHIPPED_PRETRAINED, PATHS.pretrained)
+        if copied:
+            log.info("copied the shipped checkpoints into %s: %s", PATHS.pretrained, ", ".join(copied))
         ensure_demo_data()
         name = initial_checkpoint()
         if name:
@@ -634,8 +695,14 @@ THEME = gr.themes.Default(primary_hue="orange", secondary_hue="blue",
                           font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "Consolas", "monospace"])
 
-_gpu_note = "CUDA GPU" if torch.cuda.is_available() else "CPU (training is slow: keep images small and epochs few)"
-_cpu = not torch.cuda.is_available()
+if ZERO_GPU:
+    _gpu_note = (f"ZeroGPU (a GPU is lent for each request; a training run is limited to "
+                 f"{(TRAIN_DURATION - TRAIN_RESERVE_S) / 60:g} min)")
+elif torch.cuda.is_available():
+    _gpu_note = "CUDA GPU"
+else:
+    _gpu_note = "CPU (training is slow: keep images small and epochs few)"
+_cpu = not has_gpu()
 
 with gr.Blocks(title="IKD Studio", delete_cache=DELETE_CACHE) as demo:
     gr.Markdown(
@@ -814,6 +881,9 @@ def launch_kwargs() -> dict[str, Any]:
         "footer_links": ["api", "settings"],
     }
 
+
+if ZERO_GPU:  # the documented ZeroGPU pattern: load models at import, on the CPU, before the GPU worker forks
+    warm_up()
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)

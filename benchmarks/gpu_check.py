@@ -1,7 +1,8 @@
-"""GPU check for a lent machine (called by ``benchmarks/gpu_check.sh``): nvidia-smi, AMP training steps,
-inference latency and the CSL on the GPU, as a markdown report.
+"""GPU check for a lent machine (called by ``benchmarks/gpu_check.sh``): nvidia-smi, a one-minute AMP training run
+checked against a float32 evaluation of its checkpoint, AMP training steps, inference latency and the CSL on the GPU,
+as a markdown report.
 
-    python benchmarks/gpu_check.py [--device cuda] [--quick] [--out FILE] [--budget-s 270]
+    python benchmarks/gpu_check.py [--device cuda] [--quick] [--out FILE] [--budget-s 330] [--amp-minutes 1]
 
 Writes ``$OUT/gpu_report.md`` when ``$OUT`` is set, else ``benchmarks/GPU_REPORT.md``; the report is rewritten
 after every section, so a run stopped early keeps what it measured. Each section is guarded: one failure is
@@ -199,12 +200,84 @@ def csl_section(device: str, fast_n: int, naive_n: int, repeats: int) -> str:
     return "\n".join(lines)
 
 
+def amp_training_section(device: str, image_size: int, minutes: float) -> str:
+    """A real training run with AMP (bf16 autocast on CUDA) for ``minutes`` on the demo texture, then the saved
+    checkpoint evaluated again in float32: the maps, scores and threshold of the run must equal the fp32 ones (the
+    maps, blur, threshold fit and metrics are always float32; a bf16 map would have a few hundred distinct values).
+    """
+    import tempfile
+
+    from torch.utils.data import DataLoader, Subset
+
+    from ikd_core.checkpoint import load_student_state
+    from ikd_core.data.sources import DataSpec, build_datasets
+    from ikd_core.data.synthetic import generate_demo_dataset
+    from ikd_core.train import TrainConfig, fit_normalization, predict_maps, split_holdout, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = generate_demo_dataset(Path(tmp) / "demo", categories=("demo_texture",), image_size=image_size, seed=0)
+        spec = DataSpec("demo", "demo_texture", str(root))
+        train_ds, test_ds = build_datasets(spec, image_size)
+        teacher = None if perf.teacher_for("efficientnet_lite0") == "packaged" else "random"
+        cfg = TrainConfig(image_size=image_size, epochs=100_000, batch_size=8, lr=1e-2, max_minutes=minutes,
+                          amp=True, device=device, teacher_weights=teacher)
+        res = train(train_ds, test_ds, cfg, out_path=Path(tmp) / "amp.safetensors", category="demo_texture",
+                    data_info=spec.to_dict())
+        dev = torch.device(device)
+        model = res.model
+        model.student.load_state_dict(load_student_state(res.checkpoint))  # the saved checkpoint, in fp32
+        model.float().eval()
+        ref = predict_maps(model, DataLoader(test_ds, batch_size=8), dev)
+        _, hold_idx = split_holdout(len(train_ds), cfg.holdout_fraction, cfg.seed)
+        hold = predict_maps(model, DataLoader(Subset(train_ds, hold_idx), batch_size=8), dev)
+        norm = res.metadata["score_normalization"]
+        refit = fit_normalization(hold["maps"], cfg.threshold_k)
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            x = next(iter(DataLoader(test_ds, batch_size=1)))["image"].to(dev)
+            under_amp = model(x)
+    scale = norm["threshold"] - norm["lo"]
+    run_maps = res.test_outputs["maps"]
+    diff = (run_maps - ref["maps"]).abs().max().item() / scale
+    thr_rel = abs(refit["threshold"] - norm["threshold"]) / scale
+    same_verdicts = int(((res.test_outputs["scores"] >= norm["threshold"]) == (ref["scores"] >= norm["threshold"]))
+                        .sum())
+    distinct_run = run_maps[0].unique().numel()
+    distinct_ref = ref["maps"][0].unique().numel()
+    ok = diff <= 1e-3 and thr_rel <= 1e-3 and run_maps.dtype == torch.float32
+    lines = [
+        "## AMP training run vs float32 evaluation",
+        "",
+        f"`ikd_core.train.train` on the demo texture ({len(train_ds)} good images, {image_size} px, "
+        "efficientnet_lite0, "
+        f"teacher {res.metadata['teacher']['source']}), batch 8, lr 1e-2, AMP "
+        f"({'bf16 autocast' if dev.type == 'cuda' else 'off: not CUDA'}), stopped by a {minutes:g}-minute limit; then "
+        "the saved checkpoint evaluated again in float32 without autocast. Differences are in units of "
+        "(threshold - lo), the span the verdicts use.",
+        "",
+        "| what | value |",
+        "|:---|---:|",
+        f"| epochs / images per s / train s | {res.metadata['epochs_completed']} / {res.metadata['images_per_sec']} / "
+        f"{res.metadata['train_seconds']} |",
+        f"| test metrics of the run | {', '.join(f'{k} {v:.4f}' for k, v in res.metrics.items())} |",
+        f"| max abs(run map - fp32 map) / (threshold - lo), {len(test_ds)} test images | {diff:.2e} |",
+        f"| abs(run threshold - fp32 refit) / (threshold - lo) | {thr_rel:.2e} |",
+        f"| same verdicts | {same_verdicts} / {len(test_ds)} |",
+        f"| map dtype of the run / distinct values in one map (run, fp32) | {run_maps.dtype} / {distinct_run}, "
+        f"{distinct_ref} |",
+        f"| a map computed under bf16 autocast: dtype, distinct values | {under_amp.dtype}, "
+        f"{under_amp.unique().numel()} |",
+        f"| check (both differences <= 1e-3, float32 maps) | {'pass' if ok else 'FAIL'} |",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="smoke test: 64 px, batch 2, tiny CSL sizes, 1 step")
     p.add_argument("--out", type=Path, default=None, help="default: $OUT/gpu_report.md, else benchmarks/GPU_REPORT.md")
-    p.add_argument("--budget-s", type=float, default=270.0, help="skip what is left after this many seconds")
+    p.add_argument("--budget-s", type=float, default=330.0, help="skip what is left after this many seconds")
+    p.add_argument("--amp-minutes", type=float, default=1.0, help="length of the AMP training run")
     args = p.parse_args(argv)
     start = time.monotonic()
     deadline = start + args.budget_s
@@ -241,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         size, batch, steps, warmup, repeats, fast_n, naive_n = 64, 2, 1, 1, 1, 4096, 1024
     else:
         size, batch, steps, warmup, repeats, fast_n, naive_n = 256, 8, 10, 3, 20, 65536, 8192
+    run_section(report, "amp-training", lambda: amp_training_section(
+        args.device, size, args.amp_minutes if not args.quick else min(args.amp_minutes, 0.1)), deadline)
     run_section(report, "training", lambda: train_section(args.device, size, batch, steps, warmup, deadline),
                 deadline)
     run_section(report, "inference", lambda: inference_section(args.device, size, [1, 16] if not args.quick else [1, 2],

@@ -67,7 +67,7 @@ def _train_config(args: argparse.Namespace):
         backbone=args.backbone, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, gamma=0.0 if args.no_csl else args.gamma,
         hard_mining=not args.no_ahsm, level_weights=tuple(args.level_weights) if args.level_weights else None,
-        combine=args.combine, feature_pool=args.feature_pool, seed=args.seed, device=args.device,
+        combine=args.combine, sigma=args.sigma, feature_pool=args.feature_pool, seed=args.seed, device=args.device,
         amp=not args.no_amp, num_workers=args.num_workers, val_every=args.val_every,
         teacher_weights=args.teacher_weights, max_minutes=args.max_minutes,
         holdout_fraction=args.holdout_fraction,
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level-weights", type=float, nargs="+", help="one weight per feature level")
     p.add_argument("--combine", choices=("product", "sum"), default="product")
     p.add_argument("--feature-pool", action="store_true", help="3x3 average pooling of features")
+    p.add_argument("--sigma", type=float, default=4.0,
+                   help="Gaussian blur of the anomaly map in px (ours; the official code has none: 0)")
     p.add_argument("--holdout-fraction", type=float, default=0.1,
                    help="good training images kept aside to fit the threshold")
     p.add_argument("--val-every", type=int, default=0, help="evaluate every N epochs")

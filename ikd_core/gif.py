@@ -10,7 +10,7 @@ import numpy as np
 
 from .data.mvtec import Sample
 from .data.transforms import load_image, load_mask
-from .predict import Predictor
+from .predict import Prediction, Predictor
 from .visualize import make_panel, save_gif
 
 
@@ -32,17 +32,22 @@ def pick_samples(samples: Sequence[Sample], n: int = 8, seed: int = 0) -> list[S
 
 
 def gif_frames(
-    predictor: Predictor,
+    predictor: Predictor | None,
     images: Sequence[str | os.PathLike[str]],
     masks: Sequence[str | os.PathLike[str] | None] | None = None,
     norm_threshold: float = 0.5,
     alpha: float = 0.5,
     cmap: str = "jet",
+    predictions: Sequence[Prediction] | None = None,
 ) -> list[np.ndarray]:
-    """One panel per image: image | heatmap | overlay with outline | ground truth (if known)."""
+    """One panel per image: image | heatmap | overlay with outline | ground truth (if known).
+
+    ``predictions`` (one per image) are used as they are instead of running ``predictor`` (e.g. maps
+    computed earlier, on a GPU); ``predictor`` may then be ``None``.
+    """
     masks = list(masks) if masks is not None else [None] * len(images)
     frames = []
-    preds = predictor.predict(list(images))
+    preds = list(predictions) if predictions is not None else predictor.predict(list(images))
     for i, (path, mask_path, pred) in enumerate(zip(images, masks, preds, strict=True), start=1):
         gt = load_mask(mask_path) if mask_path else None
         frames.append(
@@ -64,7 +69,7 @@ def gif_frames(
 
 
 def make_gif(
-    predictor: Predictor,
+    predictor: Predictor | None,
     images: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     masks: Sequence[str | os.PathLike[str] | None] | None = None,
@@ -73,7 +78,9 @@ def make_gif(
     norm_threshold: float = 0.5,
     alpha: float = 0.5,
     cmap: str = "jet",
+    predictions: Sequence[Prediction] | None = None,
 ) -> Path:
-    """Write a GIF with one frame per image; ``size`` is the frame width in pixels."""
-    frames = gif_frames(predictor, images, masks, norm_threshold, alpha, cmap)
+    """Write a GIF with one frame per image; ``size`` is the frame width in pixels (``predictions``: see
+    :func:`gif_frames`)."""
+    frames = gif_frames(predictor, images, masks, norm_threshold, alpha, cmap, predictions)
     return save_gif(frames, Path(out), fps=fps, size=size)

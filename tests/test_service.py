@@ -284,6 +284,52 @@ def test_data_spec_for_checkpoint_reroots_demo(tmp_path: Path) -> None:
     assert service.StudioPaths.from_env({}).pretrained == Path("pretrained")
 
 
+def test_storage_folder_and_seeding_the_shipped_checkpoints(tmp_path: Path, tiny_checkpoint) -> None:
+    """IKD_STORAGE (a Space's /data) holds everything; the shipped checkpoints are copied there once and a file
+    already there (a user's retrained model of the same name) is never replaced."""
+    store = tmp_path / "data"
+    paths = service.StudioPaths.from_env({service.STORAGE_ENV: str(store)})
+    assert paths == service.StudioPaths(store / "pretrained", store / "data", store / "work")
+    env = {service.STORAGE_ENV: str(store), service.WORK_ENV: "/w"}
+    assert service.StudioPaths.from_env(env).work == Path("/w"), "the single-folder variables win"
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    src = Path(tiny_checkpoint.checkpoint)
+    for name in ("a.safetensors", "b.safetensors"):
+        (shipped / name).write_bytes(src.read_bytes())
+        (shipped / name).with_suffix(".json").write_bytes(src.with_suffix(".json").read_bytes())
+    (shipped / "broken.safetensors").write_bytes(b"not a checkpoint")
+    paths.pretrained.mkdir(parents=True)
+    (paths.pretrained / "b.safetensors").write_bytes(b"user's own")
+    assert service.seed_checkpoints(shipped, paths.pretrained) == ["a.safetensors"]
+    assert (paths.pretrained / "a.safetensors").read_bytes() == src.read_bytes()
+    assert (paths.pretrained / "a.json").is_file()
+    assert (paths.pretrained / "b.safetensors").read_bytes() == b"user's own"
+    assert not (paths.pretrained / "broken.safetensors").exists()
+    assert service.seed_checkpoints(shipped, paths.pretrained) == []
+    assert service.seed_checkpoints(shipped, shipped) == []
+
+
+def test_prediction_cache_is_bounded_in_bytes() -> None:
+    import numpy as np
+
+    from ikd_core.predict import Prediction
+
+    def pred(side: int) -> Prediction:
+        return Prediction(np.zeros((side, side), np.float32), 1.0, 2.0, 0.0)
+
+    one = service.PredictionCache.size_of(pred(100))
+    cache = service.PredictionCache(max_bytes=3 * one)
+    for k in "abc":
+        cache.put(k, pred(100))
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.put("d", pred(100))
+    assert cache.get("b") is None and cache.get("a") is not None and len(cache) == 3
+    assert cache.nbytes <= 3 * one
+    cache.put("huge", pred(1000))
+    assert cache.get("huge") is None and len(cache) == 3, "an item larger than the budget is not kept"
+
+
 def test_predictor_cache_is_lru_and_reloads_changed_files(tmp_path: Path) -> None:
     loads: list[str] = []
     cache = service.PredictorCache(maxsize=2, loader=lambda p, d: loads.append(p.name) or object())

@@ -19,11 +19,21 @@ from .checkpoints import (
     import_checkpoint,
     list_checkpoints,
     resolve_checkpoint,
+    seed_checkpoints,
     unique_path,
 )
-from .jobs import Curves, JobEvent, JobRegistry, TrainingJob, curves_from_outputs
-from .paths import DATA_ENV, PRETRAINED_ENV, WORK_ENV, StudioPaths, sanitize_name
-from .predictors import PredictorCache
+from .jobs import (
+    Curves,
+    JobEvent,
+    JobRegistry,
+    StopFile,
+    TrainingJob,
+    TrainingUpdate,
+    curves_from_outputs,
+    stream_training,
+)
+from .paths import DATA_ENV, PRETRAINED_ENV, SHIPPED_PRETRAINED, STORAGE_ENV, WORK_ENV, StudioPaths, sanitize_name
+from .predictors import PredictionCache, PredictorCache
 from .testsets import SampleIndex, check_training_data, data_spec_for_checkpoint, mvtec_missing
 from .uploads import (
     MAX_INSPECT_SIDE,
@@ -32,17 +42,19 @@ from .uploads import (
     MAX_UPLOAD_TOTAL_BYTES,
     discard_upload,
     extract_images,
+    file_digest,
     load_inspect_image,
     prune_files,
     uploaded_data_spec,
 )
 
 __all__ = [
-    "CHECKPOINT_SUFFIX", "DATA_ENV", "MAX_CHECKPOINT_BYTES", "MAX_INSPECT_SIDE", "MAX_SIDECAR_BYTES",
-    "MAX_UPLOAD_FILES", "MAX_UPLOAD_FILE_BYTES", "MAX_UPLOAD_TOTAL_BYTES", "PRETRAINED_ENV", "WORK_ENV",
-    "CheckpointInfo", "Curves", "JobEvent", "JobRegistry", "PredictorCache", "SampleIndex", "StudioPaths",
-    "TrainingJob", "check_checkpoint_name", "check_training_data", "checkpoint_info", "curves_from_outputs",
-    "data_spec_for_checkpoint", "default_checkpoint", "discard_upload", "extract_images", "import_checkpoint",
-    "list_checkpoints", "load_inspect_image", "mvtec_missing", "prune_files", "resolve_checkpoint",
-    "sanitize_name", "unique_path", "uploaded_data_spec",
+    "CHECKPOINT_SUFFIX", "CheckpointInfo", "Curves", "DATA_ENV", "JobEvent", "JobRegistry", "MAX_CHECKPOINT_BYTES",
+    "MAX_INSPECT_SIDE", "MAX_SIDECAR_BYTES", "MAX_UPLOAD_FILES", "MAX_UPLOAD_FILE_BYTES", "MAX_UPLOAD_TOTAL_BYTES",
+    "PRETRAINED_ENV", "PredictionCache", "PredictorCache", "SHIPPED_PRETRAINED", "STORAGE_ENV", "SampleIndex",
+    "StopFile", "StudioPaths", "TrainingJob", "TrainingUpdate", "WORK_ENV", "check_checkpoint_name",
+    "check_training_data", "checkpoint_info", "curves_from_outputs", "data_spec_for_checkpoint",
+    "default_checkpoint", "discard_upload", "extract_images", "file_digest", "import_checkpoint",
+    "list_checkpoints", "load_inspect_image", "mvtec_missing", "prune_files", "resolve_checkpoint", "sanitize_name",
+    "seed_checkpoints", "stream_training", "unique_path", "uploaded_data_spec",
 ]

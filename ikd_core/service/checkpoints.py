@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import read_metadata, sidecar_path
+from ..checkpoint import atomic_write_bytes, read_metadata, sidecar_path
 from ..errors import CheckpointError, IKDError
 from .paths import sanitize_name
 
@@ -249,3 +249,23 @@ def import_checkpoint(
         return CheckpointInfo(target.name, target, meta)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def seed_checkpoints(source: str | os.PathLike[str], directory: str | os.PathLike[str]) -> list[str]:
+    """Copy the checkpoints of ``source`` (with their ``.json`` sidecars) that ``directory`` lacks, e.g. the shipped
+    ones into persistent storage on first start. Existing files are never replaced. Returns the names copied."""
+    source, directory = Path(source), Path(directory)
+    if not source.is_dir() or (directory.exists() and directory.resolve() == source.resolve()):
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for info in list_checkpoints(source):
+        target = directory / info.name
+        if not info.ok or target.exists():
+            continue
+        side = sidecar_path(info.path)
+        if side.is_file():
+            atomic_write_bytes(sidecar_path(target), side.read_bytes())
+        atomic_write_bytes(target, info.path.read_bytes())
+        copied.append(info.name)
+    return copied

@@ -6,9 +6,11 @@ import logging
 import os
 import queue
 import threading
+import time
 import traceback
-from collections.abc import Iterable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ class TrainingJob:
         curves: bool = True,
         device: Any = None,
         datasets: tuple[Any, Any] | None = None,
+        stop_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.spec = spec
         self.datasets = datasets  # (train, test) already built and checked, e.g. by check_training_data
@@ -63,6 +66,7 @@ class TrainingJob:
         self.device = device
         self.events: queue.Queue[JobEvent] = queue.Queue()
         self.stop_event = threading.Event()
+        self.stop_file = Path(stop_file) if stop_file is not None else None
         self.state = "pending"  # pending | running | finished | cancelled | failed
         self.result: Any = None
         self.curves: Curves | None = None
@@ -82,6 +86,12 @@ class TrainingJob:
     def stop(self) -> None:
         """Ask the run to stop at the next step; no checkpoint is written for a stopped run."""
         self.stop_event.set()
+
+    def should_stop(self) -> bool:
+        """:meth:`stop` was called, or another process created :attr:`stop_file` (see :class:`StopFile`)."""
+        if not self.stop_event.is_set() and self.stop_file is not None and self.stop_file.exists():
+            self.stop_event.set()
+        return self.stop_event.is_set()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread; True when it has finished."""
@@ -128,13 +138,13 @@ class TrainingJob:
                 train_ds, test_ds = build_datasets(self.spec, self.config.image_size)
             self.n_train = len(train_ds)  # type: ignore[arg-type]
             self.n_test = len(test_ds) if test_ds is not None else 0  # type: ignore[arg-type]
-            if self.stop_event.is_set():
+            if self.should_stop():
                 self.state = "cancelled"
                 return
             self._status(f"building the {self.config.backbone} teacher and student")
             result = train(
                 train_ds, test_ds, self.config, out_path=self.out_path, category=self.spec.category,
-                data_info=self.spec.to_dict(), callback=self._on_progress, should_stop=self.stop_event.is_set,
+                data_info=self.spec.to_dict(), callback=self._on_progress, should_stop=self.should_stop,
                 device=self.device,
             )
             self.result = result
@@ -178,17 +188,19 @@ def curves_from_outputs(res: dict[str, Any]) -> Curves:
 
 
 class JobRegistry:
-    """Training jobs by owner (e.g. a browser session), so that Stop only stops the caller's run."""
+    """Training jobs by owner (e.g. a browser session), so that Stop only stops the caller's run. A job is any
+    handle with ``stop()`` and ``done``: a :class:`TrainingJob`, or a :class:`StopFile` for a run in another
+    process."""
 
     def __init__(self) -> None:
-        self._jobs: dict[str, TrainingJob] = {}
+        self._jobs: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def put(self, owner: str, job: TrainingJob) -> None:
+    def put(self, owner: str, job: Any) -> None:
         with self._lock:
             self._jobs[owner] = job
 
-    def get(self, owner: str) -> TrainingJob | None:
+    def get(self, owner: str) -> Any:
         with self._lock:
             return self._jobs.get(owner)
 
@@ -200,7 +212,87 @@ class JobRegistry:
         job.stop()
         return True
 
-    def discard(self, owner: str, job: TrainingJob) -> None:
+    def discard(self, owner: str, job: Any) -> None:
         with self._lock:
             if self._jobs.get(owner) is job:
                 del self._jobs[owner]
+
+
+class StopFile:
+    """A stop request that crosses processes: on ZeroGPU a training run lives in a worker process, so the Stop
+    button (in the server process) asks it to stop by creating a file the run polls every step."""
+
+    def __init__(self, folder: str | os.PathLike[str], job_id: str | None = None) -> None:
+        self.job_id = job_id or uuid.uuid4().hex
+        self.path = Path(folder) / f"{self.job_id}.stop"
+
+    def set(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    # the job-handle interface of :class:`JobRegistry`
+    stop = set
+
+    @property
+    def done(self) -> bool:
+        return False  # the registry drops the handle when the run ends
+
+
+@dataclass
+class TrainingUpdate:
+    """What :func:`stream_training` reports: only plain, picklable values (numbers, strings, dicts, arrays),
+    because on ZeroGPU every yielded value is pickled from the GPU worker to the server process.
+
+    ``kind`` is ``status`` (``message``), ``progress`` (``progress`` plus the ``losses`` logged since the last
+    update) or ``end`` (``state``: finished, cancelled or failed, with the results or ``error``).
+    """
+
+    kind: str
+    message: str = ""
+    progress: Any = None  # ikd_core.train.Progress (a dataclass of numbers)
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    state: str = ""
+    error: str | None = None
+    checkpoint: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: Curves | None = None
+    seconds: float = 0.0
+
+
+def stream_training(job: TrainingJob, poll: float = 0.5, every: float = 1.0) -> Iterator[TrainingUpdate]:
+    """Start ``job`` and report on it until it ends: a status or progress update at most every ``every``
+    seconds (and one at least every ``poll`` seconds while nothing happens, so a consumer can stop it), then
+    one ``end`` update. Closing the generator early (the client went away) stops the run; nothing is saved.
+    """
+    job.start()
+    sent = 0
+    last = 0.0
+    try:
+        for ev in job.iter_events(poll=poll):
+            if ev is not None and ev.kind == "end":
+                break
+            now = time.monotonic()
+            if ev is not None and ev.kind == "status":
+                yield TrainingUpdate("status", message=ev.message)
+                last = now
+            elif now - last >= every or ev is None:
+                losses = job.losses[sent:]
+                sent += len(losses)
+                yield TrainingUpdate("progress", progress=job.last_progress, losses=list(losses))
+                last = now
+        job.join()
+        end = TrainingUpdate("end", state=job.state, error=job.error, losses=job.losses[sent:])
+        if job.state == "finished" and job.result is not None:
+            res = job.result
+            end.checkpoint = str(res.checkpoint) if res.checkpoint is not None else None
+            end.metadata, end.metrics, end.seconds = res.metadata, res.metrics, res.seconds
+            end.curves = job.curves
+        yield end
+    finally:
+        if not job.done:
+            job.stop()
+            job.join(timeout=60)

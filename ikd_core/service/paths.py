@@ -12,6 +12,10 @@ from ..data.sources import DEFAULT_DEMO_ROOT, DEFAULT_MVTEC_ROOT
 PRETRAINED_ENV = "IKD_PRETRAINED_DIR"
 DATA_ENV = "IKD_DATA_DIR"
 WORK_ENV = "IKD_WORK_DIR"
+#: One folder for everything the studio writes (e.g. ``/data``, a Hugging Face Space's persistent storage).
+STORAGE_ENV = "IKD_STORAGE"
+#: The checkpoints that ship with the repository.
+SHIPPED_PRETRAINED = Path("pretrained")
 
 
 @dataclass(frozen=True)
@@ -29,12 +33,15 @@ class StudioPaths:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> StudioPaths:
         """Read ``IKD_PRETRAINED_DIR`` (default ``pretrained``), ``IKD_DATA_DIR`` (default ``data``) and
-        ``IKD_WORK_DIR`` (default ``runs/studio``)."""
+        ``IKD_WORK_DIR`` (default ``runs/studio``). With ``IKD_STORAGE=DIR`` the defaults become ``DIR/pretrained``,
+        ``DIR/data`` and ``DIR/work`` (the variables above still win)."""
         env = os.environ if environ is None else environ
+        storage = env.get(STORAGE_ENV)
+        base = Path(storage) if storage else None
         return cls(
-            pretrained=Path(env.get(PRETRAINED_ENV) or "pretrained"),
-            data=Path(env.get(DATA_ENV) or DEFAULT_DEMO_ROOT.parent),
-            work=Path(env.get(WORK_ENV) or "runs/studio"),
+            pretrained=Path(env.get(PRETRAINED_ENV) or (base / "pretrained" if base else SHIPPED_PRETRAINED)),
+            data=Path(env.get(DATA_ENV) or (base / "data" if base else DEFAULT_DEMO_ROOT.parent)),
+            work=Path(env.get(WORK_ENV) or (base / "work" if base else "runs/studio")),
         )
 
     @property

@@ -1,11 +1,12 @@
-"""A cache of loaded predictors."""
+"""Caches of loaded predictors and of their predictions."""
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,60 @@ class PredictorCache:
             return self._loader(path, device)
         from ..predict import Predictor
 
-        return Predictor.from_checkpoint(path, device)
+        if str(device) == "cpu":
+            return Predictor.from_checkpoint(path, "cpu")
+        # A GPU copy of the CPU predictor: the checkpoint is read and checked once, on the CPU, and on ZeroGPU
+        # only this move happens inside the GPU call (the CPU model was loaded before the worker forked).
+        cpu = self.get(path, "cpu")
+        return Predictor(copy.deepcopy(cpu.model).to(device), cpu.metadata, tile=cpu.tile)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class PredictionCache:
+    """A thread-safe LRU of predictions (anomaly maps) bounded in bytes, so re-rendering an image at another
+    threshold, opacity or colormap needs no model (and, on ZeroGPU, no GPU call)."""
+
+    def __init__(self, max_bytes: int = 256 * 1024**2) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def size_of(prediction: Any) -> int:
+        return int(getattr(getattr(prediction, "anomaly_map", None), "nbytes", 0)) + 256
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: Hashable, prediction: Any) -> None:
+        size = self.size_of(prediction)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._items[key] = (prediction, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, freed) = self._items.popitem(last=False)
+                self._bytes -= freed
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._items)
