@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,46 +18,15 @@ from .backbones import build_student
 from .checkpoint import check_state_matches, load_student_state, read_metadata
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, load_image
 from .errors import CheckpointError, IKDError
+from .prediction import Prediction
 from .torch_model import IKDModel
 from .train import select_device
-from .visualize import apply_colormap, draw_contours, normalize_map, overlay
+from .visualize import apply_colormap, draw_contours, overlay
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 
 #: Model input sizes a checkpoint may declare (a larger one would make every prediction exhaust memory).
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048
-
-
-@dataclass
-class Prediction:
-    """Result for one image. ``anomaly_map`` is at the image's own resolution (H, W)."""
-
-    anomaly_map: np.ndarray
-    score: float  # max of the map at model resolution (raw units)
-    threshold: float  # raw units
-    lo: float
-
-    @property
-    def norm_map(self) -> np.ndarray:
-        """Map normalised with the held-out statistics: 0.5 is the fitted threshold."""
-        return normalize_map(self.anomaly_map, self.threshold, self.lo)
-
-    @property
-    def norm_score(self) -> float:
-        """Image score in normalised units, clipped to [0, 1] (0.5 = fitted threshold)."""
-        return float(normalize_map(np.float64(self.score), self.threshold, self.lo))
-
-    @property
-    def relative_score(self) -> float:
-        """Unclipped 0.5 * (score - lo) / (threshold - lo): keeps the ranking of strong anomalies."""
-        return 0.5 * (self.score - self.lo) / max(self.threshold - self.lo, 1e-12)
-
-    def is_anomalous(self, norm_threshold: float = 0.5) -> bool:
-        return self.norm_score >= norm_threshold
-
-    def mask(self, norm_threshold: float = 0.5) -> np.ndarray:
-        """Predicted defect pixels at a threshold in normalised units (0.5 = fitted)."""
-        return self.norm_map >= norm_threshold
 
 
 def load_model(
