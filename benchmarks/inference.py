@@ -30,7 +30,7 @@ for _p in (str(ROOT), str(BENCH)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-HEADING = "## Inference engines"
+HEADING = "## CPU inference engines"
 DEFAULT_CKPT = ROOT / "pretrained" / "demo_texture-efficientnet_lite0.safetensors"
 BATCHES = (1, 16)
 # (key, label, note)
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="report to update (its other sections are kept); default: print the section")
     p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run, not for the report)")
     p.add_argument("--cases", help="comma-separated subset of: " + ",".join(k for k, _, _ in CASES))
-    p.add_argument("--compile-timeout", type=float, default=900, help="seconds allowed per torch.compile case")
+    p.add_argument("--compile-timeout", type=float, default=600, help="seconds allowed per torch.compile case")
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     p.add_argument("--onnx", help=argparse.SUPPRESS)
