@@ -1,4 +1,4 @@
-"""Command line: ``python -m ikd_core {demo-data,download,train,eval,predict,gif,benchmark}``."""
+"""Command line: ``python -m ikd_core {demo-data,download,train,eval,predict,export,gif,benchmark}``."""
 
 from __future__ import annotations
 
@@ -143,13 +143,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predictor(args: argparse.Namespace):
+    """Predictor for ``--model FILE.onnx`` (onnxruntime, no torch model) or ``--checkpoint`` (``--backend``)."""
+    if args.model:
+        from .runtime import OnnxPredictor
+
+        if args.backend == "torch":
+            raise IKDError("--backend torch needs --checkpoint; an exported --model runs with onnxruntime")
+        return OnnxPredictor(args.model, tile=args.tile)
+    from .predict import Predictor
+    from .train import select_device
+
+    return Predictor.from_checkpoint(args.checkpoint, select_device(args.device), tile=args.tile,
+                                     backend=args.backend)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from .predict import Predictor, render
-    from .train import select_device
+    from .predict import render
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, select_device(args.device), tile=args.tile)
+    predictor = _predictor(args)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -166,6 +180,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Image.fromarray(pics["overlay"]).save(target)
         print(f"{path}\tscore {pred.norm_score:.3f}\t{verdict}\t{target}")
     return 1 if failures else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.format, args.out, teacher_weights=args.teacher_weights)
+    print(f"{args.format} export of {args.checkpoint} written to {out}")
+    return 0
 
 
 def cmd_gif(args: argparse.Namespace) -> int:
@@ -272,7 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="score images and write overlay images")
-    p.add_argument("--checkpoint", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a .safetensors checkpoint")
+    src.add_argument("--model", help="an exported .onnx file (run with onnxruntime)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="with --checkpoint: auto (onnxruntime on a cached export on CPU when installed, else "
+                        "torch), torch (eager) or onnx")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out-dir", default="predictions")
     p.add_argument("--threshold", type=float, default=0.5, help="normalised threshold (0.5 = fitted)")
@@ -281,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", action="store_true", help="tile large images at native resolution")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to one ONNX / OpenVINO graph (model + anomaly map)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx")
+    p.add_argument("--out", required=True, help="output file (.onnx; openvino: .xml, with its .bin beside it)")
+    p.add_argument("--teacher-weights", help="the teacher weights file the checkpoint was trained with")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("gif", help="make a demo GIF: test images with heatmaps, overlays and ground truth")
     p.add_argument("--checkpoint", required=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,46 +19,21 @@ from .backbones import build_student
 from .checkpoint import check_state_matches, load_student_state, read_metadata
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, load_image
 from .errors import CheckpointError, IKDError
+from .prediction import Prediction
 from .torch_model import IKDModel
 from .train import select_device
-from .visualize import apply_colormap, draw_contours, normalize_map, overlay
+from .visualize import apply_colormap, draw_contours, overlay
+
+log = logging.getLogger(__name__)
+
+#: Predictor backends: ``torch`` (eager), ``onnx`` (onnxruntime on a cached export, CPU) and ``auto`` (onnx on CPU
+#: where onnxruntime is installed and the export reproduces the torch maps, else torch).
+BACKENDS = ("auto", "torch", "onnx")
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 
 #: Model input sizes a checkpoint may declare (a larger one would make every prediction exhaust memory).
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048
-
-
-@dataclass
-class Prediction:
-    """Result for one image. ``anomaly_map`` is at the image's own resolution (H, W)."""
-
-    anomaly_map: np.ndarray
-    score: float  # max of the map at model resolution (raw units)
-    threshold: float  # raw units
-    lo: float
-
-    @property
-    def norm_map(self) -> np.ndarray:
-        """Map normalised with the held-out statistics: 0.5 is the fitted threshold."""
-        return normalize_map(self.anomaly_map, self.threshold, self.lo)
-
-    @property
-    def norm_score(self) -> float:
-        """Image score in normalised units, clipped to [0, 1] (0.5 = fitted threshold)."""
-        return float(normalize_map(np.float64(self.score), self.threshold, self.lo))
-
-    @property
-    def relative_score(self) -> float:
-        """Unclipped 0.5 * (score - lo) / (threshold - lo): keeps the ranking of strong anomalies."""
-        return 0.5 * (self.score - self.lo) / max(self.threshold - self.lo, 1e-12)
-
-    def is_anomalous(self, norm_threshold: float = 0.5) -> bool:
-        return self.norm_score >= norm_threshold
-
-    def mask(self, norm_threshold: float = 0.5) -> np.ndarray:
-        """Predicted defect pixels at a threshold in normalised units (0.5 = fitted)."""
-        return self.norm_map >= norm_threshold
 
 
 def load_model(
@@ -134,9 +109,13 @@ def load_model(
 
 
 class Predictor:
-    """A loaded model ready for images; also used by the app and the CLI."""
+    """A loaded model ready for images; also used by the app and the CLI.
 
-    def __init__(self, model: IKDModel, metadata: dict[str, Any], tile: bool = False) -> None:
+    ``engine``: an :class:`~ikd_core.runtime.OnnxEngine` that computes the maps instead of the torch model
+    (same maps up to float rounding; see :meth:`from_checkpoint`'s ``backend``).
+    """
+
+    def __init__(self, model: IKDModel, metadata: dict[str, Any], tile: bool = False, engine: Any = None) -> None:
         self.model = model.eval()
         self.metadata = metadata
         self.image_size = int(metadata["image_size"])
@@ -144,12 +123,25 @@ class Predictor:
         self.threshold = float(norm["threshold"])
         self.lo = float(norm["lo"])
         self.tile = tile
+        self.engine = engine
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
-                        tile: bool = False) -> Predictor:
+                        tile: bool = False, backend: str = "torch") -> Predictor:
+        """Load a checkpoint. ``backend``: ``torch`` (eager), ``onnx`` (onnxruntime on an export cached by
+        checkpoint content, CPU only) or ``auto`` (``onnx`` on CPU where it works, else ``torch``)."""
+        if backend not in BACKENDS:
+            raise IKDError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
         model, meta = load_model(path, device)
-        return cls(model, meta, tile=tile)
+        engine = None
+        if backend != "torch":
+            engine = _onnx_engine(path, model, meta, required=backend == "onnx")
+        return cls(model, meta, tile=tile, engine=engine)
+
+    @property
+    def backend(self) -> str:
+        """``onnxruntime`` or ``torch``: what computes the maps."""
+        return "onnxruntime" if self.engine is not None else "torch"
 
     @property
     def device(self) -> torch.device:
@@ -157,6 +149,8 @@ class Predictor:
 
     @torch.no_grad()
     def _maps(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.engine is not None:
+            return torch.from_numpy(self.engine.maps(batch.cpu().numpy()))
         return self.model(batch.to(self.device))[:, 0].float().cpu()
 
     def _tiled_map(self, img: Image.Image) -> tuple[np.ndarray, float]:
@@ -204,6 +198,35 @@ class Predictor:
                                      align_corners=False)[0, 0]
                 results.append(Prediction(full.numpy(), score, self.threshold, self.lo))
         return results
+
+
+def _onnx_engine(path: str | os.PathLike[str], model: IKDModel, meta: dict[str, Any], required: bool) -> Any:
+    """An onnxruntime engine on the cached export of ``path``; None (torch is used) where that is not
+    possible and not ``required``."""
+    from .runtime import OnnxEngine
+
+    why = None
+    if next(model.student.parameters()).device.type != "cpu":
+        why = "the onnx backend runs on CPU only"
+    else:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            why = f"{exc.name} is not installed (pip install onnx onnxruntime)"
+    if why is None:
+        try:
+            from .export import cached_onnx
+
+            return OnnxEngine(cached_onnx(path, model, meta), threads=torch.get_num_threads())
+        except IKDError as exc:
+            why = str(exc).splitlines()[0]
+        except Exception as exc:  # noqa: BLE001 - an exporter failure falls back to the exact torch path
+            why = f"export failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    if required:
+        raise IKDError(f"cannot use the onnx backend: {why}")
+    log.info("onnx backend unavailable, using torch: %s", why)
+    return None
 
 
 def render(

@@ -19,6 +19,18 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _export_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Cached ONNX exports (``Predictor`` backend auto, the CLI's default) go to a temporary folder, not ~/.cache."""
+    old = os.environ.get("IKD_CACHE_DIR")
+    os.environ["IKD_CACHE_DIR"] = str(tmp_path_factory.mktemp("ikd_cache"))
+    yield
+    if old is None:
+        os.environ.pop("IKD_CACHE_DIR", None)
+    else:
+        os.environ["IKD_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory):
     """A small synthetic demo set in MVTec layout (64 px)."""

@@ -1,4 +1,8 @@
-"""Image I/O and tensor conversion: robust loading, resizing and ImageNet normalisation."""
+"""Image I/O and tensor conversion: robust loading, resizing and ImageNet normalisation.
+
+Importing this module does not import torch (the torch-free runtime, :mod:`ikd_core.runtime`, uses it);
+the tensor helpers import it when called.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,15 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ikd_core.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -194,22 +201,30 @@ def _check_target_size(size: int) -> None:
         raise DataError(f"image_size must be a positive integer, got {size!r}.")
 
 
-def image_to_tensor(img: ImageSource, size: int) -> torch.Tensor:
-    """Resize (bilinear, antialiased) to ``size`` x ``size`` and ImageNet-normalise -> (3, size, size) float."""
+def image_to_array(img: ImageSource, size: int) -> np.ndarray:
+    """Resize (bilinear, antialiased) to ``size`` x ``size`` and ImageNet-normalise -> (3, size, size) float32."""
     _check_target_size(size)
     if not (isinstance(img, Image.Image) and img.mode == "RGB"):
         img = load_image(img)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    t = torch.from_numpy(arr).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    return ((t - mean) / std).contiguous()
+    arr = (np.asarray(img, dtype=np.float32) / np.float32(255.0)).transpose(2, 0, 1)
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
+    return np.ascontiguousarray((arr - mean) / std)
+
+
+def image_to_tensor(img: ImageSource, size: int) -> torch.Tensor:
+    """Resize (bilinear, antialiased) to ``size`` x ``size`` and ImageNet-normalise -> (3, size, size) float."""
+    import torch
+
+    return torch.from_numpy(image_to_array(img, size))
 
 
 def mask_to_tensor(mask_img: ImageSource, size: int) -> torch.Tensor:
     """Binarise (>0 -> 1) and nearest-resize a mask -> (1, size, size) float tensor in {0, 1}."""
+    import torch
+
     _check_target_size(size)
     mask = load_mask(mask_img)
     m = Image.fromarray(mask.astype(np.uint8) * 255)
@@ -220,6 +235,8 @@ def mask_to_tensor(mask_img: ImageSource, size: int) -> torch.Tensor:
 
 def denormalize(t: torch.Tensor) -> np.ndarray:
     """Undo ImageNet normalisation of a (3,H,W) or (1,3,H,W) tensor -> uint8 HxWx3 array for display."""
+    import torch
+
     t = t.detach().cpu().float()
     if t.ndim == 4 and t.shape[0] == 1:
         t = t[0]

@@ -1,0 +1,318 @@
+"""Inference engines on CPU: ms per image at batch 1 and 16 for torch eager, channels_last, torch.compile,
+onnxruntime and OpenVINO, with each engine's maps compared to eager.
+
+    python benchmarks/inference.py [--checkpoint CK] [--threads 2] [--out benchmarks/REPORT.md] [--quick]
+
+Every (engine, batch) case runs in its own subprocess, one after another, so no engine's threads (onnxruntime
+spins its workers after a run unless told not to; OpenVINO keeps a pool) run beside another's timing. The
+report gets (or replaces) the section ``## Inference engines``; its other sections are kept (as perf.py does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+for _p in (str(ROOT), str(BENCH)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+HEADING = "## CPU inference engines"
+DEFAULT_CKPT = ROOT / "pretrained" / "demo_texture-efficientnet_lite0.safetensors"
+BATCHES = (1, 16)
+# (key, label, note)
+CASES: tuple[tuple[str, str, str], ...] = (
+    ("eager", "torch eager (today's `Predictor`)", "`model(x)` under `no_grad`"),
+    ("teacher", "teacher alone, torch eager", "one network, for the batch effect"),
+    ("channels_last", "torch eager, channels_last", "model and input in channels_last"),
+    ("compile", "torch.compile (inductor)", "default mode, static shapes; compile time excluded"),
+    ("ort", "onnxruntime, whole batch in one run", "the `export` graph, CPU provider, no spinning"),
+    ("ort_mb1", "onnxruntime, one image per run", "`OnnxEngine` default (micro-batch 1)"),
+    ("openvino", "OpenVINO, f32", "IR from the ONNX export; precision hint f32 (its CPU default may be bf16)"),
+    ("predict_torch", "`Predictor.predict`, backend torch", "end to end: PIL images in, `Prediction`s out"),
+    ("predict_auto", "`Predictor.predict`, backend auto (CLI default)", "end to end, onnxruntime on the cached export"),
+)
+
+
+# --------------------------------------------------------------------------- one case (in a subprocess)
+def _inputs(batch: int, size: int, seed: int = 0) -> Any:
+    """Normalised synthetic demo-texture images, good and defective (``ikd_core.export.sample_batch``)."""
+    from ikd_core.export import sample_batch
+
+    return sample_batch(size, batch, seed)
+
+
+def _time(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def run_case(case: str, batch: int, checkpoint: str, onnx_path: str, ov_path: str, threads: int, repeats: int,
+             maps_out: str) -> dict:
+    """Time one engine at one batch size; save its maps of the deterministic batch to ``maps_out``."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from ikd_core.predict import Predictor, load_model
+
+    model, meta = load_model(checkpoint, "cpu")
+    size = int(meta["image_size"])
+    x = _inputs(batch, size)
+    info: dict[str, Any] = {}
+    maps: Callable[[], Any]
+    if case in ("eager", "channels_last", "compile", "teacher"):
+        net: Callable[[torch.Tensor], Any] = model
+        if case == "channels_last":
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        if case == "teacher":
+            net = model.teacher
+        if case == "compile":
+            net = torch.compile(model)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                net(x)
+            info["compile_s"] = time.perf_counter() - t0
+
+        def maps() -> Any:
+            with torch.no_grad():
+                out = net(x)
+            return None if case == "teacher" else out[:, 0].numpy()
+    elif case in ("ort", "ort_mb1"):
+        from ikd_core.runtime import OnnxEngine
+
+        engine = OnnxEngine(onnx_path, threads=threads, micro_batch=batch if case == "ort" else 1)
+        xn = x.numpy()
+
+        def maps() -> Any:
+            return engine.maps(xn)
+    elif case == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(ov_path, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                            "PERFORMANCE_HINT": "LATENCY",
+                                                            "INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        xn = x.numpy()
+
+        def maps() -> Any:
+            return request.infer({0: xn})[0][:, 0].copy()
+    elif case in ("predict_torch", "predict_auto"):
+        from PIL import Image
+
+        from ikd_core.data.transforms import denormalize
+
+        pred = Predictor.from_checkpoint(checkpoint, "cpu", backend=case.removeprefix("predict_"))
+        info["backend"] = pred.backend
+        images = [Image.fromarray(denormalize(im)) for im in x]
+
+        def maps() -> Any:
+            return np.stack([p.anomaly_map for p in pred.predict(images, batch_size=16)])
+    else:
+        raise ValueError(case)
+    times = _time(maps, repeats, warmup=2)
+    out = maps()
+    if out is not None:
+        np.save(maps_out, np.asarray(out, dtype=np.float32))
+    norm = meta["score_normalization"]
+    return {"case": case, "batch": batch, "ms_per_image": 1000 * statistics.median(times) / batch,
+            "ms_range": [1000 * min(times) / batch, 1000 * max(times) / batch], "repeats": repeats,
+            "threshold": float(norm["threshold"]), "lo": float(norm["lo"]), "image_size": size, **info}
+
+
+# --------------------------------------------------------------------------- driver
+def _subprocess(args: list[str], timeout: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": tail[:200]}
+    return json.loads(lines[-1])
+
+
+def versions() -> str:
+    import importlib.metadata as md
+
+    parts = []
+    for name in ("torch", "onnx", "onnxruntime", "openvino"):
+        try:
+            parts.append(f"{name} {md.version(name)}")
+        except md.PackageNotFoundError:
+            parts.append(f"{name} not installed")
+    return ", ".join(parts)
+
+
+def section(results: dict[tuple[str, int], dict], export: dict, command: str, threads: int, checkpoint: str,
+            when: str, load: tuple[float, float]) -> str:
+    import torch
+    from perf import machine_summary
+
+    torch.set_num_threads(threads)
+
+    def ms(case: str, batch: int) -> float | None:
+        r = results.get((case, batch), {})
+        return r.get("ms_per_image")
+
+    def diff(case: str) -> str:
+        r = results.get((case, 16), {})
+        return "-" if r.get("diff") is None else f"{r['diff']:.1e}"
+
+    lines = [
+        HEADING, "",
+        f"_Measured {when} by `{command}`._", "",
+        *machine_summary(),
+        f"- Load average (1 min) before / after the run: {load[0]:.2f} / {load[1]:.2f} (other processes on "
+        "the cores slow every engine; torch eager most)",
+        f"- {versions()}; {threads} threads for every engine (torch `set_num_threads`, onnxruntime "
+        "`intra_op_num_threads` with `session.intra_op.allow_spinning` = 0, OpenVINO `INFERENCE_NUM_THREADS`)",
+        f"- Model: `{Path(checkpoint).name}` (efficientnet_lite0 teacher + student + anomaly map + blur), "
+        f"{results.get(('eager', 1), {}).get('image_size', 256)} px; export to ONNX "
+        f"{export.get('onnx_s', float('nan')):.1f} s, OpenVINO {export.get('openvino_s', float('nan')):.1f} s",
+        "",
+        "ms per image: median over timed runs (after 2 warm-up runs) of one call on the whole batch / batch size; "
+        "each (engine, batch) in its own fresh process, one at a time. Speed-up: today's eager ms/img at the same "
+        "batch / this engine's. Map diff: max |map - eager map| / (threshold - lo) on the batch of 16 synthetic "
+        "demo-texture images, good and defective (the parity bound is 1e-3).",
+        "",
+        "| Engine | b1 ms/img | b16 ms/img | b16 / b1 | speed-up b1 | speed-up b16 | map diff | notes |",
+        "|:---|---:|---:|---:|---:|---:|---:|:---|",
+    ]
+    base1, base16 = ms("eager", 1), ms("eager", 16)
+    for key, label, note in CASES:
+        a, b = ms(key, 1), ms(key, 16)
+        errors = [f"b{bt}: {results[(key, bt)]['error']}" for bt in BATCHES if "error" in results.get((key, bt), {})]
+        extra = list(errors)
+        if key == "compile":
+            cs = [f"{results[(key, bt)]['compile_s']:.0f} s" for bt in BATCHES
+                  if "compile_s" in results.get((key, bt), {})]
+            if cs:
+                extra.append("compile " + " / ".join(cs))
+        if key.startswith("predict_"):
+            be = {results[(key, bt)].get("backend") for bt in BATCHES if "backend" in results.get((key, bt), {})}
+            if be:
+                extra.append("ran on " + ", ".join(sorted(be)))
+        cells = [
+            label,
+            "-" if a is None else f"{a:.1f}",
+            "-" if b is None else f"{b:.1f}",
+            "-" if a is None or b is None else f"{b / a:.2f}",
+            "-" if a is None or base1 is None or key == "teacher" else f"{base1 / a:.2f}x",
+            "-" if b is None or base16 is None or key == "teacher" else f"{base16 / b:.2f}x",
+            "-" if key in ("eager", "teacher") else diff(key),
+            "; ".join([note, *extra]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    auto1, auto16 = ms("predict_auto", 1), ms("predict_auto", 16)
+    torch1 = ms("predict_torch", 1)
+    lines.append("")
+    if auto1 and auto16 and torch1:
+        lines.append(f"Goals (default path = `Predictor.predict`, backend auto): speed-up over today's eager "
+                     f"`Predictor.predict` at batch 1 {torch1 / auto1:.2f}x (goal 2.5x: "
+                     f"{'met' if torch1 / auto1 >= 2.5 else 'not met'}); batch 16 / batch 1 time per image "
+                     f"{auto16 / auto1:.2f} (goal at most 1.00: {'met' if auto16 <= auto1 else 'not met'}).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", help="report to update (its other sections are kept); default: print the section")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run, not for the report)")
+    p.add_argument("--cases", help="comma-separated subset of: " + ",".join(k for k, _, _ in CASES))
+    p.add_argument("--compile-timeout", type=float, default=600, help="seconds allowed per torch.compile case")
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--onnx", help=argparse.SUPPRESS)
+    p.add_argument("--ov", help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--maps-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.case:  # worker
+        print(json.dumps(run_case(args.case, args.batch, args.checkpoint, args.onnx, args.ov, args.threads,
+                                  args.repeats, args.maps_out)))
+        return 0
+
+    import numpy as np
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    command = "python benchmarks/inference.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    wanted = args.cases.split(",") if args.cases else [k for k, _, _ in CASES]
+    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        env_cache = os.environ.get("IKD_CACHE_DIR")
+        os.environ["IKD_CACHE_DIR"] = str(Path(tmp) / "cache")  # predict_auto exports into a fresh cache
+        export: dict[str, float] = {}
+        onnx_path, ov_path = Path(tmp) / "model.onnx", Path(tmp) / "model.xml"
+        for fmt, path in (("onnx", onnx_path), ("openvino", ov_path)):
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "ikd_core", "export", "--checkpoint", args.checkpoint,
+                                "--format", fmt, "--out", str(path)], capture_output=True, text=True, cwd=ROOT)
+            if r.returncode == 0:
+                export[f"{fmt}_s"] = time.perf_counter() - t0
+            else:
+                print(f"{fmt} export failed: {r.stderr.strip()[-300:]}", file=sys.stderr)
+        results: dict[tuple[str, int], dict] = {}
+        for key in wanted:
+            for batch in BATCHES:
+                repeats = (3 if batch == 1 else 1) if args.quick else (30 if batch == 1 else 5)
+                maps_out = Path(tmp) / f"{key}-{batch}.npy"
+                res = _subprocess(["--case", key, "--batch", str(batch), "--checkpoint", args.checkpoint,
+                                   "--onnx", str(onnx_path), "--ov", str(ov_path), "--threads", str(args.threads),
+                                   "--repeats", str(repeats), "--maps-out", str(maps_out)],
+                                  timeout=args.compile_timeout if key == "compile" else 600)
+                results[(key, batch)] = res
+                print(f"{key:14s} b{batch:<2d} " + (f"{res['ms_per_image']:.1f} ms/img" if "ms_per_image" in res
+                                                   else res.get("error", "")), flush=True)
+        ref = Path(tmp) / "eager-16.npy"
+        for (key, batch), res in results.items():
+            mp = Path(tmp) / f"{key}-{batch}.npy"
+            if batch == 16 and ref.is_file() and mp.is_file() and "threshold" in res:
+                res["diff"] = float(np.abs(np.load(mp) - np.load(ref)).max()) / max(res["threshold"] - res["lo"],
+                                                                                  1e-12)
+        if env_cache is None:
+            os.environ.pop("IKD_CACHE_DIR", None)
+        else:
+            os.environ["IKD_CACHE_DIR"] = env_cache
+    text = section(results, export, command, args.threads, args.checkpoint, when, (load0, os.getloadavg()[0]))
+    if not args.out:
+        print(text)
+        return 0
+    from perf import assemble, split_report
+
+    out = Path(args.out)
+    pre, sections = split_report(out.read_text(encoding="utf-8")) if out.is_file() else ("# Report\n", {})
+    key = next((k for k in sections if k.startswith(HEADING)), HEADING)
+    sections[key] = text
+    out.write_text(assemble(pre, sections), encoding="utf-8")
+    print(f"section {HEADING!r} written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

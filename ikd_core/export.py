@@ -1,0 +1,200 @@
+"""Export a checkpoint to one ONNX (or OpenVINO) graph: teacher + student + anomaly map + blur.
+
+The graph takes a normalised image batch ``image`` (B, 3, S, S), B dynamic, and returns ``anomaly_map``
+(B, 1, S, S). The checkpoint's metadata travels inside the file (ONNX ``metadata_props``; OpenVINO
+``rt_info``), so :mod:`ikd_core.runtime` needs nothing else. :func:`cached_onnx` keeps one export per
+checkpoint content in a cache folder, for :class:`~ikd_core.predict.Predictor`'s ``auto`` backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .checkpoint import atomic_write_bytes
+from .errors import IKDError
+from .runtime import EXPORT_FORMAT, INPUT_NAME, META_JSON_KEY, OUTPUT_NAME, OnnxEngine
+from .torch_model import IKDModel
+
+OPSET = 17
+FORMATS = ("onnx", "openvino")
+
+
+class ExportError(IKDError):
+    """An export that cannot be made or does not reproduce the torch model."""
+
+
+class _MapGraph(nn.Module):
+    """The eval-mode model as a plain image -> map function (what gets traced)."""
+
+    def __init__(self, model: IKDModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file's content."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def metadata_props(meta: dict[str, Any], checkpoint_sha256: str | None = None) -> dict[str, str]:
+    """String key/values embedded in the export: the full checkpoint metadata (``ikd``, JSON) plus the
+    fields a runtime needs, flat."""
+    norm = meta["score_normalization"]
+    props = {
+        "format": EXPORT_FORMAT,
+        META_JSON_KEY: json.dumps(meta, sort_keys=True, allow_nan=True),
+        "image_size": str(int(meta["image_size"])),
+        "mean": json.dumps([0.485, 0.456, 0.406]),
+        "std": json.dumps([0.229, 0.224, 0.225]),
+        "threshold": repr(float(norm["threshold"])),
+        "lo": repr(float(norm["lo"])),
+        "backbone": str(meta["backbone"]),
+        "teacher_fingerprint": str((meta.get("teacher") or {}).get("fingerprint", "")),
+        "input": f"{INPUT_NAME}: float32 (B, 3, S, S), ImageNet-normalised RGB",
+        "output": f"{OUTPUT_NAME}: float32 (B, 1, S, S), raw anomaly map (score = max)",
+        "ikd_core_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    if checkpoint_sha256:
+        props["checkpoint_sha256"] = checkpoint_sha256
+    return props
+
+
+def onnx_bytes(model: IKDModel, meta: dict[str, Any], checkpoint_sha256: str | None = None,
+               opset: int = OPSET) -> bytes:
+    """The serialised ONNX graph of a loaded model (legacy TorchScript exporter: the fastest graph on CPU)."""
+    import onnx
+
+    size = int(meta["image_size"])
+    graph = _MapGraph(model.cpu().eval()).eval()
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values (sizes) baked into the graph
+        torch.onnx.export(graph, (torch.zeros(2, 3, size, size),), buf, dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    onnx.helper.set_model_props(proto, metadata_props(meta, checkpoint_sha256))
+    proto.doc_string = f"IKD Studio {meta['backbone']} anomaly map ({size} px)"
+    return proto.SerializeToString()
+
+
+def sample_batch(size: int, n: int = 2, seed: int = 0) -> torch.Tensor:
+    """``n`` normalised synthetic demo-texture images (good and defective) at ``size`` px."""
+    from .data.synthetic import DEFECT_TYPES, render_sample
+    from .data.transforms import image_to_tensor
+
+    rng = np.random.default_rng(seed)
+    defects = [None, *DEFECT_TYPES["demo_texture"]]
+    imgs = [render_sample("demo_texture", defects[i % len(defects)], size, rng)[1] for i in range(n)]
+    return torch.stack([image_to_tensor(im, size) for im in imgs])
+
+
+def check_parity(model: IKDModel, path: str | os.PathLike[str], threshold: float, lo: float) -> float:
+    """Max |ORT map - torch map| in units of (threshold - lo) on two synthetic images; raises ExportError
+    where a pixel differs by more than 1e-3 (threshold - lo) + 1e-4 |torch map| (float32 rounding)."""
+    engine = OnnxEngine(path, threads=torch.get_num_threads(), micro_batch=2)
+    x = sample_batch(int(engine.metadata["image_size"]))
+    with torch.no_grad():
+        ref = model.cpu().eval()(x)[:, 0].numpy()
+    got = engine.maps(x.numpy())
+    scale = max(threshold - lo, 1e-12)
+    err = np.abs(got - ref)
+    if not bool(np.all(err <= 1e-3 * scale + 1e-4 * np.abs(ref))):
+        raise ExportError(f"{Path(path).name}: exported maps differ from the torch model by up to "
+                          f"{float(err.max()) / scale:.2g} of (threshold - lo); the export is not exact")
+    return float(err.max()) / scale
+
+
+def export_onnx(model: IKDModel, meta: dict[str, Any], out: str | os.PathLike[str],
+                checkpoint_sha256: str | None = None, check: bool = True) -> Path:
+    """Write the ONNX export of a loaded model to ``out`` atomically; with ``check``, verify it against torch."""
+    out = Path(out)
+    data = onnx_bytes(model, meta, checkpoint_sha256)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".onnx", dir=out.parent)
+    os.close(fd)
+    try:
+        Path(tmp).write_bytes(data)
+        if check:
+            norm = meta["score_normalization"]
+            check_parity(model, tmp, float(norm["threshold"]), float(norm["lo"]))
+        atomic_write_bytes(out, data)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return out
+
+
+def export_openvino(model: IKDModel, meta: dict[str, Any], out: str | os.PathLike[str],
+                    checkpoint_sha256: str | None = None) -> Path:
+    """Write ``out`` (.xml, with its .bin beside it) in OpenVINO IR, float32, metadata in ``rt_info['ikd']``."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ExportError("OpenVINO is not installed (pip install openvino)") from exc
+    out = Path(out).with_suffix(".xml")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(model, meta, Path(tmp) / "model.onnx", checkpoint_sha256)
+        ov_model = ov.convert_model(str(onnx_path))
+    for key, value in metadata_props(meta, checkpoint_sha256).items():
+        ov_model.set_rt_info(value, ["ikd", key])
+    ov.save_model(ov_model, str(out), compress_to_fp16=False)
+    return out
+
+
+def export_checkpoint(checkpoint: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str],
+                      teacher_weights: str | os.PathLike[str] | None = None) -> Path:
+    """Load a checkpoint (checked as for prediction) and export it to ``out`` in ``fmt`` (onnx / openvino)."""
+    from .predict import load_model
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    model, meta = load_model(checkpoint, "cpu", teacher_weights=teacher_weights)
+    digest = file_digest(checkpoint)
+    if fmt == "openvino":
+        return export_openvino(model, meta, out, digest)
+    return export_onnx(model, meta, out, digest)
+
+
+def cache_dir() -> Path:
+    """Folder of cached exports: ``$IKD_CACHE_DIR/onnx``, else ``~/.cache/ikd_studio/onnx``."""
+    root = os.environ.get("IKD_CACHE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "ikd_studio"
+    return base / "onnx"
+
+
+def cached_onnx(checkpoint: str | os.PathLike[str], model: IKDModel, meta: dict[str, Any]) -> Path:
+    """The ONNX export of a loaded checkpoint, made (and checked against torch) once and kept in
+    :func:`cache_dir`, keyed by the checkpoint's content, its teacher and the export format."""
+    import onnx
+
+    digest = file_digest(checkpoint)
+    key = hashlib.sha256("\n".join([digest, model.teacher_fingerprint, str(model.teacher_source), EXPORT_FORMAT,
+                                    __version__, str(OPSET), onnx.__version__]).encode()).hexdigest()[:20]
+    path = cache_dir() / f"{Path(checkpoint).stem}-{key}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(model, meta, path, digest)
+    return path
