@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -25,6 +26,18 @@ from .errors import CheckpointError
 FORMAT = "ikd-studio-checkpoint/1"
 META_KEY = "ikd"
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+#: Model input sizes a checkpoint may declare. The upper bound is what the studio can train; an operator raises it
+#: with ``IKD_MAX_IMAGE_SIZE`` (a larger size makes every prediction slow and memory hungry).
+MIN_IMAGE_SIZE = 16
+DEFAULT_MAX_IMAGE_SIZE = 512
+MAX_IMAGE_SIZE_ENV = "IKD_MAX_IMAGE_SIZE"
+#: Bounds on checkpoint metadata: the whole JSON text, each string, the category, nesting depth.
+MAX_METADATA_BYTES = 1024 * 1024
+MAX_METADATA_STRING = 10_000
+MAX_CATEGORY_CHARS = 100
+MAX_METADATA_DEPTH = 16
+DATA_KINDS = ("demo", "mvtec", "folder")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -81,34 +94,187 @@ def _check_is_safetensors(path: Path) -> None:
         )
 
 
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Metadata of a checkpoint (embedded, else the ``.json`` sidecar), without loading tensors."""
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
+def max_image_size() -> int:
+    """The largest model input size a checkpoint may declare: ``IKD_MAX_IMAGE_SIZE``, else 512."""
+    return _env_max_image_size()
+
+
+def _env_max_image_size() -> int:
+    raw = os.environ.get(MAX_IMAGE_SIZE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_SIZE
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise CheckpointError(f"{MAX_IMAGE_SIZE_ENV}={raw!r} is not a whole number of pixels") from exc
+    return max(value, MIN_IMAGE_SIZE)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_json_value(value: object, where: str, name: str, depth: int = 0, allow_nan: bool = False) -> None:
+    """Only JSON values: bounded strings, finite numbers, bounded nesting."""
+    if depth > MAX_METADATA_DEPTH:
+        raise CheckpointError(f"{name}: metadata is nested too deeply at {where}")
+    if value is None or isinstance(value, (bool, int)):
+        return
+    if isinstance(value, float):
+        if not (math.isfinite(value) or (allow_nan and math.isnan(value))):
+            raise CheckpointError(f"{name}: metadata {where} is {value}, not a finite number")
+    elif isinstance(value, str):
+        if len(value) > MAX_METADATA_STRING:
+            raise CheckpointError(f"{name}: metadata {where} is a string of {len(value)} characters "
+                                  f"(limit {MAX_METADATA_STRING})")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json_value(item, f"{where}[{i}]", name, depth + 1, allow_nan)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or len(key) > 200:
+                raise CheckpointError(f"{name}: metadata {where} has an invalid key")
+            _check_json_value(item, f"{where}.{key}", name, depth + 1, allow_nan)
+    else:
+        raise CheckpointError(f"{name}: metadata {where} is a {type(value).__name__}, not a JSON value")
+
+
+def _flat_dict(meta: dict[str, Any], key: str, name: str) -> dict[str, Any]:
+    """``meta[key]`` as a dict of JSON scalars and lists of scalars (``{}`` if absent)."""
+    value = meta.get(key, {})
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{name}: metadata {key} must be an object, not {type(value).__name__}")
+    for k, v in value.items():
+        items = v if isinstance(v, list) else [v]
+        if any(isinstance(x, (dict, list)) for x in items):
+            raise CheckpointError(f"{name}: metadata {key}.{k} must be a number, string, boolean or list of those")
+    return value
+
+
+def _int_list(meta: dict[str, Any], key: str, name: str) -> None:
+    value = meta.get(key)
+    if value is not None and (not isinstance(value, list) or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in value)):
+        raise CheckpointError(f"{name}: metadata {key} must be a list of whole numbers")
+
+
+def validate_metadata(meta: dict[str, Any], name: str, max_image_size: int | None = None) -> dict[str, Any]:
+    """Check checkpoint metadata against the schema IKD Studio writes; return it unchanged.
+
+    Required: ``backbone`` (a known backbone), ``image_size`` (whole number in ``MIN_IMAGE_SIZE`` ..
+    ``max_image_size``, default :func:`max_image_size`), ``score_normalization`` (finite ``threshold`` > ``lo``).
+    Optional but typed: ``metrics`` (name -> number; NaN means "n/a"), ``category`` (<= 100 characters),
+    ``data`` (``kind`` demo/mvtec/folder, string values), ``train_config`` / ``teacher`` (flat objects),
+    ``levels`` / ``channels`` (whole numbers). Everywhere: JSON values only, finite numbers, strings up to
+    10 000 characters, 1 MB of JSON in all. Raises :class:`CheckpointError` with a one-line message.
+    """
+    from .backbones import BACKBONES
+
+    limit = _env_max_image_size() if max_image_size is None else int(max_image_size)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{name}: metadata is not a JSON object")
+    if meta.get("format", FORMAT) != FORMAT:
+        raise CheckpointError(f"{name}: not an IKD Studio checkpoint (format {str(meta.get('format'))[:40]!r})")
+    try:
+        size = len(json.dumps(meta, allow_nan=True).encode())
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{name}: metadata is not plain JSON ({type(exc).__name__})") from exc
+    if size > MAX_METADATA_BYTES:
+        raise CheckpointError(f"{name}: metadata is {size} bytes (limit {MAX_METADATA_BYTES})")
+    for key, value in meta.items():
+        _check_json_value(value, str(key)[:40], name, allow_nan=key == "metrics")
+    for key in ("backbone", "image_size", "score_normalization"):
+        if key not in meta:
+            raise CheckpointError(f"{name}: metadata lacks '{key}'; the file was not made by IKD Studio")
+    backbone = meta["backbone"]
+    if not isinstance(backbone, str) or backbone not in BACKBONES:
+        raise CheckpointError(f"{name}: unknown backbone {str(backbone)[:40]!r} in its metadata "
+                              f"(known: {', '.join(BACKBONES)})")
+    size_px = meta["image_size"]
+    if not isinstance(size_px, int) or isinstance(size_px, bool):
+        raise CheckpointError(f"{name}: image size {str(size_px)[:40]!r} in its metadata is not a whole number")
+    if not MIN_IMAGE_SIZE <= size_px <= limit:
         raise CheckpointError(
-            f"{path.name}: only .safetensors checkpoints are accepted (.pt/.ckpt/.pth are pickles "
+            f"{name}: image size {size_px} in its metadata is outside {MIN_IMAGE_SIZE}-{limit} px "
+            f"(the operator can raise the limit with {MAX_IMAGE_SIZE_ENV})"
+        )
+    norm = meta["score_normalization"]
+    if not isinstance(norm, dict):
+        raise CheckpointError(f"{name}: score normalisation in its metadata is not an object")
+    threshold, lo = norm.get("threshold"), norm.get("lo")
+    if not (_is_number(threshold) and _is_number(lo) and threshold > lo):  # finite: checked above
+        raise CheckpointError(
+            f"{name}: score normalisation in its metadata is invalid (threshold {str(threshold)[:40]}, "
+            f"lo {str(lo)[:40]}); the file is damaged or was not made by IKD Studio"
+        )
+    metrics = meta.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(_is_number(v) for v in metrics.values()):
+        raise CheckpointError(f"{name}: metadata metrics must map names to numbers")
+    for key, value in metrics.items():
+        if isinstance(value, float) and math.isinf(value):
+            raise CheckpointError(f"{name}: metadata metrics.{key[:40]} is not a finite number")
+    category = meta.get("category", "")
+    if not isinstance(category, str) or len(category) > MAX_CATEGORY_CHARS:
+        raise CheckpointError(f"{name}: metadata category must be text of at most {MAX_CATEGORY_CHARS} characters")
+    data = _flat_dict(meta, "data", name)
+    if data and data.get("kind") not in DATA_KINDS:
+        raise CheckpointError(f"{name}: metadata data.kind must be one of {', '.join(DATA_KINDS)}")
+    if not all(v is None or isinstance(v, str) for v in data.values()):
+        raise CheckpointError(f"{name}: metadata data values must be text")
+    _flat_dict(meta, "train_config", name)
+    _flat_dict(meta, "teacher", name)
+    _int_list(meta, "levels", name)
+    _int_list(meta, "channels", name)
+    return meta
+
+
+def read_metadata(
+    path: str | os.PathLike[str],
+    sidecar: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Metadata of a checkpoint (embedded, else the ``.json`` sidecar), without loading tensors.
+
+    The metadata is checked with :func:`validate_metadata`. ``sidecar``: the ``.json`` file to use instead of the
+    one beside ``path``; ``name``: how messages call the file (default: its name).
+    """
+    path = Path(path)
+    name = name or path.name
+    if Path(name).suffix.lower() != ".safetensors":
+        raise CheckpointError(
+            f"{name}: only .safetensors checkpoints are accepted (.pt/.ckpt/.pth are pickles "
             "and are never loaded)"
         )
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {name}")
     _check_is_safetensors(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(META_KEY)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path.name} is not a valid safetensors file: {exc}") from exc
+        raise CheckpointError(f"{name} is not a valid safetensors file: {exc}") from exc
     if raw is None:
-        side = sidecar_path(path)
+        side = Path(sidecar) if sidecar is not None else sidecar_path(path)
         if not side.is_file():
-            raise CheckpointError(f"{path.name} has no IKD metadata and no {side.name} beside it")
-        raw = side.read_text(encoding="utf-8")
+            raise CheckpointError(f"{name} has no IKD metadata and no {sidecar_path(name).name} beside it")
+        if side.stat().st_size > MAX_METADATA_BYTES:
+            raise CheckpointError(f"{name}: metadata file is larger than {MAX_METADATA_BYTES} bytes")
+        try:
+            raw = side.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise CheckpointError(f"{name}: metadata file is not UTF-8 text") from exc
+    if len(raw) > MAX_METADATA_BYTES:
+        raise CheckpointError(f"{name}: metadata is {len(raw)} bytes (limit {MAX_METADATA_BYTES})")
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path.name}: metadata is not valid JSON ({exc.msg})") from exc
+        raise CheckpointError(f"{name}: metadata is not valid JSON ({exc.msg})") from exc
+    except RecursionError as exc:
+        raise CheckpointError(f"{name}: metadata is nested too deeply") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path.name}: not an IKD Studio checkpoint (format {meta.get('format')!r})")
-    return meta
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{name}: not an IKD Studio checkpoint (format {str(fmt)[:40]!r})")
+    return validate_metadata(meta, name)
 
 
 def load_student_state(path: str | os.PathLike[str]) -> dict[str, Tensor]:

@@ -16,7 +16,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from .backbones import build_student
-from .checkpoint import check_state_matches, load_student_state, read_metadata
+from .checkpoint import MIN_IMAGE_SIZE, check_state_matches, load_student_state, max_image_size, read_metadata
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, load_image
 from .errors import CheckpointError, IKDError
 from .prediction import Prediction
@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnx")
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
-
-#: Model input sizes a checkpoint may declare (a larger one would make every prediction exhaust memory).
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048
 
 
 def load_model(
@@ -61,9 +58,10 @@ def load_model(
         raise CheckpointError(
             f"{path.name}: metadata is malformed (backbone, train_config, teacher or score_normalization)"
         )
-    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+    limit = max_image_size()  # read_metadata checked it too; the same bound, stated where the size is used
+    if not MIN_IMAGE_SIZE <= image_size <= limit:
         raise CheckpointError(
-            f"{path.name}: image size {image_size} in its metadata is outside {MIN_IMAGE_SIZE}-{MAX_IMAGE_SIZE} px; "
+            f"{path.name}: image size {image_size} in its metadata is outside {MIN_IMAGE_SIZE}-{limit} px; "
             "the file is damaged or was not made by IKD Studio"
         )
     if not (math.isfinite(threshold) and math.isfinite(lo) and threshold >= lo):

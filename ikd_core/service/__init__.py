@@ -18,6 +18,8 @@ from .checkpoints import (
     default_checkpoint,
     import_checkpoint,
     list_checkpoints,
+    release_checkpoint_path,
+    reserve_checkpoint_path,
     resolve_checkpoint,
     seed_checkpoints,
     unique_path,
@@ -55,6 +57,7 @@ __all__ = [
     "StopFile", "StudioPaths", "TrainingJob", "TrainingUpdate", "WORK_ENV", "check_checkpoint_name",
     "check_training_data", "checkpoint_info", "curves_from_outputs", "data_spec_for_checkpoint",
     "default_checkpoint", "discard_upload", "extract_images", "file_digest", "import_checkpoint",
-    "list_checkpoints", "load_inspect_image", "mvtec_missing", "prune_files", "resolve_checkpoint", "sanitize_name",
-    "seed_checkpoints", "stream_training", "unique_path", "uploaded_data_spec",
+    "list_checkpoints", "load_inspect_image", "mvtec_missing", "prune_files", "release_checkpoint_path",
+    "reserve_checkpoint_path", "resolve_checkpoint", "sanitize_name", "seed_checkpoints", "stream_training",
+    "unique_path", "uploaded_data_spec",
 ]

@@ -21,6 +21,8 @@ from .paths import sanitize_name
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIX = ".safetensors"
+#: Suffix of the hidden marker ``.<name>.reserved`` that claims a checkpoint name (see reserve_checkpoint_path).
+RESERVED_SUFFIX = ".reserved"
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 #: Largest accepted checkpoint upload and JSON sidecar.
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
@@ -67,16 +69,59 @@ def resolve_checkpoint(name: str, directory: str | os.PathLike[str]) -> Path:
     return path
 
 
-def unique_path(directory: str | os.PathLike[str], name: str) -> Path:
-    """``directory/name``, or ``directory/<stem>-2<suffix>`` (``-3``, ...) if that is taken."""
-    directory = Path(directory)
+def _reservation_marker(path: Path) -> Path:
+    return path.with_name(f".{path.name}{RESERVED_SUFFIX}")
+
+
+def _taken(path: Path) -> bool:
+    return path.exists() or sidecar_path(path).exists() or _reservation_marker(path).exists()
+
+
+def _candidates(directory: Path, name: str):  # noqa: ANN202 - a generator of paths
     path = directory / name
     stem, suffix = path.stem, path.suffix
+    yield path
     n = 2
-    while path.exists() or sidecar_path(path).exists():
-        path = directory / f"{stem}-{n}{suffix}"
+    while True:
+        yield directory / f"{stem}-{n}{suffix}"
         n += 1
-    return path
+
+
+def unique_path(directory: str | os.PathLike[str], name: str) -> Path:
+    """``directory/name``, or ``directory/<stem>-2<suffix>`` (``-3``, ...) if that is taken (file, ``.json``
+    sidecar or a reservation by :func:`reserve_checkpoint_path`). Not atomic: use :func:`reserve_checkpoint_path`
+    when the file is written later."""
+    return next(p for p in _candidates(Path(directory), name) if not _taken(p))
+
+
+def reserve_checkpoint_path(directory: str | os.PathLike[str], name: str) -> Path:
+    """Atomically claim a free checkpoint name in ``directory`` and return its path (not created).
+
+    ``name``, else ``<stem>-2<suffix>``, ``-3``, ...: the first one without a file, a ``.json`` sidecar or a
+    reservation. The claim is a hidden marker ``.<name>.reserved`` created with ``O_CREAT | O_EXCL``, so two
+    threads or processes never get the same path. Call :func:`release_checkpoint_path` once the file is written
+    (or abandoned).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in _candidates(directory, name):
+        if path.exists() or sidecar_path(path).exists():
+            continue
+        try:
+            fd = os.open(_reservation_marker(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        if path.exists() or sidecar_path(path).exists():  # written between the check and the claim
+            _reservation_marker(path).unlink(missing_ok=True)
+            continue
+        return path
+    raise AssertionError("unreachable")  # pragma: no cover - the candidates never end
+
+
+def release_checkpoint_path(path: str | os.PathLike[str]) -> None:
+    """Drop the reservation of ``path`` made by :func:`reserve_checkpoint_path` (no error if there is none)."""
+    _reservation_marker(Path(path)).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -214,22 +259,21 @@ def import_checkpoint(
         raise CheckpointError(f"uploaded file {name} is missing; upload it again")
     if upload.stat().st_size > MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"{name} is larger than {MAX_CHECKPOINT_BYTES // 1024**2} MiB")
-    stem = sanitize_name(Path(Path(name).name).stem, "uploaded")
+    shown = Path(name).name
+    stem = sanitize_name(Path(shown).stem, "uploaded")
+    if sidecar is not None and Path(sidecar).stat().st_size > MAX_SIDECAR_BYTES:
+        raise CheckpointError(f"{Path(sidecar).name}: metadata file too large")
+    # The metadata is checked on the upload itself, so a refused file never reaches ``directory``.
+    meta = read_metadata(upload, sidecar=sidecar, name=shown)
     directory.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".import-", dir=directory))
+    target: Path | None = None
     try:
         staged = stage / f"{stem}{CHECKPOINT_SUFFIX}"
         shutil.copyfile(upload, staged)
-        if sidecar is not None:
-            side = Path(sidecar)
-            if side.stat().st_size > MAX_SIDECAR_BYTES:
-                raise CheckpointError(f"{side.name}: metadata file too large")
-            try:
-                json.loads(side.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise CheckpointError(f"{side.name}: not a valid JSON metadata file ({exc})") from exc
-            shutil.copyfile(side, sidecar_path(staged))
-        meta = read_metadata(staged)
+        side_staged = sidecar_path(staged)
+        side_staged.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        meta = read_metadata(staged)  # the copy, as it will be used (the sidecar now mirrors the checked metadata)
         if validate_model:
             from ..predict import load_model
 
@@ -238,16 +282,14 @@ def import_checkpoint(
             except IKDError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means an unusable upload
-                raise CheckpointError(f"{name}: cannot be loaded: {exc}") from exc
-        target = unique_path(directory, staged.name)
-        side_target = sidecar_path(target)
-        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-        side_staged = sidecar_path(staged)
-        side_staged.write_text(text, encoding="utf-8")
-        os.replace(side_staged, side_target)
+                raise CheckpointError(f"{shown}: cannot be loaded: {exc}") from exc
+        target = reserve_checkpoint_path(directory, staged.name)
+        os.replace(side_staged, sidecar_path(target))
         os.replace(staged, target)
         return CheckpointInfo(target.name, target, meta)
     finally:
+        if target is not None:
+            release_checkpoint_path(target)
         shutil.rmtree(stage, ignore_errors=True)
 
 

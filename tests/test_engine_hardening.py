@@ -1,0 +1,239 @@
+"""Engine-level hardening against hostile uploads and API values (the app's HTTP-level tests are elsewhere).
+
+Each attack is reproduced through the engine API: checkpoint metadata that would break listing or every
+prediction, name races between training and uploads, images and zips that are huge once decoded, values that
+would turn into HTML or NaN, and a gate that must serve concurrent requests in arrival order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+from ikd_core import service
+from ikd_core.checkpoint import read_metadata, save_checkpoint, validate_metadata
+from ikd_core.errors import CheckpointError
+
+CKPT = "demo_texture-efficientnet_lite0.safetensors"
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    """Every entry of ``directory`` (hidden ones included) with the bytes of files."""
+    return {p.name: (p.read_bytes() if p.is_file() else b"<dir>") for p in directory.iterdir()}
+
+
+@pytest.fixture
+def ckpt_dir(tmp_path: Path, tiny_checkpoint) -> Path:
+    d = tmp_path / "pretrained"
+    d.mkdir()
+    src = Path(tiny_checkpoint.checkpoint)
+    shutil.copy(src, d / CKPT)
+    shutil.copy(src.with_suffix(".json"), (d / CKPT).with_suffix(".json"))
+    return d
+
+
+def _with_meta(tiny_checkpoint, folder: Path, name: str, **changes) -> Path:
+    """The tiny checkpoint's tensors with its metadata changed (``None`` removes a key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {**tiny_checkpoint.metadata, **changes}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    return save_checkpoint(folder / name, tiny_checkpoint.model.student.state_dict(), meta)
+
+
+# ------------------------------------------------------------------------------------------ 1. metadata schema
+def _bad_metadata(tiny_checkpoint) -> dict[str, tuple[dict, str]]:
+    norm = tiny_checkpoint.metadata["score_normalization"]
+    return {
+        "metrics_list": ({"metrics": [1, 2, 3]}, "metrics"),
+        "metrics_bool": ({"metrics": {"image_auroc": True}}, "metrics"),
+        "metrics_inf": ({"metrics": {"image_auroc": math.inf}}, "metrics"),
+        "data_root_int": ({"data": {"kind": "demo", "root": 123}}, "data"),
+        "data_kind": ({"data": {"kind": "http", "root": "x"}}, "data.kind"),
+        "size_2048": ({"image_size": 2048}, "image size 2048"),
+        "size_float": ({"image_size": 64.5}, "image size"),
+        "size_bool": ({"image_size": True}, "image size"),
+        "threshold_nan": ({"score_normalization": {**norm, "threshold": math.nan}}, "threshold"),
+        "threshold_below_lo": ({"score_normalization": {**norm, "threshold": norm["lo"] - 1}},
+                               "score normalisation"),
+        "stats_inf": ({"score_normalization": {**norm, "holdout_score_std": math.inf}}, "finite"),
+        "backbone_unknown": ({"backbone": "evil_net"}, "unknown backbone"),
+        "backbone_missing": ({"backbone": None}, "lacks 'backbone'"),
+        "category_long": ({"category": "x" * 101}, "category"),
+        "category_int": ({"category": 5}, "category"),
+        "train_config_nested": ({"train_config": {"lr": {"a": 1}}}, "train_config.lr"),
+        "teacher_list": ({"teacher": ["packaged"]}, "teacher"),
+        "levels_str": ({"levels": ["1", "2"]}, "levels"),
+        "channels_bool": ({"channels": [True, 40]}, "channels"),
+        "nan_elsewhere": ({"final_loss": math.nan}, "final_loss"),
+        "long_string": ({"created": "x" * 20_000}, "created"),
+        "padded": ({"machine": "x" * (15 * 1024 * 1024)}, "metadata is .* bytes"),
+    }
+
+
+def test_validate_metadata_refuses_each_known_attack(tiny_checkpoint) -> None:
+    good = dict(tiny_checkpoint.metadata)
+    assert validate_metadata(good, "ok.safetensors") is good
+    for label, (changes, pattern) in _bad_metadata(tiny_checkpoint).items():
+        meta = {k: v for k, v in {**good, **changes}.items() if v is not None}
+        with pytest.raises(CheckpointError, match=pattern) as err:
+            validate_metadata(meta, "bad.safetensors")
+        msg = str(err.value)
+        assert "\n" not in msg and len(msg) < 400 and msg.startswith("bad.safetensors"), (label, msg[:500])
+
+
+def test_image_size_limit_follows_the_operator(tiny_checkpoint, monkeypatch) -> None:
+    meta = {**tiny_checkpoint.metadata, "image_size": 1024}
+    monkeypatch.delenv("IKD_MAX_IMAGE_SIZE", raising=False)
+    with pytest.raises(CheckpointError, match="image size 1024 .* 16-512 px"):
+        validate_metadata(meta, "big.safetensors")
+    assert validate_metadata(meta, "big.safetensors", max_image_size=1024)["image_size"] == 1024
+    monkeypatch.setenv("IKD_MAX_IMAGE_SIZE", "1024")
+    assert validate_metadata(meta, "big.safetensors")["image_size"] == 1024
+    meta["image_size"] = 1056
+    with pytest.raises(CheckpointError, match="16-1024 px"):
+        validate_metadata(meta, "big.safetensors")
+
+
+def test_nan_metrics_mean_not_available(tiny_checkpoint) -> None:
+    """Metrics without a labelled test set are NaN ("n/a"): such checkpoints stay usable."""
+    meta = {**tiny_checkpoint.metadata, "metrics": {"pixel_auroc": math.nan, "image_auroc": 0.5}}
+    assert validate_metadata(meta, "x.safetensors") is meta
+
+
+def test_load_model_uses_the_same_size_limit(tiny_checkpoint, tmp_path: Path) -> None:
+    from ikd_core.predict import load_model
+
+    path = _with_meta(tiny_checkpoint, tmp_path, "big.safetensors", image_size=2048)
+    with pytest.raises(CheckpointError, match="image size 2048"):
+        load_model(path)
+
+
+def test_listing_flags_bad_metadata_instead_of_crashing(ckpt_dir: Path, tiny_checkpoint) -> None:
+    for label, (changes, _) in _bad_metadata(tiny_checkpoint).items():
+        if label == "padded":  # over the safetensors header limit of the listing test's copy: same path as others
+            continue
+        _with_meta(tiny_checkpoint, ckpt_dir, f"{label}.safetensors", **changes)
+    infos = {i.name: i for i in service.list_checkpoints(ckpt_dir)}
+    assert infos[CKPT].ok
+    bad = [i for n, i in infos.items() if n != CKPT]
+    assert len(bad) == len(_bad_metadata(tiny_checkpoint)) - 1
+    for info in bad:
+        assert not info.ok, info.name
+        # everything the app shows works on an unusable entry
+        assert "unreadable" in info.label() and "cannot be used" in info.describe()
+        assert info.metrics == {} and info.category == "?"
+
+
+def test_padded_metadata_is_refused_before_parsing(tiny_checkpoint, tmp_path: Path, monkeypatch) -> None:
+    meta = {**tiny_checkpoint.metadata, "format": "ikd-studio-checkpoint/1",
+            "machine": "x" * (15 * 1024 * 1024)}
+    path = tmp_path / "padded.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_checkpoint.model.student.state_dict().items()}, str(path),
+              metadata={"ikd": json.dumps(meta)})
+    assert path.stat().st_size > 15 * 1024 * 1024
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("json.loads ran on 15 MB of metadata")
+
+    monkeypatch.setattr("ikd_core.checkpoint.json.loads", no_parse)
+    with pytest.raises(CheckpointError, match="metadata is .* bytes"):
+        read_metadata(path)
+
+
+def test_refused_uploads_leave_nothing_behind(ckpt_dir: Path, tiny_checkpoint, tmp_path: Path) -> None:
+    before = _snapshot(ckpt_dir)
+    for label, (changes, pattern) in _bad_metadata(tiny_checkpoint).items():
+        upload = _with_meta(tiny_checkpoint, tmp_path / "up", f"{label}.safetensors", **changes)
+        with pytest.raises(CheckpointError, match=pattern):
+            service.import_checkpoint(upload, ckpt_dir, validate_model=False)
+        assert _snapshot(ckpt_dir) == before, f"{label} left something in pretrained/"
+
+
+def test_refused_sidecar_metadata_leaves_nothing_behind(ckpt_dir: Path, tiny_checkpoint, tmp_path: Path) -> None:
+    """Metadata only in an uploaded .json sidecar goes through the same checks."""
+    up = tmp_path / "side"
+    up.mkdir()
+    bare = up / "bare.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_checkpoint.model.student.state_dict().items()}, str(bare))
+    side = up / "bare.json"
+    side.write_text(json.dumps({**tiny_checkpoint.metadata, "format": "ikd-studio-checkpoint/1",
+                                "data": {"kind": "demo", "root": 123}}))
+    before = _snapshot(ckpt_dir)
+    with pytest.raises(CheckpointError, match="data"):
+        service.import_checkpoint(bare, ckpt_dir, sidecar=side)
+    assert _snapshot(ckpt_dir) == before
+    side.write_text(json.dumps({**tiny_checkpoint.metadata, "format": "ikd-studio-checkpoint/1"}))
+    info = service.import_checkpoint(bare, ckpt_dir, sidecar=side)
+    assert info.ok and service.checkpoint_info(info.path).ok
+
+
+# ------------------------------------------------------------------------------------------ 2. name reservation
+def test_reservations_are_exclusive(tmp_path: Path) -> None:
+    n = 8
+    barrier = threading.Barrier(n)
+    got: list[Path] = []
+    lock = threading.Lock()
+
+    def claim() -> None:
+        barrier.wait()
+        p = service.reserve_checkpoint_path(tmp_path, "x.safetensors")
+        with lock:
+            got.append(p)
+
+    threads = [threading.Thread(target=claim) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(p.name for p in got) == sorted(["x.safetensors"] + [f"x-{i}.safetensors" for i in range(2, n + 1)])
+    assert service.list_checkpoints(tmp_path) == []  # markers are hidden
+    assert not any(p.exists() for p in got)  # only claimed, not created
+    assert service.unique_path(tmp_path, "x.safetensors").name == f"x-{n + 1}.safetensors"
+    service.release_checkpoint_path(tmp_path / "x.safetensors")
+    assert service.unique_path(tmp_path, "x.safetensors").name == "x.safetensors"
+    assert service.reserve_checkpoint_path(tmp_path, "x.safetensors").name == "x.safetensors"
+    for p in got:
+        service.release_checkpoint_path(p)
+    service.release_checkpoint_path(tmp_path / "x.safetensors")
+    service.release_checkpoint_path(tmp_path / "never.safetensors")  # no error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reservation_skips_existing_files_and_sidecars(tmp_path: Path) -> None:
+    (tmp_path / "a.safetensors").write_bytes(b"x")
+    (tmp_path / "a-2.json").write_text("{}")
+    assert service.reserve_checkpoint_path(tmp_path, "a.safetensors").name == "a-3.safetensors"
+
+
+def test_import_does_not_take_a_reserved_name(ckpt_dir: Path, tmp_path: Path) -> None:
+    """A training run reserved ``my_model.safetensors``: an upload of that name goes elsewhere."""
+    reserved = service.reserve_checkpoint_path(ckpt_dir, "my_model.safetensors")
+    assert reserved.name == "my_model.safetensors"
+    upload = tmp_path / "my_model.safetensors"
+    shutil.copy(ckpt_dir / CKPT, upload)
+    info = service.import_checkpoint(upload, ckpt_dir)
+    assert info.name == "my_model-2.safetensors"
+    assert not reserved.exists()
+    # the import released its own reservation; the run's one is still there
+    hidden = sorted(p.name for p in ckpt_dir.iterdir() if p.name.startswith("."))
+    assert hidden == [".my_model.safetensors.reserved"]
+    service.release_checkpoint_path(reserved)
+    assert not any(p.name.startswith(".") for p in ckpt_dir.iterdir())
+    assert service.import_checkpoint(upload, ckpt_dir).name == "my_model.safetensors"
+
+
+def test_reserved_path_is_written_by_training(ckpt_dir: Path) -> None:
+    """The claimed path is usable as an output path (the marker does not block the write)."""
+    path = service.reserve_checkpoint_path(ckpt_dir, CKPT)
+    assert path.name == "demo_texture-efficientnet_lite0-2.safetensors"
+    shutil.copy(ckpt_dir / CKPT, path)
+    service.release_checkpoint_path(path)
+    assert service.unique_path(ckpt_dir, CKPT).name == "demo_texture-efficientnet_lite0-3.safetensors"
+    assert os.path.exists(path)
