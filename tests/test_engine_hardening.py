@@ -14,12 +14,13 @@ import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import save_file
 
 from ikd_core import service
 from ikd_core.checkpoint import read_metadata, save_checkpoint, validate_metadata
-from ikd_core.errors import CheckpointError
+from ikd_core.errors import CheckpointError, DataError
 
 CKPT = "demo_texture-efficientnet_lite0.safetensors"
 
@@ -237,3 +238,180 @@ def test_reserved_path_is_written_by_training(ckpt_dir: Path) -> None:
     service.release_checkpoint_path(path)
     assert service.unique_path(ckpt_dir, CKPT).name == "demo_texture-efficientnet_lite0-3.safetensors"
     assert os.path.exists(path)
+
+
+# ------------------------------------------------------------------------------------------ 3. decoding by pixels
+class _Decodes:
+    """Counts full decodes (``ImageFile.load``) and records the size each one decodes at."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from PIL import ImageFile
+
+        self.sizes: list[tuple[int, int]] = []
+        original = ImageFile.ImageFile.load
+
+        def load(img, *args, **kwargs):
+            if img.tile:  # not yet decoded
+                self.sizes.append(img.size)
+            return original(img, *args, **kwargs)
+
+        monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+
+def _save(img, path: Path, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, fmt)
+    return path
+
+
+def test_too_many_pixels_refused_from_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from ikd_core.data.transforms import image_pixels, load_image
+
+    path = _save(Image.new("RGB", (300, 200), (10, 20, 30)), tmp_path / "a.png")
+    assert image_pixels(path) == 60_000
+    decodes = _Decodes(monkeypatch)
+    with pytest.raises(DataError, match=r"too large \(300x200 pixels, limit 50000"):
+        load_image(path, max_pixels=50_000)
+    with pytest.raises(DataError, match="too large"):
+        load_image(path.read_bytes(), max_pixels=50_000)
+    assert decodes.sizes == []
+    assert load_image(path, max_pixels=60_000).size == (300, 200)
+    assert decodes.sizes == [(300, 200)]
+
+
+def test_max_side_downscales_while_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from ikd_core.data.transforms import load_image
+
+    jpeg = _save(Image.new("RGB", (4000, 3000), (200, 100, 50)), tmp_path / "big.jpg")
+    gray = _save(Image.new("L", (3000, 1500), 90), tmp_path / "gray.png")
+    decodes = _Decodes(monkeypatch)
+    converted: list[tuple[int, int]] = []
+    convert = Image.Image.convert
+
+    def spy(img, *args, **kwargs):
+        converted.append(img.size)
+        return convert(img, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", spy)
+    out = load_image(jpeg, max_side=500)
+    assert out.size == (500, 375) and out.mode == "RGB"
+    assert max(decodes.sizes[-1]) <= 1000, "the JPEG was decoded at full size"
+    out = load_image(gray, max_side=300)
+    assert out.size == (300, 150) and out.mode == "RGB"
+    assert np.asarray(out)[0, 0].tolist() == [90, 90, 90]
+    assert converted and max(max(s) for s in converted) <= 300, "a full-size RGB copy was made"
+
+
+def test_inspect_image_messages_name_the_file_not_the_server_path(tmp_path: Path) -> None:
+    from PIL import Image
+
+    secret = tmp_path / "srv" / "gradio" / "0123abcd"
+    broken = secret / "photo.png"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    big = _save(Image.new("RGB", (400, 300)), secret / "big.png")
+    for path, kw, pattern in [(broken, {}, "photo.png"), (big, {"max_pixels": 1000}, "big.png: image too large"),
+                              (secret / "gone.png", {}, "gone.png: file not found")]:
+        with pytest.raises(DataError, match=pattern) as err:
+            service.load_inspect_image(path, **kw)
+        assert str(tmp_path) not in str(err.value) and "/srv/" not in str(err.value)
+    img, note = service.load_inspect_image(big, max_side=200)
+    assert img.size == (200, 150) and note == "big.png is 400x300 px: scored and shown at 200x150 px"
+    assert service.load_inspect_image(big)[1] is None
+
+
+# ------------------------------------------------------------------------------------------ 4. zips
+def _big_png(side: int) -> bytes:
+    """A ``side`` x ``side`` black grayscale PNG (a few tens of KB for 8192 px; ``side``^2 bytes decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    comp = zlib.compressobj(9)
+    row = bytes(side + 1)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_zip_of_huge_images_refused_before_any_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipfile
+
+    png = _big_png(8192)
+    z = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(40):
+            zf.writestr(f"img{i:02d}.png", png)
+    assert z.stat().st_size < 200_000  # small on disk, 40 x 64 MP once decoded
+    decodes = _Decodes(monkeypatch)
+    work = tmp_path / "work"
+    with pytest.raises(DataError, match="more than 512 megapixels"):
+        service.uploaded_data_spec([z], work)
+    assert decodes.sizes == [], "images were decoded before the pixel limits were checked"
+    assert list((work / "uploads").iterdir()) == []
+    # one image over the per-image limit is refused the same way
+    with pytest.raises(DataError, match="img00.png: not a usable image .*too large"):
+        service.uploaded_data_spec([z], work, max_pixels=4096 * 4096)
+    assert decodes.sizes == []
+    # plain files (not zipped) too
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    paths = []
+    for i in range(9):
+        paths.append(loose / f"p{i}.png")
+        paths[-1].write_bytes(png)
+    with pytest.raises(DataError, match="megapixels"):
+        service.uploaded_data_spec(paths, work)
+    assert decodes.sizes == []
+
+
+def _zip64_with_entries(path: Path, n: int, declared: int | None = None) -> Path:
+    """A ZIP64 archive whose central directory lists ``n`` empty ``a.png`` entries (``declared`` in its end
+    records), written directly (15 MB for 300 000 entries in well under a second)."""
+    import struct
+    import zipfile as zf
+
+    declared = n if declared is None else declared
+    name = b"a.png"
+    local = struct.pack(zf.structFileHeader, zf.stringFileHeader, 20, 0, 0, 0, 0, 0, 0, 0, 0, len(name), 0) + name
+    central = struct.pack(zf.structCentralDir, zf.stringCentralDir, 45, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0,
+                          len(name), 0, 0, 0, 0, 0, 0) + name
+    cd = central * n
+    end64_at = len(local) + len(cd)
+    end64 = struct.pack(zf.structEndArchive64, zf.stringEndArchive64, 44, 45, 45, 0, 0, declared, declared,
+                        len(cd), len(local))
+    locator = struct.pack(zf.structEndArchive64Locator, zf.stringEndArchive64Locator, 0, end64_at, 1)
+    end = struct.pack(zf.structEndArchive, zf.stringEndArchive, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    path.write_bytes(local + cd + end64 + locator + end)
+    return path
+
+
+def test_zip_with_too_many_entries_refused_before_its_directory_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zipfile
+
+    z = _zip64_with_entries(tmp_path / "many.zip", 300_000)
+    assert service.zip_directory_size(z) == (300_000, 300_000 * 51)
+    small = _zip64_with_entries(tmp_path / "small.zip", 3)
+    assert len(zipfile.ZipFile(small).infolist()) == 3  # the crafted layout is a real zip
+    liar = _zip64_with_entries(tmp_path / "liar.zip", 300_000, declared=2)
+
+    def parse(*args, **kwargs):
+        raise AssertionError("the central directory was parsed")
+
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", parse)
+    work = tmp_path / "work"
+    with pytest.raises(DataError, match="300000 entries \\(limit 10000\\)"):
+        service.uploaded_data_spec([z], work)
+    with pytest.raises(DataError, match="directory is 15300000 bytes for 2 entries"):
+        service.uploaded_data_spec([liar], work)
+    with pytest.raises(DataError, match="3 entries \\(limit 2\\)"):
+        service.uploaded_data_spec([small], work, max_entries=2)
+    assert list((work / "uploads").iterdir()) == []

@@ -56,21 +56,69 @@ def _describe(src: object) -> str:
     return f"<{type(src).__name__}>"
 
 
-def check_image_size(width: int, height: int, what: str) -> None:
-    """DataError for images without pixels or with more than :data:`MAX_PIXELS` (decompression bombs)."""
+def check_image_size(width: int, height: int, what: str, max_pixels: int | None = None) -> None:
+    """DataError for images without pixels or with more than ``max_pixels`` (default :data:`MAX_PIXELS`)."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     if width < 1 or height < 1:
         raise DataError(f"{what}: image has no pixels ({width}x{height}); replace or remove the file.")
-    if width * height > MAX_PIXELS:
+    if width * height > limit:
         raise DataError(
-            f"{what}: image too large ({width}x{height} pixels, limit {MAX_PIXELS} pixels); "
+            f"{what}: image too large ({width}x{height} pixels, limit {limit} pixels); "
             "downscale it before use."
         )
 
 
-def _open_file(src: str | os.PathLike | bytes | bytearray, what: str, max_side: int | None = None) -> Image.Image:
+def _open_header(fp: object, what: str) -> Image.Image:
+    """``Image.open`` (reads the header only; no pixel data is decoded) with clear errors."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(fp)
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{what}: image too large ({exc}); downscale it before use.") from exc
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{what}: not a readable image file; remove it or re-save it as PNG/JPEG.") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(f"{what}: image header is corrupt ({exc}); re-export or remove the file.") from exc
+
+
+def image_header_size(src: str | os.PathLike | bytes | bytearray, what: str | None = None) -> tuple[int, int]:
+    """(width, height) of an image file from its header alone (nothing is decoded); DataError if unreadable."""
+    what = what or _describe(src)
+    fp: object = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray)) else Path(src)
+    if isinstance(fp, Path) and not fp.is_file():
+        raise DataError(f"{what}: file not found; check the path.")
+    with _open_header(fp, what) as img:
+        return int(img.width), int(img.height)
+
+
+def image_pixels(src: str | os.PathLike | bytes | bytearray, what: str | None = None) -> int:
+    """Width x height of an image file from its header alone (nothing is decoded); DataError if unreadable."""
+    width, height = image_header_size(src, what)
+    return width * height
+
+
+def _shrink(img: Image.Image, max_side: int | None) -> Image.Image:
+    """Downscale (keeping the aspect ratio) so that neither side exceeds ``max_side``."""
+    if max_side is None or max(img.size) <= max_side:
+        return img
+    scale = max_side / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+#: Modes that are downscaled right after decoding (before the RGB conversion, so no full-size RGB copy is made).
+_SHRINK_EARLY_MODES = ("RGB", "L", "RGBA", "LA", "CMYK", "YCbCr")
+
+
+def _open_file(
+    src: str | os.PathLike | bytes | bytearray, what: str, max_side: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Open and fully decode a file or byte string, guarding against bombs and corrupt data.
 
-    With ``max_side``, JPEGs are decoded at a reduced scale (never below ``max_side``) to save time and memory.
+    The size in the header is checked against ``max_pixels`` before any pixel is decoded. With ``max_side``, JPEGs
+    are decoded at a reduced scale (never below ``max_side``) and common modes are downscaled right after
+    decoding, so no full-size copy is kept.
     """
     if isinstance(src, (bytes, bytearray)):
         fp: object = io.BytesIO(bytes(src))
@@ -79,20 +127,21 @@ def _open_file(src: str | os.PathLike | bytes | bytearray, what: str, max_side: 
         if not path.is_file():
             raise DataError(f"{what}: file not found; check the path.")
         fp = path
+    img = _open_header(fp, what)
     try:
+        check_image_size(img.width, img.height, what, max_pixels)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
-            check_image_size(img.width, img.height, what)
             if max_side is not None and img.format == "JPEG" and max(img.size) > max_side:
                 img.draft(img.mode, (max_side, max_side))
             img.load()
+        if max_side is not None and img.mode in _SHRINK_EARLY_MODES:
+            img = _shrink(img, max_side)
     except DataError:
+        img.close()
         raise
     except Image.DecompressionBombError as exc:
         raise DataError(f"{what}: image too large ({exc}); downscale it before use.") from exc
-    except UnidentifiedImageError as exc:
-        raise DataError(f"{what}: not a readable image file; remove it or re-save it as PNG/JPEG.") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(
             f"{what}: image data is corrupt or truncated ({exc}); re-export or remove the file."
@@ -100,13 +149,13 @@ def _open_file(src: str | os.PathLike | bytes | bytearray, what: str, max_side: 
     return img
 
 
-def _from_array(arr: np.ndarray, what: str) -> Image.Image:
+def _from_array(arr: np.ndarray, what: str, max_pixels: int | None = None) -> Image.Image:
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise DataError(f"{what}: array of shape {arr.shape} is not an image; expected HxW, HxWx3 or HxWx4.")
-    check_image_size(arr.shape[1], arr.shape[0], what)
+    check_image_size(arr.shape[1], arr.shape[0], what, max_pixels)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype == np.uint16:
@@ -151,15 +200,17 @@ def _to_rgb(img: Image.Image, what: str) -> Image.Image:
         raise DataError(f"{what}: colour mode {img.mode!r} cannot be converted to RGB; re-save as PNG/JPEG.") from exc
 
 
-def _open_any(src: ImageSource, max_side: int | None = None) -> tuple[Image.Image, str]:
-    what = _describe(src)
+def _open_any(
+    src: ImageSource, max_side: int | None = None, max_pixels: int | None = None, what: str | None = None
+) -> tuple[Image.Image, str]:
+    what = what or _describe(src)
     if isinstance(src, Image.Image):
-        check_image_size(src.width, src.height, what)
+        check_image_size(src.width, src.height, what, max_pixels)
         img = src
     elif isinstance(src, np.ndarray):
-        return _from_array(src, what), what
+        return _from_array(src, what, max_pixels), what
     elif isinstance(src, (str, os.PathLike, bytes, bytearray)):
-        img = _open_file(src, what, max_side)
+        img = _open_file(src, what, max_side, max_pixels)
     else:
         raise DataError(f"{what}: cannot load an image from this type; pass a path, bytes, PIL image or array.")
     with contextlib.suppress(Exception):  # malformed EXIF must not block loading
@@ -167,20 +218,23 @@ def _open_any(src: ImageSource, max_side: int | None = None) -> tuple[Image.Imag
     return img, what
 
 
-def load_image(src: ImageSource, max_side: int | None = None) -> Image.Image:
+def load_image(
+    src: ImageSource, max_side: int | None = None, max_pixels: int | None = None, what: str | None = None
+) -> Image.Image:
     """Load a path / bytes / PIL image / uint8 array as an 8-bit RGB PIL image (EXIF orientation applied).
 
     ``max_side``: downscale (keeping the aspect ratio) so that neither side exceeds it, e.g. to show and
-    score very large photos without holding them at full resolution.
+    score very large photos without holding them at full resolution (JPEGs are decoded at a reduced scale,
+    others downscaled right after decoding). ``max_pixels`` (default :data:`MAX_PIXELS`): images with more
+    pixels are refused from their header, before anything is decoded. ``what``: how messages name the image
+    (default: its path).
     """
-    if max_side is not None and max_side < 1:
-        raise DataError(f"max_side must be a positive integer, got {max_side!r}.")
-    img, what = _open_any(src, max_side)
-    img = _to_rgb(img, what)
-    if max_side is not None and max(img.size) > max_side:
-        scale = max_side / max(img.size)
-        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if max_side is not None:
+        if isinstance(max_side, bool) or not isinstance(max_side, (int, float)) or not 1 <= max_side < 2**31:
+            raise DataError(f"max_side must be a positive integer, got {max_side!r}.")
+        max_side = int(max_side)
+    img, what = _open_any(src, max_side, max_pixels, what)
+    img = _shrink(_to_rgb(img, what), max_side)
     return img
 
 

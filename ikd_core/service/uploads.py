@@ -3,11 +3,11 @@ clean-up of what the studio wrote for them."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
 import stat
+import struct
 import time
 import uuid
 import zipfile
@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..data.sources import DataSpec
-from ..data.transforms import IMAGE_EXTENSIONS
+from ..data.transforms import IMAGE_EXTENSIONS, MAX_PIXELS
 from ..errors import DataError
 from .paths import sanitize_name
 
@@ -24,6 +24,13 @@ from .paths import sanitize_name
 MAX_UPLOAD_FILES = 5000
 MAX_UPLOAD_FILE_BYTES = 64 * 1024 * 1024
 MAX_UPLOAD_TOTAL_BYTES = 2 * 1024**3
+#: Most entries a zip may declare (its central directory is refused before it is parsed), and most bytes of
+#: central directory per declared entry (the count in the end record could lie).
+MAX_ZIP_ENTRIES = 2 * MAX_UPLOAD_FILES
+MAX_ZIP_DIRECTORY_BYTES_PER_ENTRY = 512
+#: Pixel limits for uploaded good images, checked from the image headers before any image is decoded.
+MAX_UPLOAD_PIXELS = MAX_PIXELS
+MAX_UPLOAD_TOTAL_PIXELS = 512 * 1024 * 1024
 #: Inspected images larger than this (either side, pixels) are downscaled before scoring and display.
 MAX_INSPECT_SIDE = 2048
 
@@ -48,13 +55,39 @@ def _check_member_name(name: str) -> PurePosixPath:
     return p
 
 
-def _verify_image(path: Path, shown: str) -> None:
+def _verify_image(path: Path, shown: str, max_pixels: int) -> None:
     from ..data.transforms import load_image
 
     try:
-        load_image(path)
+        load_image(path, max_pixels=max_pixels, what=shown)
     except DataError as exc:
-        raise DataError(f"{shown}: not a usable image ({exc}); remove it and upload again") from exc
+        raise _unusable(shown, exc) from exc
+
+
+def _unusable(shown: str, exc: DataError) -> DataError:
+    reason = str(exc).removeprefix(f"{shown}: ")
+    return DataError(f"{shown}: not a usable image ({reason}); remove it and upload again")
+
+
+def zip_directory_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(entries, central directory bytes) a zip declares in its end record (ZIP64 too), read without parsing
+    the central directory (which :class:`zipfile.ZipFile` does entirely when it opens). DataError if not a zip."""
+    try:
+        with open(path, "rb") as fh:
+            rec = zipfile._EndRecData(fh)  # the end record (+ ZIP64 end record): a few hundred bytes at most
+    except (OSError, zipfile.BadZipFile, struct.error) as exc:
+        raise DataError(f"{Path(path).name}: not a readable zip archive ({exc})") from exc
+    if rec is None:
+        raise DataError(f"{Path(path).name}: not a readable zip archive (no end record)")
+    return int(rec[zipfile._ECD_ENTRIES_TOTAL]), int(rec[zipfile._ECD_SIZE])
+
+
+def _check_zip_directory(src: Path, max_entries: int) -> None:
+    entries, size = zip_directory_size(src)
+    if entries > max_entries:
+        raise DataError(f"{src.name}: the archive has {entries} entries (limit {max_entries}); upload fewer files")
+    if size > max(entries, 1) * MAX_ZIP_DIRECTORY_BYTES_PER_ENTRY:
+        raise DataError(f"{src.name}: the archive's directory is {size} bytes for {entries} entries; refused")
 
 
 def extract_images(
@@ -64,18 +97,25 @@ def extract_images(
     max_file_bytes: int = MAX_UPLOAD_FILE_BYTES,
     max_total_bytes: int = MAX_UPLOAD_TOTAL_BYTES,
     verify: bool = True,
+    max_entries: int = MAX_ZIP_ENTRIES,
+    max_pixels: int = MAX_UPLOAD_PIXELS,
+    max_total_pixels: int = MAX_UPLOAD_TOTAL_PIXELS,
 ) -> list[Path]:
     """Copy image files, and the images inside zip archives, flat into the new folder ``target``.
 
-    Safe by construction: zip members with absolute paths, ``..`` or links are refused (the whole
-    upload, nothing is kept), only image extensions are taken (other members are skipped), and the
-    number and sizes of files are limited (also while decompressing, against zip bombs). Each image is
-    decoded once to check it. ``target`` must not exist yet; on any error it is removed.
+    Safe by construction, in this order: a zip declaring more than ``max_entries`` entries (or an oversized
+    directory) is refused from its end record, before its directory is parsed; members with absolute paths,
+    ``..`` or links are refused (the whole upload, nothing is kept); only image extensions are taken (other
+    members are skipped); the number and sizes of files are limited (also while decompressing, against zip
+    bombs); then every image's size is read from its header and checked against ``max_pixels`` each and
+    ``max_total_pixels`` in all; only then is each image decoded once to check it (``verify``). ``target`` must
+    not exist yet; on any error it is removed.
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=False)
-    written: list[Path] = []
+    written: list[tuple[Path, str]] = []
     total = 0
+    pixels = 0
     used: set[str] = set()
 
     def out_name(name: str) -> Path:
@@ -97,12 +137,33 @@ def extract_images(
         if len(written) >= max_files:
             raise DataError(f"too many images (limit {max_files})")
 
+    def account_pixels(dest: Path, shown: str) -> None:
+        """Header only: the image's size against the limits; nothing is decoded."""
+        from ..data.transforms import check_image_size, image_header_size
+
+        nonlocal pixels
+        try:
+            w, h = image_header_size(dest, shown)
+            check_image_size(w, h, shown, max_pixels)
+        except DataError as exc:
+            raise _unusable(shown, exc) from exc
+        pixels += w * h
+        if pixels > max_total_pixels:
+            raise DataError(
+                f"the upload has more than {max_total_pixels // 1024**2} megapixels of images in total; "
+                "downscale them or upload fewer"
+            )
+        written.append((dest, shown))
+
     try:
         for f in files:
             src = Path(f)
             if zipfile.is_zipfile(src):
+                _check_zip_directory(src, max_entries)
                 with zipfile.ZipFile(src) as zf:
                     infos = zf.infolist()
+                    if len(infos) > max_entries:
+                        raise DataError(f"{src.name}: the archive has {len(infos)} entries (limit {max_entries})")
                     for info in infos:  # check every member before writing anything
                         _check_member_name(info.filename)
                         if stat.S_ISLNK(info.external_attr >> 16):
@@ -123,9 +184,7 @@ def extract_images(
                                 if copied > max_file_bytes or copied > info.file_size:
                                     raise DataError(f"{shown}: decompresses to more than it declares; refused")
                                 fout.write(chunk)
-                        if verify:
-                            _verify_image(dest, shown)
-                        written.append(dest)
+                        account_pixels(dest, shown)
                 continue
             if not _is_image_name(src.name):
                 raise DataError(
@@ -134,15 +193,16 @@ def extract_images(
             account(src.stat().st_size, src.name)
             dest = out_name(src.name)
             shutil.copyfile(src, dest)
-            if verify:
-                _verify_image(dest, src.name)
-            written.append(dest)
+            account_pixels(dest, src.name)
         if not written:
             raise DataError("the upload contains no images (png, jpg, bmp, tif, webp; zip archives of those)")
+        if verify:  # full decodes only once every header is within the limits
+            for dest, shown in written:
+                _verify_image(dest, shown, max_pixels)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    return written
+    return [dest for dest, _ in written]
 
 
 def uploaded_data_spec(
@@ -186,27 +246,30 @@ def discard_upload(spec: DataSpec | None, work_dir: str | os.PathLike[str]) -> b
     return True
 
 
-def load_inspect_image(path: str | os.PathLike[str], max_side: int = MAX_INSPECT_SIDE) -> tuple[Any, str | None]:
+def load_inspect_image(
+    path: str | os.PathLike[str], max_side: int = MAX_INSPECT_SIDE, max_pixels: int | None = None
+) -> tuple[Any, str | None]:
     """An uploaded image as RGB for scoring and display, and a note when it was downscaled.
 
-    Images larger than ``max_side`` pixels a side are downscaled (keeping the aspect ratio); the EXIF
-    orientation is applied. Anything that is not a usable image (no image data, truncated, a decompression
-    bomb, ...) raises :class:`DataError` with a clear message.
+    Images with more than ``max_pixels`` (default :data:`~ikd_core.data.transforms.MAX_PIXELS`) are refused from
+    their header, before decoding; larger than ``max_side`` pixels a side are downscaled while decoding (keeping
+    the aspect ratio); the EXIF orientation is applied. Anything that is not a usable image (no image data,
+    truncated, a decompression bomb, ...) raises :class:`DataError`. Messages name the file by its name only,
+    never by its server path.
     """
-    from ..data.transforms import load_image
+    from PIL import Image
 
+    from ..data.transforms import image_header_size, load_image
+
+    shown = Path(path).name
     try:
-        img = load_image(path, max_side=max_side)
-    except DataError as exc:  # name the file as the user knows it, not by its server-side temporary path
-        raise DataError(str(exc).replace(str(path), Path(path).name)) from exc
+        w, h = image_header_size(path, shown)
+        img = load_image(path, max_side=max_side, max_pixels=max_pixels, what=shown)
+    except DataError as exc:
+        raise DataError(str(exc).replace(str(path), shown)) from exc
     note = None
-    with contextlib.suppress(Exception):
-        from PIL import Image
-
-        with Image.open(path) as head:
-            w, h = head.size
-        if max(w, h) > max_side:
-            note = f"{Path(path).name} is {w}x{h} px: scored and shown at {img.width}x{img.height} px"
+    if isinstance(img, Image.Image) and max(w, h) > max_side:
+        note = f"{shown} is {w}x{h} px: scored and shown at {img.width}x{img.height} px"
     return img, note
 
 
