@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from ikd_core import service
 from ikd_core.checkpoint import read_metadata, save_checkpoint, validate_metadata
-from ikd_core.errors import CheckpointError, DataError
+from ikd_core.errors import CheckpointError, DataError, IKDError
 
 CKPT = "demo_texture-efficientnet_lite0.safetensors"
 
@@ -415,3 +415,157 @@ def test_zip_with_too_many_entries_refused_before_its_directory_is_read(
     with pytest.raises(DataError, match="3 entries \\(limit 2\\)"):
         service.uploaded_data_spec([small], work, max_entries=2)
     assert list((work / "uploads").iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------ 5. raw API values
+@pytest.mark.parametrize("value", [math.nan, -math.nan, math.inf, -math.inf, "nan", "NaN", "inf", "-Infinity",
+                                   "1e999", True, False, None, "", "  ", "0x10", "1,5", [0.5], {"v": 1}, 1.5, -0.1,
+                                   "2", 10**400, "9" * 100])
+def test_number_refuses_what_is_not_a_number_in_range(value) -> None:
+    with pytest.raises(IKDError, match=r"threshold must be a number from 0 to 1, got "):
+        service.number(value, "threshold", 0, 1)
+
+
+def test_number_accepts_numbers_and_strings_of_numbers() -> None:
+    assert service.number(0.5, "threshold", 0, 1) == 0.5
+    assert service.number(" 0.25 ", "threshold", 0, 1) == 0.25
+    assert service.number(1, "threshold", 0, 1) == 1.0 and isinstance(service.number(1, "t", 0, 1), float)
+    assert service.number(np.float32(0.5), "threshold", 0, 1) == 0.5
+    assert service.number("32", "epochs", 1, 1000, integer=True) == 32
+    assert isinstance(service.number(32.0, "epochs", 1, 1000, integer=True), int)
+    for bad in (32.5, "32.5", 0, 1001, True, math.nan):
+        with pytest.raises(IKDError, match=r"epochs must be a whole number from 1 to 1000"):
+            service.number(bad, "epochs", 1, 1000, integer=True)
+    with pytest.raises(IKDError, match=r"got 'xxxxx"):
+        service.number("x" * 1000, "alpha", 0, 1)  # the echoed value is short
+    assert len(str(pytest.raises(IKDError, service.number, "x" * 1000, "alpha", 0, 1).value)) < 120
+
+
+def _rendered(markdown_text: str) -> str:
+    """HTML that a CommonMark renderer (markdown-it, as in Gradio's Python side) makes of the text."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown_text)
+
+
+@pytest.mark.parametrize("text", [
+    "<img src=x onerror=alert(1)>", "`rm -rf`", "**bold** _it_", "[link](javascript:alert(1))",
+    "# heading", "a | b\n--- | ---\nc | d", "![x](http://e/x.png)", "<script>alert(1)</script>",
+    "&lt;img src=x&gt;", "line1\n\n<b>line2</b>", "$$x^2$$", "\\<b>\\</b>", "~~s~~", "<!-- c -->",
+])
+def test_escape_markdown_is_inert(text: str) -> None:
+    out = service.escape_markdown(text)
+    assert "\n" not in out and "<" not in out and ">" not in out
+    html = _rendered(f"category: {out}")
+    assert html.startswith("<p>") and html.count("<") == 2, html  # one paragraph, no other element
+    import html as html_mod
+
+    shown = html_mod.unescape(html[len("<p>"):-len("</p>\n")])
+    assert shown == "category: " + text.replace("\n", " "), shown  # the text is shown as it was, literally
+
+
+def test_escape_markdown_truncates_and_drops_controls() -> None:
+    out = service.escape_markdown("a" * 500, max_len=10)
+    assert out == "a" * 9 + "\u2026"
+    assert service.escape_markdown("ab\u202ecd\x00e\r\nf") == "abcde  f"
+    assert service.escape_markdown(None) == "" and service.escape_markdown(12) == "12"
+    long_specials = service.escape_markdown("<" * 300, max_len=5)
+    assert long_specials == "&lt;" * 4 + "\u2026"  # cut before escaping: no broken entity
+
+
+def test_public_message_scrubs_server_paths(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    err = DataError(f"{work}/uploads/20260101-ab/good/cat 1.png: image data is corrupt; also /etc/passwd, "
+                    f"'/srv/app/pretrained/x.safetensors' and (/tmp/gradio/abc123/photo.jpg) failed")
+    msg = service.public_message(err, roots=[work])
+    assert str(tmp_path) not in msg and "/srv" not in msg and "/etc" not in msg and "/tmp" not in msg, msg
+    assert msg.startswith("cat 1.png: image data is corrupt; also passwd, 'x.safetensors' and (photo.jpg)")
+    rel = service.public_message("runs/studio/uploads/x/good/img.png is broken", roots=["runs/studio"])
+    assert rel == "img.png is broken"
+    keep = "see https://huggingface.co/spaces/x/y, 1/2 done, and/or a / b"
+    assert service.public_message(keep) == keep
+    assert service.public_message(RuntimeError()) == "RuntimeError"
+    assert len(service.public_message("x" * 5000)) == 1000
+
+
+# ------------------------------------------------------------------------------------------ 6. fair gate
+def test_fair_gate_serves_waiters_in_arrival_order() -> None:
+    gate = service.FairGate(1)
+    order: list[int] = []
+    gate.acquire()  # the main thread holds the only slot while the others line up
+    threads = []
+    for i in range(6):
+        def work(i: int = i) -> None:
+            with gate.turn():
+                order.append(i)
+
+        t = threading.Thread(target=work)
+        t.start()
+        threads.append(t)
+        assert gate.wait_until_waiting(i + 1, timeout=30)  # thread i is queued before thread i + 1 starts
+    assert order == [] and gate.busy == 1 and gate.waiting == 6
+    gate.release()
+    for t in threads:
+        t.join(timeout=30)
+    assert order == list(range(6))
+    assert gate.busy == 0 and gate.waiting == 0
+
+
+def test_fair_gate_limits_concurrency_and_freed_slots_go_to_the_oldest() -> None:
+    gate = service.FairGate(2)
+    inside: list[int] = []
+    peak = [0]
+    lock = threading.Lock()
+    go = {i: threading.Event() for i in range(5)}
+    entered = {i: threading.Event() for i in range(5)}
+
+    def work(i: int) -> None:
+        with gate.turn():
+            with lock:
+                inside.append(i)
+                peak[0] = max(peak[0], len(inside))
+            entered[i].set()
+            go[i].wait(30)
+            with lock:
+                inside.remove(i)
+
+    threads = [threading.Thread(target=work, args=(0,)), threading.Thread(target=work, args=(1,))]
+    for t in threads:
+        t.start()
+    assert entered[0].wait(30) and entered[1].wait(30)
+    for i in (2, 3, 4):
+        threads.append(threading.Thread(target=work, args=(i,)))
+        threads[-1].start()
+        assert gate.wait_until_waiting(i - 1, timeout=30)
+    assert sorted(inside) == [0, 1] and gate.waiting == 3
+    go[1].set()  # one slot frees: the oldest waiter (2) gets it, not 3 or 4
+    assert entered[2].wait(30)
+    assert not entered[3].is_set() and not entered[4].is_set()
+    go[0].set()
+    assert entered[3].wait(30) and not entered[4].is_set()
+    for i in (2, 3, 4):
+        go[i].set()
+    for t in threads:
+        t.join(timeout=30)
+    assert peak[0] == 2 and inside == [] and all(e.is_set() for e in entered.values())
+
+
+def test_fair_gate_timeout_leaves_the_queue() -> None:
+    gate = service.FairGate(1)
+    gate.acquire()
+    with pytest.raises(service.BusyError, match="busy"):
+        gate.acquire(timeout=0.01)
+    assert gate.waiting == 0
+    got = threading.Event()
+    t = threading.Thread(target=lambda: (gate.acquire(), got.set()))
+    t.start()
+    assert gate.wait_until_waiting(1, timeout=30)
+    gate.release()
+    assert got.wait(30)
+    t.join(timeout=30)
+    gate.release()
+    assert gate.busy == 0
+    with pytest.raises(RuntimeError):
+        gate.release()
+    with pytest.raises(ValueError):
+        service.FairGate(0)

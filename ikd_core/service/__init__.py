@@ -24,6 +24,7 @@ from .checkpoints import (
     seed_checkpoints,
     unique_path,
 )
+from .fair import BusyError, FairGate
 from .jobs import (
     Curves,
     JobEvent,
@@ -53,15 +54,17 @@ from .uploads import (
     uploaded_data_spec,
     zip_directory_size,
 )
+from .validate import escape_markdown, number, public_message
 
 __all__ = [
-    "CHECKPOINT_SUFFIX", "CheckpointInfo", "Curves", "DATA_ENV", "JobEvent", "JobRegistry", "MAX_CHECKPOINT_BYTES",
-    "MAX_INSPECT_SIDE", "MAX_SIDECAR_BYTES", "MAX_UPLOAD_FILES", "MAX_UPLOAD_FILE_BYTES", "MAX_UPLOAD_PIXELS",
-    "MAX_UPLOAD_TOTAL_BYTES", "MAX_UPLOAD_TOTAL_PIXELS", "MAX_ZIP_ENTRIES", "PRETRAINED_ENV", "PredictionCache",
-    "PredictorCache", "SHIPPED_PRETRAINED", "STORAGE_ENV", "SampleIndex", "StopFile", "StudioPaths", "TrainingJob",
-    "TrainingUpdate", "WORK_ENV", "check_checkpoint_name", "check_training_data", "checkpoint_info",
-    "curves_from_outputs", "data_spec_for_checkpoint", "default_checkpoint", "discard_upload", "extract_images",
-    "file_digest", "import_checkpoint", "list_checkpoints", "load_inspect_image", "mvtec_missing", "prune_files",
-    "release_checkpoint_path", "reserve_checkpoint_path", "resolve_checkpoint", "sanitize_name", "seed_checkpoints",
-    "stream_training", "unique_path", "uploaded_data_spec", "zip_directory_size",
+    "BusyError", "CHECKPOINT_SUFFIX", "CheckpointInfo", "Curves", "DATA_ENV", "FairGate", "JobEvent", "JobRegistry",
+    "MAX_CHECKPOINT_BYTES", "MAX_INSPECT_SIDE", "MAX_SIDECAR_BYTES", "MAX_UPLOAD_FILES", "MAX_UPLOAD_FILE_BYTES",
+    "MAX_UPLOAD_PIXELS", "MAX_UPLOAD_TOTAL_BYTES", "MAX_UPLOAD_TOTAL_PIXELS", "MAX_ZIP_ENTRIES", "PRETRAINED_ENV",
+    "PredictionCache", "PredictorCache", "SHIPPED_PRETRAINED", "STORAGE_ENV", "SampleIndex", "StopFile",
+    "StudioPaths", "TrainingJob", "TrainingUpdate", "WORK_ENV", "check_checkpoint_name", "check_training_data",
+    "checkpoint_info", "curves_from_outputs", "data_spec_for_checkpoint", "default_checkpoint", "discard_upload",
+    "escape_markdown", "extract_images", "file_digest", "import_checkpoint", "list_checkpoints",
+    "load_inspect_image", "mvtec_missing", "number", "prune_files", "public_message", "release_checkpoint_path",
+    "reserve_checkpoint_path", "resolve_checkpoint", "sanitize_name", "seed_checkpoints", "stream_training",
+    "unique_path", "uploaded_data_spec", "zip_directory_size",
 ]
