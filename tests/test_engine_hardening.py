@@ -569,3 +569,47 @@ def test_fair_gate_timeout_leaves_the_queue() -> None:
         gate.release()
     with pytest.raises(ValueError):
         service.FairGate(0)
+
+
+# ------------------------------------------------------------------------------------------ 7. GIF memory
+def test_gif_of_huge_images_keeps_memory_small(tiny_checkpoint, tmp_path: Path, monkeypatch) -> None:
+    import tracemalloc
+
+    import imageio.v3 as iio
+    from PIL import Image
+
+    from ikd_core.gif import gif_frames, make_gif
+    from ikd_core.predict import Predictor
+
+    png = _big_png(6000)  # 6000 x 6000: 36 MB decoded (108 MB as RGB, 144 MB as a float map)
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"huge{i}.png")
+        paths[-1].write_bytes(png)
+    mask = tmp_path / "mask.png"
+    mask.write_bytes(png)
+    predictor = Predictor.from_checkpoint(tiny_checkpoint.checkpoint, backend="torch")
+    converted: list[tuple[int, int]] = []
+    convert = Image.Image.convert
+
+    def spy(img, *args, **kwargs):
+        converted.append(img.size)
+        return convert(img, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", spy)
+    tracemalloc.start()
+    try:
+        out = make_gif(predictor, paths, tmp_path / "huge.gif", masks=[mask, None, None, None], size=320)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024**2, f"{peak / 1024**2:.0f} MB traced while making the GIF"
+    assert converted and max(max(s) for s in converted) <= 320, "an image was converted at full size"
+    frames = iio.imread(out, index=None)
+    assert frames.shape[0] == 4 and frames.shape[2] == 320
+    # precomputed maps (e.g. from a GPU) at another resolution still work, frames at the requested width
+    preds = predictor.predict([np.zeros((100, 80, 3), np.uint8)] * 2)
+    small = gif_frames(None, [np.zeros((100, 80, 3), np.uint8)] * 2, predictions=preds, size=300)
+    assert [f.shape[1] for f in small] == [300, 300]
+    with pytest.raises(ValueError, match="predictor or predictions"):
+        gif_frames(None, paths)

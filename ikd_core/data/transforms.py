@@ -238,9 +238,16 @@ def load_image(
     return img
 
 
-def load_mask(src: ImageSource) -> np.ndarray:
-    """Load a mask as a boolean HxW array (any non-zero pixel, in any colour channel, is defective)."""
+def load_mask(src: ImageSource, max_side: int | None = None) -> np.ndarray:
+    """Load a mask as a boolean HxW array (any non-zero pixel, in any colour channel, is defective).
+
+    ``max_side``: downscale (nearest) so that neither side exceeds it, e.g. for display.
+    """
     img, _ = _open_any(src)
+    if max_side is not None and max(img.size) > max_side:  # before any full-size array is made
+        scale = max_side / max(img.size)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(size, Image.Resampling.NEAREST)
     if img.mode in ("1", "L") or img.mode in _HIGH_BIT_MODES:
         arr = np.asarray(img)
     elif img.mode in ("LA", "La"):
