@@ -181,8 +181,6 @@ def validate_metadata(meta: dict[str, Any], name: str, max_image_size: int | Non
         raise CheckpointError(f"{name}: metadata is not plain JSON ({type(exc).__name__})") from exc
     if size > MAX_METADATA_BYTES:
         raise CheckpointError(f"{name}: metadata is {size} bytes (limit {MAX_METADATA_BYTES})")
-    for key, value in meta.items():
-        _check_json_value(value, str(key)[:40], name, allow_nan=key == "metrics")
     for key in ("backbone", "image_size", "score_normalization"):
         if key not in meta:
             raise CheckpointError(f"{name}: metadata lacks '{key}'; the file was not made by IKD Studio")
@@ -202,7 +200,8 @@ def validate_metadata(meta: dict[str, Any], name: str, max_image_size: int | Non
     if not isinstance(norm, dict):
         raise CheckpointError(f"{name}: score normalisation in its metadata is not an object")
     threshold, lo = norm.get("threshold"), norm.get("lo")
-    if not (_is_number(threshold) and _is_number(lo) and threshold > lo):  # finite: checked above
+    if not (_is_number(threshold) and _is_number(lo) and math.isfinite(threshold) and math.isfinite(lo)
+            and threshold > lo):
         raise CheckpointError(
             f"{name}: score normalisation in its metadata is invalid (threshold {str(threshold)[:40]}, "
             f"lo {str(lo)[:40]}); the file is damaged or was not made by IKD Studio"
@@ -212,7 +211,9 @@ def validate_metadata(meta: dict[str, Any], name: str, max_image_size: int | Non
         raise CheckpointError(f"{name}: metadata metrics must map names to numbers")
     for key, value in metrics.items():
         if isinstance(value, float) and math.isinf(value):
-            raise CheckpointError(f"{name}: metadata metrics.{key[:40]} is not a finite number")
+            raise CheckpointError(f"{name}: metadata metrics.{str(key)[:40]} is not a finite number")
+    for key, value in meta.items():
+        _check_json_value(value, str(key)[:40], name, allow_nan=key == "metrics")
     category = meta.get("category", "")
     if not isinstance(category, str) or len(category) > MAX_CATEGORY_CHARS:
         raise CheckpointError(f"{name}: metadata category must be text of at most {MAX_CATEGORY_CHARS} characters")

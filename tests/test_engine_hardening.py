@@ -613,3 +613,19 @@ def test_gif_of_huge_images_keeps_memory_small(tiny_checkpoint, tmp_path: Path, 
     assert [f.shape[1] for f in small] == [300, 300]
     with pytest.raises(ValueError, match="predictor or predictions"):
         gif_frames(None, paths)
+
+
+def test_checkpoint_description_is_inert(ckpt_dir: Path, tiny_checkpoint) -> None:
+    """Text from a checkpoint's metadata cannot inject Markdown or HTML into the description."""
+    evil = "`<img src=x onerror=alert(1)>` **x** [a](javascript:b)"
+    _with_meta(tiny_checkpoint, ckpt_dir, "evil.safetensors", category=evil[:100], n_train="<b>bold</b>",
+               device="``<i>i</i>", metrics={"<script>s</script>": 0.5}, created="\n# h1")
+    info = service.checkpoint_info(ckpt_dir / "evil.safetensors")
+    assert info.ok
+    html = _rendered(info.describe())
+    for tag in ("<img", "<b>", "<i>", "<script", "<a ", "<h1", "<strong>x"):
+        assert tag not in html, (tag, html)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html  # shown, as text
+    bad = _with_meta(tiny_checkpoint, ckpt_dir, "bad.safetensors", backbone="<img src=x>")
+    html = _rendered(service.checkpoint_info(bad).describe())
+    assert "cannot be used" in html and "<img" not in html

@@ -167,30 +167,53 @@ class CheckpointInfo:
         return f"{self.name} ({self.category}, {self.backbone}, {self.image_size} px)"
 
     def describe(self) -> str:
-        """Markdown summary: backbone, category, image size, data, training, metrics, date."""
+        """Markdown summary: backbone, category, image size, data, training, metrics, date.
+
+        Every value read from the metadata is inert (numbers, or text in code spans that cannot be closed from
+        inside), so a hostile checkpoint cannot inject Markdown or HTML."""
+        from .validate import escape_markdown
+
         if not self.ok:
-            return f"**{self.name}**: cannot be used: {self.error}"
+            return f"**{escape_markdown(self.name)}**: cannot be used: {escape_markdown(self.error, 400)}"
         m = self.metadata
-        data = m.get("data") or {}
+        data = m.get("data") if isinstance(m.get("data"), dict) else {}
         lines = [
-            f"**{self.name}**",
+            f"**{escape_markdown(self.name)}**",
             "",
-            f"- category: `{self.category}` (data: {data.get('kind', '?')})",
-            f"- backbone: `{self.backbone}`, image size {self.image_size} px",
-            f"- trained: {m.get('epochs_completed', '?')} epochs on {m.get('n_train', '?')} good images, "
-            f"{m.get('train_seconds', '?')} s on {m.get('device', '?')}",
-            f"- created: {self.created}",
+            f"- category: {_code(self.category)} (data: {_code(data.get('kind', '?'))})",
+            f"- backbone: {_code(self.backbone)}, image size {_value(self.image_size)} px",
+            f"- trained: {_value(m.get('epochs_completed', '?'))} epochs on {_value(m.get('n_train', '?'))} good "
+            f"images, {_value(m.get('train_seconds', '?'))} s on {_code(m.get('device', '?'))}",
+            f"- created: {_code(self.created)}",
         ]
         metrics = self.metrics
         if metrics:
             from ..metrics import METRIC_LABELS
 
             order = [k for k in METRIC_LABELS if k in metrics] + [k for k in metrics if k not in METRIC_LABELS]
-            parts = [f"{METRIC_LABELS.get(k, k)} {_fmt(metrics[k])}" for k in order]
+            parts = [f"{escape_markdown(METRIC_LABELS.get(k, k), 60)} {_fmt(metrics[k])}" for k in order]
             lines.append(f"- test metrics: {', '.join(parts)}")
         else:
             lines.append("- test metrics: none (no labelled test set)")
         return "\n".join(lines)
+
+
+def _code(value: object, max_len: int = 100) -> str:
+    """``value`` as one Markdown code span (inert: no Markdown or HTML inside), on one line, shortened."""
+    text = " ".join(str(value).split())
+    if len(text) > max_len:
+        text = text[: max_len - 1] + "\u2026"
+    run = max((len(r) for r in re.findall(r"`+", text)), default=0)
+    fence = "`" * (run + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or run else ""
+    return f"{fence}{pad}{text}{pad}{fence}" if text else "`?`"
+
+
+def _value(value: object) -> str:
+    """A number as text; anything else as a code span."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return "?" if value == "?" else _code(value)
 
 
 def _fmt(value: float) -> str:
