@@ -20,6 +20,8 @@ _EXPORTS = {
     "download_file": "download",
     "safe_extract": "download",
     "load_image": "transforms",
+    "image_header_size": "transforms",
+    "image_pixels": "transforms",
     "image_to_tensor": "transforms",
     "mask_to_tensor": "transforms",
     "denormalize": "transforms",

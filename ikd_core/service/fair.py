@@ -52,8 +52,18 @@ class FairGate:
             ticket = threading.Event()
             self._queue.append(ticket)
             self._changed.notify_all()
-        if ticket.wait(timeout):
-            return
+        try:
+            if ticket.wait(timeout):
+                return
+        except BaseException:  # interrupted while waiting: give up the place, or pass on a turn just handed over
+            with self._changed:
+                handed = ticket.is_set()
+                if not handed:
+                    self._queue.remove(ticket)
+                    self._changed.notify_all()
+            if handed:
+                self.release()
+            raise
         with self._changed:
             if ticket.is_set():  # handed over just as the wait ended: the turn is ours
                 return
