@@ -65,8 +65,8 @@ def _fmt(x: float) -> str:
 def escape_markdown(text: object, max_len: int = 200) -> str:
     """``text`` as inert Markdown: HTML special characters as entities, every other ASCII punctuation character
     backslash-escaped (no emphasis, code, links, headings, tables, LaTeX or raw HTML can start), line breaks as
-    spaces, other control and format characters (e.g. bidi overrides) dropped, at most ``max_len`` characters
-    (then ending with an ellipsis)."""
+    spaces, other control and format characters (e.g. bidi overrides) dropped, a zero-width space inside ``$$``
+    (Gradio's LaTeX delimiter), at most ``max_len`` characters (then ending with an ellipsis)."""
     raw = "" if text is None else str(text)
     chars = []
     for c in raw:
@@ -79,7 +79,9 @@ def escape_markdown(text: object, max_len: int = 200) -> str:
     if len(chars) > max_len:
         chars = chars[: max(max_len - 1, 0)] + ["\u2026"]
     out = []
-    for c in chars:
+    for i, c in enumerate(chars):
+        if c == "$" and i and chars[i - 1] == "$":  # no "$$": a LaTeX delimiter in Gradio's Markdown
+            out.append("\u200b")
         if c in _HTML:
             out.append(_HTML[c])
         elif c in _MARKDOWN:
