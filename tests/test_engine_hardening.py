@@ -631,3 +631,19 @@ def test_checkpoint_description_is_inert(ckpt_dir: Path, tiny_checkpoint) -> Non
     bad = _with_meta(tiny_checkpoint, ckpt_dir, "bad.safetensors", backbone="<img src=x>")
     html = _rendered(service.checkpoint_info(bad).describe())
     assert "cannot be used" in html and "<img" not in html
+
+
+def test_training_job_releases_its_reservation(tmp_path: Path) -> None:
+    from ikd_core.data.sources import DataSpec
+    from ikd_core.train import TrainConfig
+
+    spec = DataSpec("folder", "custom", good_dir=str(tmp_path / "missing"))
+    cfg = TrainConfig(image_size=64, epochs=1, device="cpu")
+    out = service.reserve_checkpoint_path(tmp_path / "pretrained", "run.safetensors")
+    kept = service.reserve_checkpoint_path(tmp_path / "pretrained", "run.safetensors")
+    assert (out.name, kept.name) == ("run.safetensors", "run-2.safetensors")
+    job = service.TrainingJob(spec, cfg, out, release_reservation=True).start()
+    other = service.TrainingJob(spec, cfg, kept).start()
+    assert job.join(60) and other.join(60) and job.state == other.state == "failed"
+    assert service.unique_path(tmp_path / "pretrained", "run.safetensors") == out  # free again
+    assert service.unique_path(tmp_path / "pretrained", "run-2.safetensors").name == "run-2-2.safetensors"

@@ -46,6 +46,8 @@ class TrainingJob:
     training, ``status`` texts between phases, one ``end`` last). :meth:`stop` sets :attr:`stop_event`;
     training then ends at the next step and nothing is written. When done, :attr:`state` is
     ``finished``, ``cancelled`` or ``failed``, with :attr:`result` / :attr:`curves` or :attr:`error`.
+    With ``release_reservation``, ``out_path`` came from :func:`~ikd_core.service.reserve_checkpoint_path` and its
+    reservation is released when the run ends, whatever the outcome (before the ``end`` event).
     """
 
     def __init__(
@@ -57,8 +59,10 @@ class TrainingJob:
         device: Any = None,
         datasets: tuple[Any, Any] | None = None,
         stop_file: str | os.PathLike[str] | None = None,
+        release_reservation: bool = False,
     ) -> None:
         self.spec = spec
+        self.release_reservation = release_reservation
         self.datasets = datasets  # (train, test) already built and checked, e.g. by check_training_data
         self.config = config
         self.out_path = Path(out_path) if out_path is not None else None
@@ -166,6 +170,10 @@ class TrainingJob:
             if self.state == "running":
                 self.state = "failed"
                 self.error = self.error or "training ended unexpectedly"
+            if self.release_reservation and self.out_path is not None:
+                from .checkpoints import release_checkpoint_path
+
+                release_checkpoint_path(self.out_path)
             self.events.put(JobEvent("end", self.state))
 
 
