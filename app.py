@@ -13,7 +13,9 @@ Settings (environment): ``IKD_STORAGE`` (one folder for everything written, e.g.
 persistent storage; the shipped checkpoints are copied there on first start) or the single folders
 ``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR`` and ``IKD_WORK_DIR`` (see ``ikd_core.service``); ``IKD_MAX_FILE_SIZE``
 (default ``1gb``) limits each upload; ``IKD_DELETE_CACHE`` (``FREQUENCY,AGE`` in seconds, default ``3600,86400``)
-sweeps Gradio's temporary files; ``IKD_ALLOW_SERVER_PATHS=0`` hides server folders; ``IKD_GPU_MAX_DURATION``
+sweeps Gradio's temporary files; ``IKD_ALLOW_SERVER_PATHS=0`` hides server folders; ``IKD_PUBLIC`` (default: on
+when ``SPACE_ID`` is set) turns on public mode (per-visitor workspaces and quotas, no server paths; README "Public
+mode" lists its settings); ``IKD_GPU_MAX_DURATION``
 (default 120, below 300) is the longest ZeroGPU call; ``IKD_PREDICTION_CACHE_MB`` (default 256) bounds the cached
 maps that re-rendering uses.
 """
@@ -21,6 +23,7 @@ maps that re-rendering uses.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import logging
 import math
@@ -38,6 +41,7 @@ import torch
 
 from ikd_core import service
 from ikd_core.backbones import BACKBONES
+from ikd_core.checkpoint import max_image_size, sidecar_path
 from ikd_core.data.mvtec import MVTEC_CATEGORIES, Sample, check_category_name, list_categories
 from ikd_core.data.sources import DataSpec, build_datasets, default_checkpoint_name
 from ikd_core.data.synthetic import DEMO_CATEGORIES, ensure_demo_dataset
@@ -51,14 +55,36 @@ PATHS = service.StudioPaths.from_env()
 DEMO_CATEGORY = "demo_texture"
 DEFAULT_BACKBONE = "efficientnet_lite0"
 READY_CHECKPOINTS = [default_checkpoint_name(c, DEFAULT_BACKBONE) for c in DEMO_CATEGORIES]
-MAX_INSPECT_IMAGES = 64
-MAX_KEPT_EXPORTS = 16  # exported GIFs kept on disk (older ones are deleted)
-MAX_FILE_SIZE = os.environ.get("IKD_MAX_FILE_SIZE", "1gb")
+#: Public mode (``SPACE_ID`` set, or ``IKD_PUBLIC=1``): no server paths, per-visitor workspaces, tighter limits.
+POLICY = service.AccessPolicy.from_env(PATHS)
+PUBLIC = POLICY.public
+ALLOW_SERVER_PATHS = POLICY.server_paths
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+#: Images scored per Inspect request, and the largest side they are decoded at.
+MAX_INSPECT_IMAGES = _env_int("IKD_MAX_INSPECT_IMAGES", 16 if PUBLIC else 64)
+INSPECT_MAX_SIDE = _env_int("IKD_INSPECT_MAX_SIDE", 1024 if PUBLIC else service.MAX_INSPECT_SIDE)
+#: Larger images (by their header) are refused before decoding: 40 MP in public mode, else the engine's limit.
+MAX_IMAGE_PIXELS = _env_int("IKD_MAX_IMAGE_PIXELS", 40_000_000 if PUBLIC else 0) or None
+MAX_GIF_IMAGES = 32
+#: A training run's time limit in public mode (minutes); one run at a time (the queue shows the others' places).
+MAX_TRAIN_MINUTES = float(os.environ.get("IKD_MAX_TRAIN_MINUTES") or (10 if PUBLIC else 0)) or None
+MAX_KEPT_EXPORTS = 16  # exported GIFs kept on disk per workspace (older ones are deleted)
+MAX_FILE_SIZE = os.environ.get("IKD_MAX_FILE_SIZE", "100mb" if PUBLIC else "1gb")
+#: Every visitor's own folders (public mode; one shared workspace otherwise), removed with the session or after
+#: ``IKD_WORKSPACE_TTL_S`` idle seconds; quotas ``IKD_WORKSPACE_MB`` and ``IKD_WORKSPACE_CHECKPOINTS``.
+WORKSPACES = service.WorkspaceManager(PATHS.work, PATHS.pretrained, PUBLIC, service.Quota.from_env(),
+                                      ttl_s=float(os.environ.get("IKD_WORKSPACE_TTL_S") or 7200))
+#: Each image of an Inspect or GIF request takes a turn here, in arrival order, so one visitor's large request
+#: cannot hold back another's single image.
+IMAGE_GATE = service.FairGate(2)
 #: Gradio's temporary files (uploads, rendered results): every FREQUENCY seconds, those older than AGE seconds
 #: are deleted ("FREQUENCY,AGE"; all of them when the server stops).
 DELETE_CACHE = tuple(int(v) for v in os.environ.get("IKD_DELETE_CACHE", "3600,86400").split(",", 1))
-#: "0" hides "Folder on server" and fixes the MVTec AD folder (for public deployments).
-ALLOW_SERVER_PATHS = os.environ.get("IKD_ALLOW_SERVER_PATHS", "1").lower() not in ("0", "false", "no")
 
 SRC_DEMO, SRC_MVTEC, SRC_FOLDER, SRC_UPLOAD = "Demo", "MVTec AD", "Folder on server", "Upload good images"
 SOURCES = [SRC_DEMO, SRC_MVTEC, SRC_FOLDER, SRC_UPLOAD] if ALLOW_SERVER_PATHS else [SRC_DEMO, SRC_MVTEC, SRC_UPLOAD]
@@ -131,27 +157,76 @@ _DATA_LOCK = threading.Lock()
 _TEST_SETS: dict[str, tuple[list[Sample], service.SampleIndex]] = {}
 
 
+_SCRUB_ROOTS = [PATHS.pretrained, PATHS.data, PATHS.work, REPO]
+
+
 def _err(exc: Exception) -> gr.Error:
-    """A user-facing error for the browser / API client (engine messages are shown as they are)."""
+    """A user-facing error for the browser / API client: the engine's message, with no server path in it."""
     if isinstance(exc, gr.Error):
         return exc
     if isinstance(exc, IKDError):
-        return gr.Error(str(exc))
+        return gr.Error(_say(exc))
     log.exception("unexpected error")
-    return gr.Error(f"{type(exc).__name__}: {exc}")
+    return gr.Error(_say(f"{type(exc).__name__}: {exc}"))
 
 
-def checkpoint_names() -> list[str]:
-    return [i.name for i in service.list_checkpoints(PATHS.pretrained)]
+def _say(text: object) -> str:
+    """A message for a toast or an error: no server path, and HTML-escaped (it may carry names from files)."""
+    return html.escape(service.public_message(str(text), _SCRUB_ROOTS), quote=False)
 
 
-def initial_checkpoint() -> str | None:
-    return service.default_checkpoint(service.list_checkpoints(PATHS.pretrained), READY_CHECKPOINTS)
+def _md(text: object) -> str:
+    """A user- or file-supplied string, inert in Markdown and HTML."""
+    return service.escape_markdown(text)
 
 
-def _predictor(name: str | None) -> tuple[Path, Any]:
+def _ws(request: gr.Request | None, create: bool = True) -> service.Workspace:
+    """The caller's workspace, found on the server by the caller's session (one shared one in private mode)."""
+    ws = WORKSPACES.get(getattr(request, "session_hash", None), create=create)
+    if ws is None:
+        raise gr.Error("no workspace for this session (it has expired): reload the page")
+    return ws
+
+
+def _dirs(ws: service.Workspace) -> list[Path]:
+    """Where the caller's checkpoints are: their own first, then the shipped (read-only in public mode) ones."""
+    return [ws.pretrained] if ws.pretrained == PATHS.pretrained else [ws.pretrained, PATHS.pretrained]
+
+
+def _infos(ws: service.Workspace) -> list[service.CheckpointInfo]:
+    seen: set[str] = set()
+    out = []
+    for d in _dirs(ws):
+        for info in service.list_checkpoints(d):
+            if info.name not in seen:
+                seen.add(info.name)
+                out.append(info)
+    return out
+
+
+def checkpoint_names(ws: service.Workspace) -> list[str]:
+    return [i.name for i in _infos(ws)]
+
+
+def initial_checkpoint(ws: service.Workspace) -> str | None:
+    return service.default_checkpoint(_infos(ws), READY_CHECKPOINTS)
+
+
+def resolve(name: str | None, ws: service.Workspace) -> Path:
+    """A checkpoint of the caller's by name: in their workspace, else among the shipped ones."""
+    err: IKDError | None = None
+    for d in _dirs(ws):
+        try:
+            return service.resolve_checkpoint(name or "", d)
+        except IKDError as exc:
+            err = err or exc
+    assert err is not None
+    raise err
+
+
+def _predictor(name: str | None, ws: service.Workspace) -> tuple[Path, Any]:
     """The checkpoint's path and its CPU predictor (metadata, test set; the GPU copy lives in the GPU calls)."""
-    path = service.resolve_checkpoint(name or "", PATHS.pretrained)
+    path = resolve(name, ws)
     return path, PREDICTORS.get(path, "cpu")
 
 
@@ -161,9 +236,10 @@ def ensure_demo_data() -> Path:
         return ensure_demo_dataset(PATHS.demo_root)
 
 
-def test_set(meta: dict[str, Any]) -> tuple[list[Sample], service.SampleIndex]:
-    """Test samples of the data a checkpoint was trained on (empty when there is none here)."""
-    spec = service.data_spec_for_checkpoint(meta, PATHS)
+def test_set(ckpt_path: Path, meta: dict[str, Any]) -> tuple[list[Sample], service.SampleIndex]:
+    """Test samples of the data a checkpoint was trained on, from the operator's data or what this server recorded
+    when it trained it (never a path from the checkpoint's metadata); empty when there is none here."""
+    spec = POLICY.test_spec(meta, service.file_digest(ckpt_path))
     if spec is None or (spec.kind == "folder" and not spec.test_dir):
         return [], service.SampleIndex([])
     key = json.dumps(spec.to_dict(), sort_keys=True)
@@ -181,10 +257,10 @@ def test_set(meta: dict[str, Any]) -> tuple[list[Sample], service.SampleIndex]:
     return _TEST_SETS[key]
 
 
-def example_images(meta: dict[str, Any], n: int = 12) -> list[str]:
+def example_images(ckpt_path: Path, meta: dict[str, Any], n: int = 12) -> list[str]:
     from ikd_core.gif import pick_samples
 
-    samples, _ = test_set(meta)
+    samples, _ = test_set(ckpt_path, meta)
     return [s.path for s in pick_samples(samples, n, seed=0)]
 
 
@@ -203,16 +279,28 @@ def predictions_for(ckpt_path: Path, paths: list[str], loaded: list[Any] | None 
     ``loaded``: the images already decoded by :func:`ikd_core.service.load_inspect_image`."""
     ckpt_key = service.PredictorCache.key(ckpt_path, "cpu")
     # by content: the same image uploaded again (a new temporary file) is found too
-    keys = [(*ckpt_key, service.file_digest(image), service.MAX_INSPECT_SIDE) for image in paths]
+    keys = [(*ckpt_key, service.file_digest(image), INSPECT_MAX_SIDE) for image in paths]
     preds = [PREDICTIONS.get(k) for k in keys]
     missing = [i for i, p in enumerate(preds) if p is None]
     if missing:
-        images = [np.asarray(loaded[i] if loaded is not None else service.load_inspect_image(paths[i])[0])
-                  for i in missing]
-        for i, pred in zip(missing, predict_on_device(str(ckpt_path), images), strict=True):
+        images = [np.asarray(loaded[i] if loaded is not None else load_image_capped(paths[i])[0]) for i in missing]
+        if ZERO_GPU:  # one GPU call for all of them
+            new = predict_on_device(str(ckpt_path), images)
+        else:  # one turn per image, so no request holds back another visitor's single image
+            new = []
+            for img in images:
+                with IMAGE_GATE.turn():
+                    new += predict_on_device(str(ckpt_path), [img])
+        for i, pred in zip(missing, new, strict=True):
             PREDICTIONS.put(keys[i], pred)
             preds[i] = pred
     return preds
+
+
+def load_image_capped(path: str) -> tuple[Any, str | None]:
+    """An uploaded image decoded at most :data:`INSPECT_MAX_SIDE` px a side (one image at a time per turn)."""
+    with IMAGE_GATE.turn():
+        return service.load_inspect_image(path, max_side=INSPECT_MAX_SIDE, max_pixels=MAX_IMAGE_PIXELS)
 
 
 def _file_list(files: Any) -> list[str]:
@@ -227,8 +315,17 @@ def verdict_text(anomalous: bool) -> str:
     return "anomalous" if anomalous else "normal"
 
 
+def _checked(threshold: Any, alpha: Any, cmap: Any) -> tuple[float, float, str]:
+    """Display settings from a request, checked here (an API client bypasses the widgets: a raw NaN passes them)."""
+    if cmap not in COLORMAPS:
+        raise gr.Error(f"unknown colormap; choose one of {', '.join(COLORMAPS)}")
+    return (float(service.number(threshold, "threshold", 0.0, 1.0)),
+            float(service.number(alpha, "overlay opacity", 0.0, 1.0)), str(cmap))
+
+
 def inspect_images(
-    files: Any, ckpt: str, threshold: float, alpha: float, cmap: str, index: int | None
+    files: Any, ckpt: str, threshold: float, alpha: float, cmap: str, index: int | None,
+    request: gr.Request = None,  # type: ignore[assignment]
 ) -> tuple[Any, ...]:
     """Score the images; details (original, heatmap, overlay, ground truth, score, verdict) of image
     ``index``, a gallery of all overlays and a table of all scores."""
@@ -238,28 +335,29 @@ def inspect_images(
     paths = _file_list(files)
     if not paths:
         return None, None, None, gr.Image(value=None, visible=False), None, "", [], []
-    if len(paths) > MAX_INSPECT_IMAGES:
-        gr.Warning(f"{len(paths)} images uploaded; showing the first {MAX_INSPECT_IMAGES}")
-        paths = paths[:MAX_INSPECT_IMAGES]
     try:
-        ckpt_path, predictor = _predictor(ckpt)
+        threshold, alpha, cmap = _checked(threshold, alpha, cmap)
+        if len(paths) > MAX_INSPECT_IMAGES:
+            gr.Warning(f"{len(paths)} images uploaded; showing the first {MAX_INSPECT_IMAGES}")
+            paths = paths[:MAX_INSPECT_IMAGES]
+        ws = _ws(request)
+        ckpt_path, predictor = _predictor(ckpt, ws)
         images = []
         for p in paths:
-            img, note = service.load_inspect_image(p)
+            img, note = load_image_capped(p)
             if note:
-                gr.Info(note)
+                gr.Info(_say(note))
             images.append(img)
         preds = predictions_for(ckpt_path, paths, images)
-        threshold, alpha = float(threshold), float(alpha)
         rows, gallery = [], []
         for p, img, pred in zip(paths, images, preds, strict=True):
             bad = pred.is_anomalous(threshold)
             rows.append([Path(p).name, round(pred.norm_score, 4), verdict_text(bad)])
             over = render(img, pred, threshold, alpha, cmap)["overlay"]
             gallery.append((over, f"{Path(p).name}: {pred.norm_score:.3f} {verdict_text(bad)}"))
-        i = min(max(int(index or 0), 0), len(paths) - 1)
+        i = min(max(int(service.number(index or 0, "index", 0, 10**6, integer=True)), 0), len(paths) - 1)
         pics = render(images[i], preds[i], threshold, alpha, cmap)
-        _, sample_index = test_set(predictor.metadata)
+        _, sample_index = test_set(ckpt_path, predictor.metadata)
         sample = sample_index.lookup(paths[i])
         gt = None
         if sample is not None and sample.mask_path:
@@ -273,51 +371,54 @@ def inspect_images(
 
 
 # ------------------------------------------------------------------------------------------ Model: checkpoints
-def describe_checkpoint(name: str | None) -> str:
+def describe_checkpoint(name: str | None, ws: service.Workspace) -> str:
     if not name:
         return ("No checkpoint yet: train one below (the demo takes a few minutes) or upload a "
                 "`.safetensors` checkpoint.")
     try:
-        path = service.resolve_checkpoint(name, PATHS.pretrained)
+        path = resolve(name, ws)
     except IKDError as exc:
-        return f"**{name}**: {exc}"
+        return f"**{_md(name)}**: {_md(service.public_message(str(exc), _SCRUB_ROOTS))}"
     return service.checkpoint_info(path).describe()
 
 
-def active_label(name: str | None) -> str:
+def active_label(name: str | None, ws: service.Workspace) -> str:
     if not name:
         return "**Active model:** none (train or load one in the Model tab)"
-    info = service.checkpoint_info(service.resolve_checkpoint(name, PATHS.pretrained))
+    info = service.checkpoint_info(resolve(name, ws))
     if not info.ok:
-        return f"**Active model:** `{name}` (unusable)"
-    return f"**Active model:** `{name}` ({info.category}, {info.backbone}, {info.image_size} px)"
+        return f"**Active model:** {_md(name)} (unusable)"
+    return (f"**Active model:** {_md(name)} ({_md(info.category)}, {_md(info.backbone)}, "
+            f"{_md(info.image_size)} px)")
 
 
-def on_checkpoint_change(name: str | None) -> tuple[Any, ...]:
+def on_checkpoint_change(name: str | None, request: gr.Request = None) -> tuple[Any, ...]:  # type: ignore[assignment]
     """Checkpoint chosen: load it (so errors show now), show its metadata and example test images."""
+    ws = _ws(request)
     examples: list[str] = []
     if name:
         try:
-            _, predictor = _predictor(name)
-            examples = example_images(predictor.metadata)
+            path, predictor = _predictor(name, ws)
+            examples = example_images(path, predictor.metadata)
         except IKDError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(_say(exc))
     try:
-        label = active_label(name)
+        label = active_label(name, ws)
     except IKDError as exc:
-        label = f"**Active model:** none (`{name}`: {exc})"
-    return describe_checkpoint(name), label, examples, examples
+        label = f"**Active model:** none ({_md(name)}: {_md(service.public_message(str(exc), _SCRUB_ROOTS))})"
+    return describe_checkpoint(name, ws), label, examples, examples
 
 
-def refresh_checkpoints(current: str | None) -> Any:
-    names = checkpoint_names()
-    value = current if current in names else service.default_checkpoint(
-        service.list_checkpoints(PATHS.pretrained), READY_CHECKPOINTS)
+def refresh_checkpoints(current: str | None, request: gr.Request = None) -> Any:  # type: ignore[assignment]
+    ws = _ws(request)
+    names = checkpoint_names(ws)
+    value = current if current in names else initial_checkpoint(ws)
     return gr.Dropdown(choices=names, value=value)
 
 
-def import_checkpoint(files: Any, current: str | None) -> tuple[Any, ...]:
-    """Validate an uploaded ``.safetensors`` (+ optional ``.json``) and make it the active checkpoint."""
+def import_checkpoint(files: Any, current: str | None, request: gr.Request = None) -> tuple[Any, ...]:  # type: ignore[assignment]
+    """Validate an uploaded ``.safetensors`` (+ optional ``.json``) and make it the active checkpoint (in public
+    mode it goes into the visitor's own workspace, within its quota)."""
     paths = [Path(p) for p in _file_list(files)]
     if not paths:
         return gr.skip(), gr.skip(), None
@@ -325,18 +426,33 @@ def import_checkpoint(files: Any, current: str | None) -> tuple[Any, ...]:
     sides = [p for p in paths if p.suffix.lower() == ".json"]
     others = [p for p in paths if p not in ckpts and p not in sides]
     if others or len(ckpts) != 1 or len(sides) > 1:
-        names = ", ".join(p.name for p in paths)
+        names = ", ".join(html.escape(p.name) for p in paths)
         raise gr.Error(
             f"upload one .safetensors checkpoint (and optionally its .json metadata); got: {names}. "
             ".pt/.ckpt/.pth files are pickles and are never loaded."
         )
     try:
-        info = service.import_checkpoint(ckpts[0], PATHS.pretrained, sidecar=sides[0] if sides else None,
-                                         device="cpu")
+        ws = _ws(request)
+        ws.check_quota(extra_bytes=sum(p.stat().st_size for p in paths), extra_checkpoints=1)
+        name = Path(ckpts[0].name).name
+        if ws.pretrained != PATHS.pretrained and (PATHS.pretrained / name).exists():
+            name = f"{Path(name).stem}-uploaded{service.CHECKPOINT_SUFFIX}"  # never shadows a shipped one
+        info = service.import_checkpoint(ckpts[0], ws.pretrained, sidecar=sides[0] if sides else None,
+                                         original_name=name, device="cpu")
     except Exception as exc:  # noqa: BLE001
         raise _err(exc) from exc
-    gr.Info(f"checkpoint {info.name} added and active")
-    return gr.Dropdown(choices=checkpoint_names(), value=info.name), info.describe(), None
+    gr.Info(_say(f"checkpoint {info.name} added and active"))
+    return gr.Dropdown(choices=checkpoint_names(ws), value=info.name), info.describe(), None
+
+
+def download_checkpoint(name: str | None, request: gr.Request = None) -> list[str]:  # type: ignore[assignment]
+    """The active checkpoint and its ``.json`` metadata as files to download (to upload them again later)."""
+    try:
+        path = resolve(name, _ws(request))
+    except Exception as exc:  # noqa: BLE001
+        raise _err(exc) from exc
+    side = sidecar_path(path)
+    return [str(path)] + ([str(side)] if side.is_file() else [])
 
 
 # ------------------------------------------------------------------------------------------ Model: data sources
@@ -344,15 +460,18 @@ def category_choices(source: str, data_root: str) -> list[str]:
     if source == SRC_DEMO:
         return list(DEMO_CATEGORIES)
     if source == SRC_MVTEC:
-        found = list_categories(data_root or PATHS.mvtec_root)
+        found = list_categories(POLICY.mvtec_root(data_root))
         return found or list(MVTEC_CATEGORIES)
     return []
 
 
-def mvtec_panel_text(root: str, category: str | None) -> str:
+def mvtec_panel_text(root: Path, category: str | None) -> str:
+    missing = f"Category {_md(category)} is missing. " if category else ""
+    if PUBLIC:
+        return (f"### MVTec AD is not installed on this server\n{missing}The operator of this deployment provides "
+                "it (in its data folder); train on the demo set or on your own images meanwhile.")
     return (
-        f"### MVTec AD not found under `{root}`\n"
-        f"{'Category `' + category + '` is missing. ' if category else ''}"
+        f"### MVTec AD not found under {_md(root)}\n{missing}"
         "Download it here (about 4.9 GB, with progress)"
         + (", or give the path of an already downloaded archive (`mvtec_anomaly_detection.tar.xz` / `.zip`) "
            "or of an extracted MVTec AD folder" if ALLOW_SERVER_PATHS else "")
@@ -364,11 +483,11 @@ def on_source_change(source: str, data_root: str, category: str | None) -> tuple
     choices = category_choices(source, data_root)
     value = category if category in choices else (choices[0] if choices else None)
     is_mvtec = source == SRC_MVTEC
-    root = data_root or str(PATHS.mvtec_root)
+    root = POLICY.mvtec_root(data_root)
     missing = is_mvtec and service.mvtec_missing(root, value)
     return (
         gr.Dropdown(choices=choices, value=value, visible=source in (SRC_DEMO, SRC_MVTEC)),
-        gr.Textbox(visible=is_mvtec),
+        gr.Textbox(visible=is_mvtec and ALLOW_SERVER_PATHS),
         gr.Textbox(visible=source == SRC_FOLDER),
         gr.Textbox(visible=source == SRC_FOLDER),
         gr.File(visible=source == SRC_UPLOAD),
@@ -379,34 +498,33 @@ def on_source_change(source: str, data_root: str, category: str | None) -> tuple
 
 
 def spec_from_ui(source: str, category: str | None, data_root: str, folder: str, test_folder: str,
-                 uploads: Any, name: str) -> DataSpec:
-    """The DataSpec the Model tab describes (uploads are extracted into a fresh folder)."""
+                 uploads: Any, name: str, ws: service.Workspace) -> DataSpec:
+    """The DataSpec the Model tab describes (uploads are extracted into a fresh folder of the workspace). Folders
+    come from :data:`POLICY`: the operator's, or in private mode ones the user names."""
     if source == SRC_DEMO:
         if category and category not in DEMO_CATEGORIES:
-            raise gr.Error(f"unknown demo category {category!r}; choose one of {', '.join(DEMO_CATEGORIES)}")
+            raise gr.Error(f"unknown demo category; choose one of {', '.join(DEMO_CATEGORIES)}")
         return DataSpec("demo", category or DEMO_CATEGORY, str(PATHS.demo_root))
     if source == SRC_MVTEC:
-        root = (data_root.strip() if ALLOW_SERVER_PATHS else "") or str(PATHS.mvtec_root)
+        root = POLICY.mvtec_root(data_root)
         if not category:
             raise gr.Error("choose an MVTec AD category")
         check_category_name(category)
         if service.mvtec_missing(root, category):
-            raise gr.Error(f"MVTec AD category {category!r} not found under {root}: download it with the panel "
-                           "above or give the folder where it is")
-        return DataSpec("mvtec", category, root)
+            raise gr.Error(_say(f"MVTec AD category {category!r} not found"
+                                + (" on this server" if PUBLIC else f" under {root}: download it with the panel "
+                                   "above or give the folder where it is")))
+        return DataSpec("mvtec", category, str(root))
     if source == SRC_FOLDER:
-        if not ALLOW_SERVER_PATHS:
-            raise gr.Error("training from server folders is disabled here; upload good images instead")
-        if not folder or not folder.strip():
-            raise gr.Error("give the folder of good images on the server")
-        good = Path(folder.strip()).expanduser()
-        cat = service.sanitize_name(name.strip() or good.name, "custom")
-        test = test_folder.strip() or None
+        good = POLICY.server_folder(folder, "folder of good images")
+        cat = service.sanitize_name((name or "").strip() or good.name, "custom")
+        test = str(POLICY.server_folder(test_folder, "test folder")) if (test_folder or "").strip() else None
         return DataSpec("folder", cat, good_dir=str(good), test_dir=test)
     if source == SRC_UPLOAD:
         files = _file_list(uploads)
-        return service.uploaded_data_spec(files, PATHS.work, category=name.strip() or None)
-    raise gr.Error(f"unknown data source {source!r}")
+        ws.check_quota(extra_bytes=sum(os.path.getsize(f) for f in files if os.path.isfile(f)))
+        return service.uploaded_data_spec(files, ws.root, category=(name or "").strip() or None)
+    raise gr.Error("unknown data source")
 
 
 def _download_worker(root: str, archive: str | None, state: dict[str, Any]) -> None:
@@ -424,35 +542,39 @@ def _download_worker(root: str, archive: str | None, state: dict[str, Any]) -> N
 
 
 def get_mvtec(root: str, archive_or_folder: str, category: str | None) -> Iterator[tuple[Any, ...]]:
-    """Download MVTec AD (or extract a local archive, or adopt an extracted folder) with progress."""
-    root = (root.strip() if ALLOW_SERVER_PATHS else "") or str(PATHS.mvtec_root)
-    src = (archive_or_folder or "").strip() if ALLOW_SERVER_PATHS else ""
-    if src and Path(src).expanduser().is_dir():
-        folder = Path(src).expanduser()
-        if not list_categories(folder):
-            raise gr.Error(f"{folder} holds no MVTec AD categories (folders with train/good)")
-        cats = list_categories(folder)
-        yield (f"Using MVTec AD in `{folder}` ({len(cats)} categories).", str(folder),
-               gr.Dropdown(choices=cats, value=category if category in cats else cats[0]), gr.Group(visible=False))
-        return
-    archive = str(Path(src).expanduser()) if src else None
+    """Download MVTec AD (or extract a local archive, or adopt an extracted folder) with progress. Downloads and
+    extractions replace category folders, so they only go inside the data folder (private mode only)."""
+    try:
+        src = (archive_or_folder or "").strip()
+        if src and POLICY.server_paths and Path(src).expanduser().is_dir():  # read-only use of an extracted copy
+            folder = POLICY.server_folder(src, "MVTec AD folder")
+            cats = list_categories(folder)
+            if not cats:
+                raise gr.Error(_say(f"{folder.name} holds no MVTec AD categories (folders with train/good)"))
+            yield (f"Using MVTec AD in {_md(folder)} ({len(cats)} categories).", str(folder),
+                   gr.Dropdown(choices=cats, value=category if category in cats else cats[0]), gr.Group(visible=False))
+            return
+        dest = POLICY.mvtec_destination(root)
+        archive = str(POLICY.server_folder(src, "archive")) if src else None
+    except Exception as exc:  # noqa: BLE001
+        raise _err(exc) from exc
     state: dict[str, Any] = {"done": 0, "total": 0, "finished": False}
-    threading.Thread(target=_download_worker, args=(root, archive, state), daemon=True).start()
+    threading.Thread(target=_download_worker, args=(str(dest), archive, state), daemon=True).start()
     verb = "Extracting" if archive else "Downloading"
     while not state["finished"]:
         time.sleep(1.0)
         done, total = state["done"], state["total"]
         if archive or not done:
-            msg = f"{verb} MVTec AD into `{root}` ..."
+            msg = f"{verb} MVTec AD into {_md(dest)} ..."
         elif total:
             msg = f"Downloading: {done / 1e9:.2f} / {total / 1e9:.2f} GB ({100 * done / total:.0f}%)"
         else:
             msg = f"Downloading: {done / 1e9:.2f} GB"
         yield msg, gr.skip(), gr.skip(), gr.skip()
     if "error" in state:
-        raise gr.Error(state["error"])
-    cats = list_categories(root)
-    yield (f"MVTec AD ready under `{root}` ({len(cats)} categories).", root,
+        raise gr.Error(_say(state["error"]))
+    cats = list_categories(dest)
+    yield (f"MVTec AD ready under {_md(dest)} ({len(cats)} categories).", str(dest),
            gr.Dropdown(choices=cats, value=category if category in cats else (cats[0] if cats else None)),
            gr.Group(visible=False))
 
@@ -529,7 +651,8 @@ def train_on_device(spec: dict[str, Any], config: dict[str, Any], out_path: str,
     if ZERO_GPU:
         budget = (TRAIN_DURATION - TRAIN_RESERVE_S) / 60
         cfg.max_minutes = budget if cfg.max_minutes is None else min(cfg.max_minutes, budget)
-    job = service.TrainingJob(DataSpec.from_dict(spec), cfg, out_path, device=torch.device(dev), stop_file=stop_file)
+    job = service.TrainingJob(DataSpec.from_dict(spec), cfg, out_path, device=torch.device(dev), stop_file=stop_file,
+                              release_reservation=True)  # the name is free again only once the run has ended
     yield from service.stream_training(job)
 
 
@@ -541,29 +664,35 @@ def train_model(
     and the new checkpoint (saved in ``pretrained/`` and made active)."""
     from ikd_core.train import TrainConfig
 
-    owner = getattr(request, "session_hash", None) or "anonymous"
     spec = None
     try:
+        ws = _ws(request)
         if backbone not in BACKBONES:
-            raise gr.Error(f"unknown backbone {backbone!r}")
-        cfg = TrainConfig(backbone=backbone, image_size=int(image_size), epochs=int(epochs),
-                          batch_size=int(batch_size), lr=float(lr))
-        if not (1 <= cfg.epochs <= 100_000 and 1 <= cfg.batch_size <= 4096 and math.isfinite(cfg.lr) and cfg.lr > 0
-                and 32 <= cfg.image_size <= 2048):
-            raise gr.Error("epochs must be 1-100000, the batch size 1-4096, the learning rate > 0 and the image size "
-                           "32-2048 px")
-        spec = spec_from_ui(source, category, data_root or "", folder or "", test_folder or "", uploads, name or "")
+            raise gr.Error("unknown backbone")
+        cfg = TrainConfig(
+            backbone=backbone,
+            image_size=int(service.number(image_size, "image size", 32, max_image_size(), integer=True)),
+            epochs=int(service.number(epochs, "epochs", 1, 100_000, integer=True)),
+            batch_size=int(service.number(batch_size, "batch size", 1, 4096, integer=True)),
+            lr=float(service.number(lr, "learning rate", 1e-8, 10.0)),
+            max_minutes=MAX_TRAIN_MINUTES,
+        )
+        ws.check_quota(extra_checkpoints=1)
+        spec = spec_from_ui(source, category, data_root or "", folder or "", test_folder or "", uploads, name or "",
+                            ws)
         # every data problem (missing or empty folders, unsafe names, masks, non-images) is reported now,
         # before a job starts or a checkpoint name is taken
         service.check_training_data(spec, cfg.image_size)
-        out = service.unique_path(PATHS.pretrained, default_checkpoint_name(spec.category, backbone))
+        # the name is reserved at once: an upload meanwhile gets another one, never this one
+        out = service.reserve_checkpoint_path(ws.pretrained, default_checkpoint_name(spec.category, backbone))
     except Exception as exc:  # noqa: BLE001
         if source == SRC_UPLOAD:
-            service.discard_upload(spec, PATHS.work)
+            service.discard_upload(spec, ws.root if spec is not None else PATHS.work)
         raise _err(exc) from exc
-    stop = service.StopFile(PATHS.work / "jobs")
-    JOBS.put(owner, stop)
-    title = f"{spec.category} ({backbone}, {cfg.image_size} px, {cfg.epochs} epochs)"
+    stop = service.StopFile(ws.jobs)
+    JOBS.put(ws.id, stop)
+    title = (f"{_md(spec.category)} ({backbone}, {cfg.image_size} px, {cfg.epochs} epochs"
+             + (f", at most {cfg.max_minutes:g} min" if cfg.max_minutes else "") + ")")
     yield {progress_md: f"_starting: {title}_", metrics_md: "", loss_plot: None, roc_img_plot: None,
            roc_pix_plot: None, pro_plot: None, stop_btn: gr.Button(interactive=True)}
     losses: list[tuple[int, float]] = []
@@ -586,22 +715,25 @@ def train_model(
     finally:
         if end is None:
             stop.set()  # the client went away: end the run, nothing is saved
-        JOBS.discard(owner, stop)
+        JOBS.discard(ws.id, stop)
         stop.clear()
         if source == SRC_UPLOAD:  # the extracted images are only needed while training
-            service.discard_upload(spec, PATHS.work)
+            service.discard_upload(spec, ws.root)
     done_state = {stop_btn: gr.Button(interactive=False)}
     if end is None or end.state == "failed":
         error = end.error if end is not None else "training ended unexpectedly"
-        yield {**done_state, progress_md: f"**Training failed:** {error}"}
-        raise gr.Error(error or "training failed")
+        yield {**done_state, progress_md: f"**Training failed:** {_md(error or 'training failed')}"}
+        raise gr.Error(_say(error or "training failed"))
     if end.state == "cancelled":
         yield {**done_state, progress_md: "**Stopped.** Nothing was saved; the active model is unchanged."}
         return
-    ckpt = Path(end.checkpoint or out).name
+    ckpt_path = Path(end.checkpoint or out)
+    ckpt = ckpt_path.name
+    if spec.kind != "demo" and source != SRC_UPLOAD:  # so its test set is found again (never from metadata)
+        POLICY.known.record(service.file_digest(ckpt_path), spec)
     roc_i, roc_p, pro = _curve_figures(end.curves)
     meta = end.metadata
-    gr.Info(f"checkpoint {ckpt} saved and active")
+    gr.Info(_say(f"checkpoint {ckpt} saved and active"))
     yield {
         **done_state,
         progress_md: (f"**Done** in {_hms(end.seconds)}: {meta.get('epochs_completed')} epochs, "
@@ -612,61 +744,75 @@ def train_model(
         roc_img_plot: roc_i,
         roc_pix_plot: roc_p,
         pro_plot: pro,
-        ckpt_dd: gr.Dropdown(choices=checkpoint_names(), value=ckpt),
-        ckpt_info: describe_checkpoint(ckpt),
+        ckpt_dd: gr.Dropdown(choices=checkpoint_names(ws), value=ckpt),
+        ckpt_info: describe_checkpoint(ckpt, ws),
     }
 
 
 def stop_training(request: gr.Request) -> None:
-    """Stop the caller's own training run (the run itself reports the end, so nothing is returned)."""
-    owner = getattr(request, "session_hash", None) or "anonymous"
-    if JOBS.stop(owner):
+    """Stop the caller's own training run: the job is looked up by the caller's workspace on the server, so no
+    request can stop another visitor's run (the run itself reports the end, so nothing is returned)."""
+    ws = WORKSPACES.get(getattr(request, "session_hash", None), create=False) if PUBLIC else WORKSPACES.shared
+    if ws is not None and JOBS.stop(ws.id):
         gr.Info("stopping at the next step; nothing will be saved")
 
 
 # ------------------------------------------------------------------------------------------ Export GIF
 def export_gif(ckpt: str, n: float, fps: float, width: float, threshold: float, alpha: float, cmap: str,
-               files: Any) -> tuple[Any, Any, str]:
-    """A GIF of ``n`` test images of the active model's data (or of the images in the Inspect tab). The maps come
-    from the prediction cache or one GPU call; the frames are drawn on the CPU."""
+               files: Any, request: gr.Request = None) -> tuple[Any, Any, str]:  # type: ignore[assignment]
+    """A GIF of the images in the Inspect tab, or else of ``n`` test images of the active model's data. The maps
+    come from the prediction cache or the model; the frames are drawn on the CPU."""
     from ikd_core.gif import make_gif, pick_samples
 
     try:
-        path, predictor = _predictor(ckpt)
-        samples, _ = test_set(predictor.metadata)
-        n = max(1, int(n))
-        if samples:
+        n = int(service.number(n, "number of images", 1, MAX_GIF_IMAGES, integer=True))
+        fps = float(service.number(fps, "frames per second", 0.1, 30.0))
+        width = int(service.number(width, "frame width", 64, 1600, integer=True))
+        threshold, alpha, cmap = _checked(threshold, alpha, cmap)
+        ws = _ws(request)
+        path, predictor = _predictor(ckpt, ws)
+        images, masks = _file_list(files)[:n], None
+        what = f"{len(images)} of your images"
+        if not images:
+            samples, _ = test_set(path, predictor.metadata)
+            if not samples:
+                raise gr.Error("this model's data has no test set here: upload images in the Inspect tab first")
             picked = pick_samples(samples, n, seed=0)
             images, masks = [s.path for s in picked], [s.mask_path for s in picked]
-            what = f"{len(images)} test images of {predictor.metadata.get('category')}"
-        else:
-            images = _file_list(files)[:n]
-            masks = None
-            what = f"{len(images)} images from the Inspect tab"
-            if not images:
-                raise gr.Error("this model's data has no test set here: upload images in the Inspect tab first")
-        loaded = [service.load_inspect_image(p)[0] for p in images]
+            what = f"{len(images)} test images of {_md(predictor.metadata.get('category'))}"
+        loaded = [load_image_capped(p)[0] for p in images]
         preds = predictions_for(path, images, loaded)
-        out = PATHS.work / "exports" / f"{path.stem}-{uuid.uuid4().hex[:8]}.gif"
+        out = ws.exports / f"{path.stem}-{uuid.uuid4().hex[:8]}.gif"
+        out.parent.mkdir(parents=True, exist_ok=True)
         service.prune_files(out.parent, keep=MAX_KEPT_EXPORTS - 1)
-        make_gif(None, [np.asarray(im) for im in loaded], out, masks=masks, fps=float(fps), size=int(width),
-                 norm_threshold=float(threshold), alpha=float(alpha), cmap=cmap, predictions=preds)
+        make_gif(None, [np.asarray(im) for im in loaded], out, masks=masks, fps=fps, size=width,
+                 norm_threshold=threshold, alpha=alpha, cmap=cmap, predictions=preds)
     except Exception as exc:  # noqa: BLE001
         raise _err(exc) from exc
-    return str(out), str(out), f"{len(images)} frames ({what}), {float(fps):g} fps, {int(width)} px wide"
+    return str(out), str(out), f"{len(images)} frames ({what}), {fps:g} fps, {width} px wide"
 
 
 # ------------------------------------------------------------------------------------------ page load
-def on_load() -> tuple[Any, ...]:
-    """First page load: demo data and the ready checkpoint, so an upload gives a heatmap at once."""
+def on_load(request: gr.Request = None) -> tuple[Any, ...]:  # type: ignore[assignment]
+    """First page load: demo data, the visitor's workspace and the ready checkpoint, so an upload gives a heatmap
+    at once."""
     try:
         ensure_demo_data()
     except IKDError as exc:
-        gr.Warning(f"demo data unavailable: {exc}")
-    names = checkpoint_names()
-    value = initial_checkpoint()
-    info, label, gallery, paths = on_checkpoint_change(value)
+        gr.Warning(_say(f"demo data unavailable: {exc}"))
+    ws = _ws(request)
+    names = checkpoint_names(ws)
+    value = initial_checkpoint(ws)
+    info, label, gallery, paths = on_checkpoint_change(value, request)
     return gr.Dropdown(choices=names, value=value), info, label, gallery, paths
+
+
+def on_unload(request: gr.Request) -> None:
+    """The visitor closed the page: stop their training run and remove their workspace (public mode)."""
+    ws = WORKSPACES.get(getattr(request, "session_hash", None), create=False) if PUBLIC else None
+    if ws is not None:
+        JOBS.stop(ws.id)
+        WORKSPACES.close(request.session_hash)
 
 
 def warm_up() -> None:
@@ -677,10 +823,10 @@ def warm_up() -> None:
         if copied:
             log.info("copied the shipped checkpoints into %s: %s", PATHS.pretrained, ", ".join(copied))
         ensure_demo_data()
-        name = initial_checkpoint()
+        name = initial_checkpoint(WORKSPACES.shared)
         if name:
-            _, predictor = _predictor(name)
-            example_images(predictor.metadata)
+            path, predictor = _predictor(name, WORKSPACES.shared)
+            example_images(path, predictor.metadata)
     except Exception:  # noqa: BLE001 - a failed warm-up only means the first request does the work
         log.exception("warm-up failed")
 
@@ -715,21 +861,27 @@ with gr.Blocks(title="IKD Studio", delete_cache=DELETE_CACHE) as demo:
         with gr.Tab("Model", id="model"):
             gr.Markdown("## Active model")
             with gr.Row():
-                ckpt_dd = gr.Dropdown(choices=checkpoint_names(), value=initial_checkpoint(),
-                                      label="Checkpoint (in pretrained/)", allow_custom_value=True, scale=3,
-                                      elem_id="ikd-ckpt")
+                ckpt_dd = gr.Dropdown(choices=checkpoint_names(WORKSPACES.shared),
+                                      value=initial_checkpoint(WORKSPACES.shared),
+                                      label="Checkpoint" + (" (the shipped ones and yours)" if PUBLIC else
+                                                            " (in pretrained/)"),
+                                      allow_custom_value=True, scale=3, elem_id="ikd-ckpt")
                 refresh_btn = gr.Button("Refresh list", scale=0, min_width=120)
+                download_btn = gr.Button("Download", scale=0, min_width=120, elem_id="ikd-ckpt-download")
             with gr.Row():
                 ckpt_upload = gr.File(label="Upload a checkpoint: .safetensors (+ optional .json)",
                                       file_count="multiple", file_types=[".safetensors", ".json"], scale=1,
                                       elem_id="ikd-ckpt-upload")
                 ckpt_info = gr.Markdown(elem_id="ikd-ckpt-info")
+            ckpt_files = gr.File(label="Checkpoint files (.safetensors + .json: upload them again later)",
+                                 file_count="multiple", interactive=False, visible=False, elem_id="ikd-ckpt-files")
             gr.Markdown("## Train a new model")
             source = gr.Radio(SOURCES, value=SRC_DEMO, label="Data source", elem_id="ikd-source")
             with gr.Row():
                 category = gr.Dropdown(list(DEMO_CATEGORIES), value=DEMO_CATEGORY, label="Category",
                                        allow_custom_value=True, elem_id="ikd-category")  # checked by the engine
-                data_root = gr.Textbox(str(PATHS.mvtec_root), label="MVTec AD folder (data root)", visible=False,
+                data_root = gr.Textbox(str(PATHS.mvtec_root) if ALLOW_SERVER_PATHS else "",
+                                       label="MVTec AD folder (data root)", visible=False,
                                        interactive=ALLOW_SERVER_PATHS)
                 folder = gr.Textbox(label="Folder of good images (on the server)", visible=False,
                                     placeholder="/path/to/good")
@@ -744,7 +896,7 @@ with gr.Blocks(title="IKD Studio", delete_cache=DELETE_CACHE) as demo:
                 with gr.Row():
                     mvtec_src = gr.Textbox(label="Path of a downloaded archive or extracted folder (optional)",
                                            scale=3, visible=ALLOW_SERVER_PATHS)
-                    mvtec_btn = gr.Button("Download / use", scale=1)
+                    mvtec_btn = gr.Button("Download / use", scale=1, visible=not PUBLIC)
                 mvtec_progress = gr.Markdown()
             with gr.Row():
                 backbone = gr.Dropdown(BACKBONE_CHOICES, value=DEFAULT_BACKBONE, label="Backbone (teacher)",
@@ -857,15 +1009,19 @@ with gr.Blocks(title="IKD Studio", delete_cache=DELETE_CACHE) as demo:
         [source, category, data_root, folder, test_folder, train_upload, data_name, backbone, image_size, epochs,
          batch_size, lr],
         [progress_md, metrics_md, loss_plot, roc_img_plot, roc_pix_plot, pro_plot, ckpt_dd, ckpt_info, stop_btn],
-        concurrency_limit=1, concurrency_id="train", api_name="train", show_progress="minimal",
+        concurrency_limit=1, concurrency_id="train", api_name="train", show_progress="full",
+        show_progress_on=[progress_md],  # a queued run shows its place in the queue there
     )
     stop_btn.click(stop_training, None, None, concurrency_limit=None, api_name="stop")
+    download_btn.click(download_checkpoint, ckpt_dd, ckpt_files, api_name="download_checkpoint").then(
+        lambda: gr.File(visible=True), None, ckpt_files, api_visibility="private", queue=False)
 
     gif_btn.click(export_gif, [ckpt_dd, gif_n, gif_fps, gif_width, threshold, opacity, cmap, insp_files],
                   [gif_preview, gif_file, gif_info], concurrency_limit=1, concurrency_id="gif",
                   api_name="export_gif")
 
     demo.load(on_load, None, [ckpt_dd, ckpt_info, active_md, examples, example_paths], api_visibility="private")
+    demo.unload(on_unload)
 
 demo.queue(default_concurrency_limit=2)
 

@@ -29,6 +29,7 @@ Environment: DEV_PYTHON (default python3) runs the Playwright journey.
 EOF
 }
 
+ORIG_ARGS="$*"
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(git -C "$SCRIPT_DIR" rev-parse --show-toplevel)
 REF=HEAD
@@ -174,7 +175,14 @@ if [[ -r /proc/$APP_PID/status ]]; then
     PEAK_RSS=$(awk '/VmHWM/ {printf "%.0f MB", $2/1024}' "/proc/$APP_PID/status")
 fi
 if ((JOURNEY_RC)); then say "journey FAILED (rc $JOURNEY_RC)"; app_tail; fi
-if grep -q 'Traceback' "$APP_LOG"; then say "note: the app log has tracebacks (see $APP_LOG)"; fi
+SPACES_MSG="\`spaces\` package is required to run hot-reloading"
+if grep -q "$SPACES_MSG" "$APP_LOG"; then
+    say "note: Gradio's Spaces hot-reload thread wants the \`spaces\` package (SYSTEM=spaces); the Space image" \
+        "provides it, requirements.txt does not: harmless here"
+fi
+TRACEBACKS=$(grep -c 'Traceback' "$APP_LOG" || true)
+KNOWN=$(grep -c "$SPACES_MSG" "$APP_LOG" || true)
+if ((TRACEBACKS > KNOWN)); then say "note: the app log has $((TRACEBACKS - KNOWN)) other traceback(s): see $APP_LOG"; fi
 stop_app
 
 # ---------------------------------------------------------------------------------------------- 5. summary
@@ -185,5 +193,5 @@ echo "===== Space rehearsal summary ($(date -u +%Y-%m-%dT%H:%MZ); 2 CPU threads 
      "timings are noisy) ====="
 "$DEV_PYTHON" "$SCRIPT_DIR/space_journey.py" --summary "${SUMMARY_ARGS[@]}"
 echo
-echo "Command: scripts/space_rehearsal.sh${REF:+ --ref $REF}   (log: $LOG, screenshots: $ARTIFACTS)"
+echo "Command: scripts/space_rehearsal.sh${ORIG_ARGS:+ $ORIG_ARGS}   (log: $LOG, screenshots: $ARTIFACTS)"
 exit "$JOURNEY_RC"

@@ -176,8 +176,15 @@ def test_threshold_moves_verdict_and_colormap_by_role(studio, ui: Page) -> None:
     _choose(ui, "Colormap", "jet")
 
 
-def test_example_gallery_runs_inspection(ui: Page) -> None:
-    ui.locator("#ikd-examples button").first.click()
+def test_example_gallery_runs_inspection(studio, ui: Page, tmp_path: Path) -> None:
+    """A click on an example thumbnail (not the gallery's own buttons) replaces the images and inspects it."""
+    _tab(ui, "Inspect")
+    marker = tmp_path / "zz_marker.png"
+    marker.write_bytes(sorted((studio.demo / "demo_texture" / "test" / "good").glob("*.png"))[0].read_bytes())
+    ui.locator("#ikd-inspect-files input[type=file]").set_input_files(str(marker))
+    expect(ui.locator("#ikd-table")).to_contain_text("zz_marker")
+    ui.locator("#ikd-examples button.thumbnail-item").first.click()
+    expect(ui.locator("#ikd-table")).not_to_contain_text("zz_marker")
     expect(ui.locator("#ikd-table")).to_contain_text(".png")
     expect(ui.locator("#ikd-verdict textarea")).not_to_have_value("")
 

@@ -270,15 +270,7 @@ def test_sample_index_finds_copies_by_content(demo_root: Path, tmp_path: Path) -
     assert index.lookup(tmp_path / "missing.png") is None
 
 
-def test_data_spec_for_checkpoint_reroots_demo(tmp_path: Path) -> None:
-    paths = service.StudioPaths(tmp_path / "p", tmp_path / "d", tmp_path / "w")
-    spec = service.data_spec_for_checkpoint({"data": {"kind": "demo", "category": "demo_object", "root": "/x"}},
-                                            paths)
-    assert spec == DataSpec("demo", "demo_object", str(tmp_path / "d" / "demo"))
-    spec = service.data_spec_for_checkpoint({"data": {"kind": "mvtec", "category": "bottle", "root": "/nope"}},
-                                            paths)
-    assert spec.root == str(tmp_path / "d" / "mvtec")
-    assert service.data_spec_for_checkpoint({}, paths) is None
+def test_paths_from_the_environment() -> None:
     env = {service.PRETRAINED_ENV: "/a", service.DATA_ENV: "/b", service.WORK_ENV: "/c"}
     assert service.StudioPaths.from_env(env) == service.StudioPaths(Path("/a"), Path("/b"), Path("/c"))
     assert service.StudioPaths.from_env({}).pretrained == Path("pretrained")

@@ -8,6 +8,7 @@ Locations come from :class:`StudioPaths` (environment variables ``IKD_PRETRAINED
 and ``IKD_WORK_DIR``), so tests and deployments can point the app somewhere else than the repository.
 """
 
+from .access import ALLOW_SERVER_PATHS_ENV, PUBLIC_ENV, AccessPolicy, KnownData, public_mode
 from .checkpoints import (
     CHECKPOINT_SUFFIX,
     MAX_CHECKPOINT_BYTES,
@@ -37,7 +38,7 @@ from .jobs import (
 )
 from .paths import DATA_ENV, PRETRAINED_ENV, SHIPPED_PRETRAINED, STORAGE_ENV, WORK_ENV, StudioPaths, sanitize_name
 from .predictors import PredictionCache, PredictorCache
-from .testsets import SampleIndex, check_training_data, data_spec_for_checkpoint, mvtec_missing
+from .testsets import SampleIndex, check_training_data, mvtec_missing
 from .uploads import (
     MAX_INSPECT_SIDE,
     MAX_UPLOAD_FILE_BYTES,
@@ -55,16 +56,18 @@ from .uploads import (
     zip_directory_size,
 )
 from .validate import escape_markdown, number, public_message
+from .workspaces import Quota, QuotaError, Workspace, WorkspaceManager
 
 __all__ = [
-    "BusyError", "CHECKPOINT_SUFFIX", "CheckpointInfo", "Curves", "DATA_ENV", "FairGate", "JobEvent", "JobRegistry",
-    "MAX_CHECKPOINT_BYTES", "MAX_INSPECT_SIDE", "MAX_SIDECAR_BYTES", "MAX_UPLOAD_FILES", "MAX_UPLOAD_FILE_BYTES",
-    "MAX_UPLOAD_PIXELS", "MAX_UPLOAD_TOTAL_BYTES", "MAX_UPLOAD_TOTAL_PIXELS", "MAX_ZIP_ENTRIES", "PRETRAINED_ENV",
-    "PredictionCache", "PredictorCache", "SHIPPED_PRETRAINED", "STORAGE_ENV", "SampleIndex", "StopFile",
-    "StudioPaths", "TrainingJob", "TrainingUpdate", "WORK_ENV", "check_checkpoint_name", "check_training_data",
-    "checkpoint_info", "curves_from_outputs", "data_spec_for_checkpoint", "default_checkpoint", "discard_upload",
-    "escape_markdown", "extract_images", "file_digest", "import_checkpoint", "list_checkpoints",
-    "load_inspect_image", "mvtec_missing", "number", "prune_files", "public_message", "release_checkpoint_path",
-    "reserve_checkpoint_path", "resolve_checkpoint", "sanitize_name", "seed_checkpoints", "stream_training",
-    "unique_path", "uploaded_data_spec", "zip_directory_size",
+    "ALLOW_SERVER_PATHS_ENV", "AccessPolicy", "BusyError", "CHECKPOINT_SUFFIX", "CheckpointInfo", "Curves",
+    "DATA_ENV", "FairGate", "JobEvent", "JobRegistry", "KnownData", "MAX_CHECKPOINT_BYTES", "MAX_INSPECT_SIDE",
+    "MAX_SIDECAR_BYTES", "MAX_UPLOAD_FILES", "MAX_UPLOAD_FILE_BYTES", "MAX_UPLOAD_PIXELS", "MAX_UPLOAD_TOTAL_BYTES",
+    "MAX_UPLOAD_TOTAL_PIXELS", "MAX_ZIP_ENTRIES", "PRETRAINED_ENV", "PUBLIC_ENV", "PredictionCache",
+    "PredictorCache", "Quota", "QuotaError", "SHIPPED_PRETRAINED", "STORAGE_ENV", "SampleIndex", "StopFile",
+    "StudioPaths", "TrainingJob", "TrainingUpdate", "WORK_ENV", "Workspace", "WorkspaceManager",
+    "check_checkpoint_name", "check_training_data", "checkpoint_info", "curves_from_outputs", "default_checkpoint",
+    "discard_upload", "escape_markdown", "extract_images", "file_digest", "import_checkpoint", "list_checkpoints",
+    "load_inspect_image", "mvtec_missing", "number", "prune_files", "public_message", "public_mode",
+    "release_checkpoint_path", "reserve_checkpoint_path", "resolve_checkpoint", "sanitize_name", "seed_checkpoints",
+    "stream_training", "unique_path", "uploaded_data_spec", "zip_directory_size",
 ]

@@ -12,7 +12,6 @@ from typing import Any
 
 from ..data.mvtec import Sample, list_categories
 from ..data.sources import DataSpec
-from .paths import StudioPaths
 
 
 def check_training_data(spec: DataSpec, image_size: int) -> tuple[Any, Any]:
@@ -33,28 +32,6 @@ def check_training_data(spec: DataSpec, image_size: int) -> tuple[Any, Any]:
             if sample.mask_path:
                 image_size_of(Path(sample.mask_path))
     return train_ds, test_ds
-
-
-def data_spec_for_checkpoint(meta: dict[str, Any], paths: StudioPaths) -> DataSpec | None:
-    """The data a checkpoint was trained on, re-rooted for this machine (``None`` if unknown).
-
-    Demo data lives under ``paths.demo_root``; MVTec AD under the recorded root when it exists, else
-    ``paths.mvtec_root``; folder data as recorded.
-    """
-    data = meta.get("data") or {}
-    if not isinstance(data, dict) or "kind" not in data:
-        return None
-    try:
-        spec = DataSpec.from_dict(data)
-    except TypeError:
-        return None
-    if spec.kind == "demo":
-        spec.root = str(paths.demo_root)
-    elif spec.kind == "mvtec":
-        recorded = Path(spec.root) if spec.root else None
-        if recorded is None or not (recorded / spec.category).is_dir():
-            spec.root = str(paths.mvtec_root)
-    return spec
 
 
 def mvtec_missing(root: str | os.PathLike[str], category: str | None = None) -> bool:
