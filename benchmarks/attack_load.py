@@ -1,0 +1,595 @@
+"""Hostile load: the public-mode app's memory and a normal visitor's latency while strangers attack it over HTTP.
+
+    python benchmarks/attack_load.py [--out benchmarks/REPORT.md] [--quick] [--keep]
+
+Starts ``python app.py`` in public mode (``IKD_PUBLIC=1``, ``OMP_NUM_THREADS=2`` like a CPU-basic Space) on a free
+127.0.0.1 port, with ``pretrained/``, data, work and Gradio temporary folders in a temporary directory (the shipped
+demo checkpoints copied in). A thread samples the resident set of the server process and its children (psutil,
+every 50 ms). Every request goes through the HTTP API, each attacker a separate ``gradio_client.Client`` (a
+separate visitor):
+
+- (a) ``/export_gif`` with 32 uploaded 8192x8192 PNGs (~66 KB each) as the ``files`` argument;
+- (b) ``/inspect`` with 64 8192x8192 PNGs in one request;
+- (c) ``/inspect`` with 64 6000x6000 (36 MP, just under the 40 MP cap) PNGs: decoded, then downscaled;
+- (d) ``/import_checkpoint`` of a checkpoint declaring ``image_size`` 2048;
+- (e) ``/train`` with an uploaded zip of 40 8192x8192 PNGs.
+
+Phase 0 times a normal one-image inspect on the idle server; phase 1 sends each attack alone (peak RSS above
+idle, wall time, what the client got); phase 2 has 8 hostile visitors (a mix of (a), (b), (c)) send their attack
+again and again for a fixed time while a 9th, normal visitor inspects one distinct demo test image about every
+second (its latency: upload + queue + inference + download). Every PNG sent carries a unique text chunk, so no
+upload or prediction is served from a cache. The run is bounded (``--quick``: under 5 min, else under 15) and
+writes the ``## Hostile load (public mode)`` section of ``benchmarks/REPORT.md``, keeping the other sections.
+Exit status 1 when a goal is missed or the server died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import os
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+for _p in (str(ROOT), str(BENCH)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from load_test import distinct_images, free_port, machine_lines, wait_ready  # noqa: E402
+
+CKPT = "demo_texture-efficientnet_lite0.safetensors"
+HEADING = "## Hostile load (public mode)"
+MARKER = "<!-- hostile-load -->"
+MB = 1024**2
+SINGLE_BOUND_MB = 2048  # the stated bound: peak RSS above idle for any single request
+CONCURRENT_BOUND_MB = 2 * SINGLE_BOUND_MB
+LATENCY_GOAL_S = 2.0
+ATTACKS = {
+    "a": "/export_gif, 32 x 8192^2 PNG as files",
+    "b": "/inspect, 64 x 8192^2 PNG",
+    "c": "/inspect, 64 x 6000^2 PNG (36 MP)",
+    "d": "/import_checkpoint, image_size 2048",
+    "e": "/train, zip of 40 x 8192^2 PNG",
+}
+HOSTILE_MIX = "aabbcccc"  # phase 2: one letter per hostile visitor
+
+
+# --------------------------------------------------------------------------- crafted files
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+class PngFactory:
+    """Constant-colour PNGs of one size: the pixels are compressed once; each file differs by a ``tEXt`` chunk."""
+
+    def __init__(self, side: int, rgb: bool) -> None:
+        channels = 3 if rgb else 1
+        row = b"\x00" + bytes([90, 140, 200][:channels]) * side
+        comp = zlib.compressobj(9)
+        parts = [comp.compress(row * 256) for _ in range(side // 256)]
+        parts += [comp.compress(row * (side % 256)), comp.flush()]
+        self.head = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2 if rgb else 0,
+                                                                         0, 0, 0))
+        self.tail = _chunk(b"IDAT", b"".join(parts)) + _chunk(b"IEND", b"")
+        self.side = side
+
+    def data(self, nonce: str) -> bytes:
+        return self.head + _chunk(b"tEXt", b"nonce\x00" + nonce.encode()) + self.tail
+
+    def files(self, folder: Path, n: int, nonce: str) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        for i in range(n):
+            p = folder / f"{nonce}-{i:02d}.png"
+            p.write_bytes(self.data(f"{nonce}-{i}"))
+            out.append(p)
+        return out
+
+
+def forged_checkpoint(src: Path, out: Path) -> Path:
+    """The shipped checkpoint with its metadata claiming ``image_size`` 2048."""
+    from ikd_core.checkpoint import load_student_state, read_metadata, save_checkpoint
+
+    meta = {k: v for k, v in read_metadata(src).items() if k not in ("format", "version")}
+    return save_checkpoint(out, load_student_state(src), {**meta, "image_size": 2048})
+
+
+def bomb_zip(factory: PngFactory, out: Path, n: int = 40) -> Path:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(n):
+            zf.writestr(f"good/{i:02d}.png", factory.data(f"zip-{i}"))
+    return out
+
+
+# --------------------------------------------------------------------------- memory
+class RssSampler:
+    """Resident set (bytes) of a process and all its children, sampled every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def rss(self) -> int:
+        import psutil
+
+        total = 0
+        with contextlib.suppress(psutil.Error):
+            total += self.proc.memory_info().rss
+            for child in self.proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += child.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            value = self.rss()
+            with self._lock:
+                self.samples.append((time.monotonic(), value))
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def peak(self, t0: float, t1: float) -> int:
+        with self._lock:
+            vals = [v for t, v in self.samples if t0 <= t <= t1]
+        return max(vals, default=self.rss())
+
+    def idle(self, seconds: float = 2.0) -> int:
+        """Median RSS over the next ``seconds`` (call it when nothing runs)."""
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        with self._lock:
+            vals = [v for t, v in self.samples if t >= t0]
+        return int(np.median(vals)) if vals else self.rss()
+
+
+# --------------------------------------------------------------------------- requests
+@dataclass
+class Call:
+    """One request: wall time and what the client got."""
+
+    attack: str
+    start: float
+    end: float
+    ok: bool
+    got: str
+    queued: float | None = None  # seconds until the server started processing it (normal visitor only)
+
+    @property
+    def wall(self) -> float:
+        return self.end - self.start
+
+
+def _short(text: object, n: int = 110) -> str:
+    s = " ".join(str(text).split())
+    return (s[: n - 3] + "...") if len(s) > n else s
+
+
+def _queue_wait(job: Any, t0: float, timeout: float) -> float | None:
+    """Seconds from ``t0`` until ``job`` leaves the queue (polled every 20 ms)."""
+    from gradio_client.utils import Status
+
+    while time.monotonic() - t0 < timeout and not job.done():
+        with contextlib.suppress(Exception):
+            if job.status().code not in (Status.STARTING, Status.JOINING_QUEUE, Status.IN_QUEUE, Status.SENDING_DATA):
+                return time.monotonic() - t0
+        time.sleep(0.02)
+    return None
+
+
+def call(client: Any, attack: str, args: tuple[Any, ...], api: str, timeout: float, watch: bool = False) -> Call:
+    """Submit a request and wait at most ``timeout`` seconds for its result (then cancel it); ``watch``: also
+    record how long it waited in the queue."""
+    from gradio_client.exceptions import AppError
+
+    t0 = time.monotonic()
+    job = client.submit(*args, api_name=api)
+    queued = _queue_wait(job, t0, timeout) if watch else None
+    try:
+        out = job.result(timeout=max(1.0, timeout - (time.monotonic() - t0)))
+        return Call(attack, t0, time.monotonic(), True, _short(f"result: {_describe(api, out)}"), queued)
+    except AppError as exc:
+        return Call(attack, t0, time.monotonic(), False, _short(f"error: {exc}"), queued)
+    except TimeoutError:
+        with contextlib.suppress(Exception):
+            job.cancel()
+        return Call(attack, t0, time.monotonic(), False, f"no answer within {timeout:.0f} s (cancelled)")
+    except Exception as exc:  # noqa: BLE001 - the server may have died: recorded, the run goes on
+        return Call(attack, t0, time.monotonic(), False, _short(f"{type(exc).__name__}: {exc}"))
+
+
+def _describe(api: str, out: Any) -> str:
+    if api == "/inspect":
+        rows = (out[6] or {}).get("data", []) if isinstance(out[6], dict) else out[6]
+        return f"{len(rows or [])} images scored, verdict of the first: {out[5]}"
+    if api == "/export_gif":
+        return str(out[2])
+    return _short(out, 60)
+
+
+class Attacker:
+    """One hostile visitor: builds fresh files for each attempt of its attack and sends it."""
+
+    def __init__(self, url: str, attack: str, tmp: Path, pngs: dict[str, PngFactory], forged: Path, bomb: Path,
+                 name: str) -> None:
+        from gradio_client import Client
+
+        self.client = Client(url, verbose=False, download_files=False)
+        self.attack, self.tmp, self.pngs, self.forged, self.bomb, self.name = attack, tmp, pngs, forged, bomb, name
+        self.count = 0
+
+    def args(self) -> tuple[tuple[Any, ...], str]:
+        from gradio_client import handle_file
+
+        self.count += 1
+        nonce = f"{self.name}-{self.count}"
+        folder = self.tmp / "attacks" / nonce
+        if self.attack == "a":
+            files = [handle_file(str(p)) for p in self.pngs["8k"].files(folder, 32, nonce)]
+            return (CKPT, 32, 2, 768, 0.5, 0.5, "jet", files), "/export_gif"
+        if self.attack in "bc":
+            factory = self.pngs["8k" if self.attack == "b" else "6k"]
+            files = [handle_file(str(p)) for p in factory.files(folder, 64, nonce)]
+            return (files, CKPT, 0.5, 0.5, "jet", 0), "/inspect"
+        if self.attack == "d":
+            return ([handle_file(str(self.forged))], CKPT), "/import_checkpoint"
+        return ("Upload good images", None, "", "", "", [handle_file(str(self.bomb))], "bomb", "efficientnet_lite0",
+                64, 1, 4, 1e-3), "/train"
+
+    def once(self, timeout: float) -> Call:
+        args, api = self.args()
+        result = call(self.client, self.attack, args, api, timeout)
+        shutil.rmtree(self.tmp / "attacks" / f"{self.name}-{self.count}", ignore_errors=True)
+        return result
+
+
+class NormalVisitor:
+    """The 9th visitor: a one-image inspect of a distinct demo test image about every ``period`` seconds."""
+
+    def __init__(self, url: str, images: list[Path], downloads: Path, period: float = 1.0) -> None:
+        from gradio_client import Client
+
+        self.client = Client(url, verbose=False, download_files=str(downloads))
+        self.images, self.period = images, period
+        self.calls: list[Call] = []
+        self._next = 0
+
+    def one(self, timeout: float = 60.0) -> Call:
+        from gradio_client import handle_file
+
+        img = self.images[self._next % len(self.images)]
+        self._next += 1
+        c = call(self.client, "normal", ([handle_file(str(img))], CKPT, 0.5, 0.5, "jet", 0), "/inspect", timeout,
+                 watch=True)
+        self.calls.append(c)
+        return c
+
+    def loop(self, stop: threading.Event, deadline: float) -> None:
+        while not stop.is_set() and time.monotonic() < deadline:
+            t0 = time.monotonic()
+            self.one(timeout=max(5.0, deadline - t0))
+            stop.wait(max(0.0, self.period - (time.monotonic() - t0)))
+
+
+def latency_stats(calls: list[Call]) -> dict[str, float]:
+    lat = np.array([c.wall for c in calls if c.ok], dtype=np.float64)
+    if not lat.size:
+        return {"n": 0, "p50": float("nan"), "p95": float("nan"), "max": float("nan")}
+    return {"n": int(lat.size), "p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+            "max": float(lat.max())}
+
+
+# --------------------------------------------------------------------------- phases
+@dataclass
+class Single:
+    attack: str
+    call: Call
+    idle_mb: float
+    peak_mb: float
+    after_mb: float
+
+
+@dataclass
+class Concurrent:
+    duration: float
+    idle_mb: float
+    peak_mb: float
+    after_mb: float
+    hostile: list[Call] = field(default_factory=list)
+    normal: list[Call] = field(default_factory=list)
+    wall: float = 0.0
+
+
+def phase_single(make: Callable[[str, str], Attacker], sampler: RssSampler, attack: str, timeout: float) -> Single:
+    attacker = make(attack, f"solo-{attack}")
+    idle = sampler.idle(2.0)
+    c = attacker.once(timeout)
+    time.sleep(0.5)
+    peak = sampler.peak(c.start, time.monotonic())
+    after = sampler.idle(1.5)
+    return Single(attack, c, idle / MB, (peak - idle) / MB, (after - idle) / MB)
+
+
+def phase_concurrent(make: Callable[[str, str], Attacker], sampler: RssSampler, normal: NormalVisitor,
+                     duration: float, drain: float) -> Concurrent:
+    attackers = [make(a, f"h{i}-{a}") for i, a in enumerate(HOSTILE_MIX)]
+    idle = sampler.idle(2.0)
+    res = Concurrent(duration, idle / MB, 0.0, 0.0)
+    t0 = time.monotonic()
+    stop_at, hard = t0 + duration, t0 + duration + drain
+    lock, stop = threading.Lock(), threading.Event()
+    first_normal = len(normal.calls)
+
+    def hostile(att: Attacker) -> None:
+        while time.monotonic() < stop_at:
+            c = att.once(timeout=max(5.0, hard - time.monotonic()))
+            with lock:
+                res.hostile.append(c)
+
+    threads = [threading.Thread(target=hostile, args=(a,), name=f"hostile-{a.name}") for a in attackers]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # the hostile requests are queued first
+    nt = threading.Thread(target=normal.loop, args=(stop, stop_at), name="normal")
+    nt.start()
+    for t in threads:
+        t.join(max(1.0, hard + 10 - time.monotonic()))
+    stop.set()
+    nt.join(70)
+    res.wall = time.monotonic() - t0
+    res.peak_mb = (sampler.peak(t0, time.monotonic()) - idle) / MB
+    res.after_mb = (sampler.idle(2.0) - idle) / MB
+    res.normal = normal.calls[first_normal:]
+    return res
+
+
+# --------------------------------------------------------------------------- report
+def _got(text: str) -> str:
+    return text.replace("|", "/")
+
+
+def section(command: str, machine: list[str], loads: tuple[str, str], baseline: list[Call],
+            singles: list[Single], conc: Concurrent | None, verdicts: list[tuple[str, bool, str]],
+            notes: list[str]) -> str:
+    base = latency_stats(baseline)
+    lines = [
+        HEADING, "", MARKER, "",
+        f"- Command: `{command}`",
+        *machine,
+        f"- Date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Load average (1 min) at start / end: {loads[0]} / {loads[1]}. The 2 cores are **shared** with other "
+        "work on this machine, so wall times and latencies are pessimistic and vary from run to run; memory "
+        "figures do not depend on it.",
+        "- App: `python app.py`, `IKD_PUBLIC=1`, `OMP_NUM_THREADS=2`, 127.0.0.1, shipped demo checkpoints "
+        f"(`{CKPT}`); RSS = the server process and its children (psutil, every 50 ms); \"above idle\" = peak minus "
+        "the median RSS of the 2 s before the phase.",
+        f"- Unloaded normal inspect (one 256-px demo image, {base['n']} requests): p50 {base['p50']:.2f} s, "
+        f"max {base['max']:.2f} s.",
+        "",
+        "### Phase 1: each attack alone (a new visitor each)",
+        "",
+        "| attack | request | wall (s) | idle RSS (MB) | peak above idle (MB) | resident after, above idle (MB) | "
+        "what the client got |",
+        "|:---|:---|---:|---:|---:|---:|:---|",
+    ]
+    for s in singles:
+        lines.append(f"| ({s.attack}) | {ATTACKS[s.attack]} | {s.call.wall:.1f} | {s.idle_mb:.0f} | "
+                     f"{s.peak_mb:.0f} | {s.after_mb:.0f} | {_got(s.call.got)} |")
+    if conc is not None:
+        st = latency_stats(conc.normal)
+        failed_normal = [c for c in conc.normal if not c.ok]
+        lines += [
+            "",
+            f"### Phase 2: 8 hostile visitors ({', '.join(f'({a})' for a in HOSTILE_MIX)}) for {conc.duration:.0f} s "
+            "+ 1 normal visitor",
+            "",
+            "Each hostile visitor sends its attack again and again (fresh files each time) until the time is up; "
+            "the normal visitor inspects one distinct demo test image about every second.",
+            "",
+            "| hostile requests | by attack (done / answered with a result) | idle RSS (MB) | peak above idle (MB) | "
+            "resident after (MB) | normal requests | normal failed | normal p50 (s) | normal p95 (s) | "
+            "normal max (s) | wall (s) |",
+            "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        by = ", ".join(f"({a}) {sum(c.attack == a for c in conc.hostile)} / "
+                       f"{sum(c.attack == a and c.ok for c in conc.hostile)}" for a in sorted(set(HOSTILE_MIX)))
+        lines.append(f"| {len(conc.hostile)} | {by} | {conc.idle_mb:.0f} | {conc.peak_mb:.0f} | {conc.after_mb:.0f} "
+                     f"| {len(conc.normal)} | {len(failed_normal)} | {st['p50']:.2f} | {st['p95']:.2f} | "
+                     f"{st['max']:.2f} | {conc.wall:.0f} |")
+        walls = {a: [c.wall for c in conc.hostile if c.attack == a] for a in sorted(set(HOSTILE_MIX))}
+        lines += ["", "Hostile request wall times in phase 2: " + "; ".join(
+            f"({a}) median {np.median(w):.1f} s, max {max(w):.1f} s" for a, w in walls.items() if w) + "."]
+        waits = [c.queued for c in conc.normal if c.queued is not None]
+        if waits:
+            lines.append(f"Normal requests' time before processing began (upload + queue): median "
+                         f"{np.median(waits):.2f} s, max {max(waits):.2f} s.")
+        if failed_normal:
+            lines.append(f"Normal failures: {_got(failed_normal[0].got)}")
+    lines += ["", "### Goals", "", "| goal | measured | result |", "|:---|:---|:---|"]
+    lines += [f"| {g} | {m} | {'**pass**' if ok else '**FAIL**'} |" for g, ok, m in verdicts]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, text: str) -> None:
+    """Replace this script's section of ``out`` (or append it), leaving every other byte as it was."""
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("# IKD Studio performance report\n\n" + text, encoding="utf-8")
+        return
+    old = out.read_text(encoding="utf-8")
+    start = old.find("\n" + HEADING + "\n")
+    if start < 0:
+        out.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
+        return
+    start += 1
+    end, pos, in_code = len(old), old.index("\n", start) + 1, False
+    while pos < len(old):
+        nl = old.find("\n", pos)
+        line = old[pos: nl if nl >= 0 else len(old)]
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("## "):
+            end = pos
+            break
+        pos = len(old) if nl < 0 else nl + 1
+    rest = old[end:]
+    out.write_text(old[:start] + text + ("\n" + rest if rest else ""), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(BENCH / "REPORT.md"))
+    p.add_argument("--quick", action="store_true", help="shorter phase 2 and timeouts (under 5 min in all)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (app log)")
+    args = p.parse_args(argv)
+    command = shlex.join(["python", "benchmarks/attack_load.py", *(sys.argv[1:] if argv is None else argv)])
+    budget = 290.0 if args.quick else 870.0
+    t_begin = time.monotonic()
+    duration, drain, single_timeout = (30.0, 40.0, 45.0) if args.quick else (120.0, 120.0, 120.0)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    loads = [f"{os.getloadavg()[0]:.1f}", ""]
+
+    from ikd_core.data.synthetic import ensure_demo_dataset
+
+    tmp = Path(tempfile.mkdtemp(prefix="ikd-attack-"))
+    pretrained, data, work = tmp / "pretrained", tmp / "data", tmp / "work"
+    pretrained.mkdir()
+    for f in (ROOT / "pretrained").glob("*"):
+        shutil.copy(f, pretrained / f.name)
+    print(f"preparing files in {tmp}", flush=True)
+    demo_root = ensure_demo_dataset(data / "demo")
+    sources = sorted((demo_root / "demo_texture" / "test").glob("*/*.png"))
+    normal_images = distinct_images(sources, 400, tmp / "normal")
+    pngs = {"8k": PngFactory(8192, rgb=False), "6k": PngFactory(6000, rgb=True)}
+    forged = forged_checkpoint(pretrained / CKPT, tmp / "forged" / "huge.safetensors")
+    bomb = bomb_zip(pngs["8k"], tmp / "bomb.zip")
+    sizes = {k: len(f.data("x")) // 1024 for k, f in pngs.items()}
+    print(f"PNG sizes: 8192^2 {sizes['8k']} KB, 6000^2 {sizes['6k']} KB", flush=True)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, "IKD_PUBLIC": "1", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
+           "IKD_PRETRAINED_DIR": str(pretrained), "IKD_DATA_DIR": str(data), "IKD_WORK_DIR": str(work),
+           "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
+    env.pop("SPACE_ID", None)
+    log = (tmp / "app.log").open("w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    sampler: RssSampler | None = None
+    singles: list[Single] = []
+    conc: Concurrent | None = None
+    baseline: list[Call] = []
+    notes: list[str] = []
+    try:
+        wait_ready(url, proc, 180)
+        sampler = RssSampler(proc.pid).start()
+
+        def make(attack: str, name: str) -> Attacker:
+            return Attacker(url, attack, tmp, pngs, forged, bomb, name)
+
+        normal = NormalVisitor(url, normal_images, tmp / "downloads")
+        for _ in range(4):  # the first one warms the model up; it is not counted
+            baseline.append(normal.one())
+        baseline = baseline[1:]
+        print(f"unloaded normal inspect: {[round(c.wall, 2) for c in baseline]}", flush=True)
+        for attack in "abcde":
+            left = budget - (time.monotonic() - t_begin) - duration - drain - 60
+            if left < 10:
+                notes.append(f"- attack ({attack}) not sent alone: the run's time budget was spent")
+                continue
+            s = phase_single(make, sampler, attack, min(single_timeout, left))
+            singles.append(s)
+            print(f"({attack}) {s.call.wall:.1f} s, peak +{s.peak_mb:.0f} MB, after +{s.after_mb:.0f} MB: "
+                  f"{s.call.got}", flush=True)
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server died during attack ({attack}) (status {proc.returncode})")
+        left = budget - (time.monotonic() - t_begin) - 30
+        conc = phase_concurrent(make, sampler, normal, min(duration, left / 2), min(drain, left / 2))
+        st = latency_stats(conc.normal)
+        print(f"phase 2: {len(conc.hostile)} hostile requests, peak +{conc.peak_mb:.0f} MB, normal p50 "
+              f"{st['p50']:.2f} s max {st['max']:.2f} s ({len(conc.normal)} requests)", flush=True)
+    except Exception as exc:  # noqa: BLE001 - reported; what was measured is still written
+        notes.append(f"- The run stopped early: {_short(exc, 300)}")
+        print(f"PROBLEM: {exc}", file=sys.stderr)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        alive = proc.poll() is None
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    loads[1] = f"{os.getloadavg()[0]:.1f}"
+    if not alive:
+        notes.append(f"- The server was not running at the end (exit status {proc.returncode}); see the app log.")
+
+    verdicts: list[tuple[str, bool, str]] = []
+    if singles:
+        worst = max(singles, key=lambda s: s.peak_mb)
+        verdicts.append((f"any single request: peak RSS <= {SINGLE_BOUND_MB} MB above idle",
+                         worst.peak_mb <= SINGLE_BOUND_MB and len(singles) == 5,
+                         f"worst ({worst.attack}) +{worst.peak_mb:.0f} MB ({len(singles)} of 5 attacks sent)"))
+        for a, limit in (("d", 10.0), ("e", 10.0)):
+            s = next((s for s in singles if s.attack == a), None)
+            if s is not None:
+                verdicts.append((f"({a}) refused, within {limit:.0f} s", not s.call.ok and s.call.wall <= limit,
+                                 f"{'refused' if not s.call.ok else 'accepted'} in {s.call.wall:.1f} s"))
+    if conc is not None:
+        st = latency_stats(conc.normal)
+        failed = sum(not c.ok for c in conc.normal)
+        verdicts.append((f"8 concurrent hostile requests: peak RSS <= {CONCURRENT_BOUND_MB} MB above idle",
+                         conc.peak_mb <= CONCURRENT_BOUND_MB, f"+{conc.peak_mb:.0f} MB"))
+        verdicts.append((f"normal visitor meanwhile: every inspect answers within {LATENCY_GOAL_S:g} s",
+                         st["n"] > 0 and failed == 0 and st["max"] <= LATENCY_GOAL_S,
+                         f"p50 {st['p50']:.2f} s, max {st['max']:.2f} s, {failed} failed of {len(conc.normal)}"))
+    else:
+        verdicts.append(("phase 2 (8 hostile + 1 normal visitor)", False, "not run"))
+    verdicts.append(("the server survives", alive, "running at the end" if alive else "died"))
+    text = section(command, machine_lines(), (loads[0], loads[1]), baseline, singles, conc, verdicts, notes)
+    out = Path(args.out)
+    write_report(out, text)
+    print(text)
+    print(f"report written to {out}; {time.monotonic() - t_begin:.0f} s in all")
+    passed = all(ok for _, ok, _ in verdicts)
+    if args.keep or not passed:
+        print(f"kept {tmp} (app log: {tmp / 'app.log'})")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
