@@ -10,6 +10,11 @@ Sections:
 * Training step: images/s of forward + backward + AdamW for every backbone at 256 px, batch 2 and 8, with our
   loss and with a reference whose CSL is the naive Gram form, interleaved in one process (paired speed-up),
   the loss alone, peak memory above the built model; AHSM on (default) and off (every position hard).
+* Training throughput on real files (``loop``): img/s of ``ikd_core.train.train`` on the demo PNGs through the
+  dataset and DataLoader (``benchmarks/train_loop.py``, one process per run) with our loss, with the plain STFPM
+  loss in the same loop, and with the loop of the commit this branch left main at (``--base``), rounds rotating.
+* Training step breakdown (``breakdown``): ms per phase (data, teacher, student, loss, backward, optimiser) of the
+  old and the new pipeline, interleaved in one process.
 * Inference: ms per image of teacher + student + anomaly map at batch 1 and 16, and the floor of two teacher
   forwards, so the post-processing overhead shows.
 
@@ -49,8 +54,9 @@ LOAD_TEST_MARKER = "<!-- load-test -->"
 LOAD_TEST_HEADING = "## Load test (issue 5)"
 GPU_HEADING = "## GPU"
 LOOP_HEADING = "## Training throughput on real files"
-SECTION_ORDER = ("## Context similarity loss", "## Training step", LOOP_HEADING, "## Inference", LOAD_TEST_HEADING,
-                 GPU_HEADING)
+BREAKDOWN_HEADING = "## Training step breakdown"
+SECTION_ORDER = ("## Context similarity loss", "## Training step", LOOP_HEADING, BREAKDOWN_HEADING, "## Inference",
+                 LOAD_TEST_HEADING, GPU_HEADING)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -614,6 +620,90 @@ def loop_section(base: str, data_root: str, rounds: int, epochs: int, threads: i
     return "\n".join(lines) + "\n"
 
 
+def step_breakdown_case(data_root: str, steps: int = 6, batch: int = 8, image_size: int = IMAGE_SIZE) -> dict:
+    """Where a training step's time goes (efficientnet_lite0, demo_texture files, batch 8), for the old layout
+    (float32 cache, default collate, contiguous) and the new one (uint8 cache, collate_images + normalisation
+    on the batch, channels_last), steps interleaved in one process: median ms per phase."""
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, Subset
+
+    from ikd_core.data.sources import DataSpec, build_datasets
+    from ikd_core.loss import IKDLoss
+    from ikd_core.torch_model import IKDModel
+    from ikd_core.train import CachedDataset, collate_images, normalize_uint8
+
+    train_ds, _ = build_datasets(DataSpec("demo", "demo_texture", data_root), image_size)
+    idx = list(range(min(len(train_ds), 6 * batch)))
+    forms = {
+        "before": (CachedDataset(Subset(train_ds, idx)), None, torch.contiguous_format),
+        "after": (CachedDataset(Subset(train_ds, idx), keys=("image",), uint8=True), collate_images,
+                  torch.channels_last),
+    }
+    state = {}
+    for name, (ds, collate, fmt) in forms.items():
+        for i in range(len(ds)):
+            ds[i]  # fill the cache: decoding is not part of the steady-state step
+        torch.manual_seed(0)
+        model = IKDModel("efficientnet_lite0", teacher_for("efficientnet_lite0")).train().to(memory_format=fmt)
+        loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
+                            **({"collate_fn": collate} if collate else {}))
+        state[name] = (model, IKDLoss(len(model.student.channels)), loader, fmt,
+                       torch.optim.AdamW(model.student.parameters(), lr=1e-2, weight_decay=1e-2))
+    phases = ("data", "teacher", "student", "loss", "backward", "optimizer")
+    times: dict[str, dict[str, list[float]]] = {n: {ph: [] for ph in phases} for n in forms}
+    for i in range(steps + 1):
+        for name in (list(forms) if i % 2 == 0 else list(forms)[::-1]):
+            model, crit, loader, fmt, opt = state[name]
+            t = [time.perf_counter()]
+            x = next(iter(loader))["image"]
+            x = normalize_uint8(x, fmt) if x.dtype == torch.uint8 else x.contiguous(memory_format=fmt)
+            t.append(time.perf_counter())
+            with torch.no_grad():
+                tf = [F.normalize(f, dim=1) for f in model.teacher(x)]
+            t.append(time.perf_counter())
+            sf = [F.normalize(f, dim=1) for f in model.student(x)]
+            t.append(time.perf_counter())
+            loss = crit(tf, sf)
+            t.append(time.perf_counter())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            t.append(time.perf_counter())
+            opt.step()
+            t.append(time.perf_counter())
+            if i:  # the first round warms up
+                for k, ph in enumerate(phases):
+                    times[name][ph].append(t[k + 1] - t[k])
+    return {n: {ph: 1000 * statistics.median(v) for ph, v in d.items()} for n, d in times.items()}
+
+
+def breakdown_lines(res: dict) -> list[str]:
+    phases = list(res["before"])
+    lines = ["| Phase | before ms | after ms |", "|:---|---:|---:|"]
+    for ph in phases:
+        lines.append(f"| {ph} | {res['before'][ph]:.0f} | {res['after'][ph]:.0f} |")
+    tb, ta = sum(res["before"].values()), sum(res["after"].values())
+    lines.append(f"| **step** | **{tb:.0f}** | **{ta:.0f}** |")
+    return lines
+
+
+def breakdown_section(data_root: str, threads: int, command: str) -> str:
+    load = _loadavg()
+    bd = _in_subprocess("step_breakdown_case", {"data_root": data_root}, threads)
+    return "\n".join([
+        BREAKDOWN_HEADING,
+        "",
+        measured_line(command),
+        "",
+        "Where a training step's time goes (`step_breakdown_case`: efficientnet_lite0, batch 8, the demo_texture "
+        f"files, torch threads {threads}, median ms per phase over 6 steps of each form interleaved in one "
+        f"process, load average before: {load}). before = float32 cache, default collate, contiguous "
+        "layout (the loop before this change); after = uint8 cache normalised on the batch, channels_last "
+        "teacher and student (the loop now). Features are L2-normalised inside the teacher / student phases.",
+        "",
+        *breakdown_lines(bd),
+    ]) + "\n"
+
+
 def inference_section(device: str, backbones: list[str], batches: list[int], repeats: int, command: str) -> str:
     cuda = device.startswith("cuda")
     rows = []
@@ -731,7 +821,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="3 backbones (efficientnet_lite0, resnet18, hrnet_w18), fewer repeats")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=str(BENCH / "REPORT.md"))
-    p.add_argument("--sections", help="comma-separated: csl,train,loop,infer (default: all; none with --append-gpu)")
+    p.add_argument("--sections",
+                   help="comma-separated: csl,train,loop,breakdown,infer (default: all; none with --append-gpu)")
     p.add_argument("--base", default="", help="loop section: the 'before' commit (default: merge-base with main)")
     p.add_argument("--loop-rounds", type=int, default=3, help="loop section: rounds of (ours, plain, before)")
     p.add_argument("--loop-epochs", type=int, default=4, help="loop section: epochs per run")
@@ -751,9 +842,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available")
     command = shlex.join(["python", "benchmarks/perf.py", *(sys.argv[1:] if argv is None else argv)])
-    default_sections = "" if args.append_gpu else "csl,train,loop,infer"
+    default_sections = "" if args.append_gpu else "csl,train,loop,breakdown,infer"
     wanted = [s for s in (args.sections if args.sections is not None else default_sections).split(",") if s]
-    unknown = set(wanted) - {"csl", "train", "loop", "infer"}
+    unknown = set(wanted) - {"csl", "train", "loop", "breakdown", "infer"}
     if unknown:
         p.error(f"unknown sections {sorted(unknown)}")
     backbones = (args.backbones.split(",") if args.backbones
@@ -791,8 +882,10 @@ def main(argv: list[str] | None = None) -> int:
     if "loop" in wanted:
         measure(LOOP_HEADING, lambda: loop_section(args.base, args.data_root, args.loop_rounds, args.loop_epochs,
                                                    args.threads, command))
+    if "breakdown" in wanted:
+        measure(BREAKDOWN_HEADING, lambda: breakdown_section(args.data_root, args.threads, command))
     if "infer" in wanted:
-        measure(SECTION_ORDER[3], lambda: inference_section(args.device, backbones, [1, 16], 1 if args.quick else 5,
+        measure(SECTION_ORDER[4], lambda: inference_section(args.device, backbones, [1, 16], 1 if args.quick else 5,
                                                             command))
     write()
     print(f"report written to {out}")
