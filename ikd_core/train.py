@@ -64,7 +64,7 @@ class TrainConfig:
     # Learning-rate schedule: "constant" (paper), or "cosine" / "linear" decay to 0 as a function of the run's
     # progress = the larger of elapsed / max_minutes and step / planned steps ("budget-aware", Li et al. 2020).
     schedule: str = "constant"
-    channels_last: bool = True  # NHWC layout for teacher and student (same numbers, faster convolutions)
+    channels_last: bool = True  # NHWC layout for teacher and student (faster convolutions; one process only)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -312,7 +312,9 @@ def train(
     hold_ds: Dataset = Subset(train_ds, hold_idx) if hold_idx else Subset(train_ds, train_idx)
 
     model = IKDModel(cfg.backbone, cfg.teacher_weights, cfg.combine, cfg.sigma, cfg.feature_pool).to(device)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    # channels_last only on one process: under DDP (gloo, CPU) it made the two-process run drift from the
+    # one-process run on the same global batch (tests/test_distributed.py), so DDP keeps the default layout.
+    fmt = torch.channels_last if cfg.channels_last and not distributed else torch.contiguous_format
     model = model.to(memory_format=fmt)
     weights = cfg.level_weights or model.default_level_weights
     criterion = IKDLoss(len(model.student.channels), weights, cfg.gamma, cfg.hard_mining, cfg.alpha,
