@@ -10,6 +10,11 @@ Sections:
 * Training step: images/s of forward + backward + AdamW for every backbone at 256 px, batch 2 and 8, with our
   loss and with a reference whose CSL is the naive Gram form, interleaved in one process (paired speed-up),
   the loss alone, peak memory above the built model; AHSM on (default) and off (every position hard).
+* Training throughput on real files (``loop``): img/s of ``ikd_core.train.train`` on the demo PNGs through the
+  dataset and DataLoader (``benchmarks/train_loop.py``, one process per run) with our loss, with the plain STFPM
+  loss in the same loop, and with the loop of the commit this branch left main at (``--base``), rounds rotating.
+* Training step breakdown (``breakdown``): ms per phase (data, teacher, student, loss, backward, optimiser) of the
+  old and the new pipeline, interleaved in one process.
 * Inference: ms per image of teacher + student + anomaly map at batch 1 and 16, and the floor of two teacher
   forwards, so the post-processing overhead shows.
 
@@ -48,7 +53,10 @@ QUICK_BACKBONES = ("efficientnet_lite0", "resnet18", "hrnet_w18")
 LOAD_TEST_MARKER = "<!-- load-test -->"
 LOAD_TEST_HEADING = "## Load test (issue 5)"
 GPU_HEADING = "## GPU"
-SECTION_ORDER = ("## Context similarity loss", "## Training step", "## Inference", LOAD_TEST_HEADING, GPU_HEADING)
+LOOP_HEADING = "## Training throughput on real files"
+BREAKDOWN_HEADING = "## Training step breakdown"
+SECTION_ORDER = ("## Context similarity loss", "## Training step", LOOP_HEADING, BREAKDOWN_HEADING, "## Inference",
+                 LOAD_TEST_HEADING, GPU_HEADING)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -514,6 +522,188 @@ def train_section(device: str, backbones: list[str], batches: list[int], steps: 
     return "\n".join(lines) + "\n"
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "-"
+
+
+def base_checkout(rev: str, dest: Path) -> str:
+    """Extract ``ikd_core`` of commit ``rev`` (default: where this branch left main) into ``dest``; its hash."""
+    if not rev:
+        rev = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    full = subprocess.run(["git", "-C", str(ROOT), "rev-parse", rev], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", full, "ikd_core"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return full
+
+
+def loop_run(variant: str, code_root: Path, data_root: str, epochs: int, threads: int) -> dict:
+    """``benchmarks/train_loop.py`` in a fresh process with ``ikd_core`` from ``code_root``."""
+    cmd = [sys.executable, str(BENCH / "train_loop.py"), "--variant", variant, "--data-root", data_root,
+           "--epochs", str(epochs), "--threads", str(threads)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code_root)}
+    load = _loadavg()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("@@")]
+    if out.returncode != 0 or not lines:
+        err = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+        raise RuntimeError((err[-1] if err else f"exit code {out.returncode}")[:200])
+    return {**json.loads(lines[-1][2:]), "load_before": load, "load_after": _loadavg()}
+
+
+def loop_section(base: str, data_root: str, rounds: int, epochs: int, threads: int, command: str) -> str:
+    """Training throughput through the real demo files, dataset, DataLoader and train loop: ours (IKD loss), the
+    plain STFPM loss in the same loop, and the IKD loop of the base commit ("before"), ``rounds`` rounds with the
+    order rotating; each run in its own process."""
+    import tempfile
+
+    if not (Path(data_root) / "demo_texture" / "train" / "good").is_dir():
+        subprocess.run([sys.executable, "-m", "ikd_core", "demo-data", "--out", data_root], check=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    with tempfile.TemporaryDirectory(prefix="ikd-base-") as tmp:
+        base_rev = base_checkout(base, Path(tmp))
+        roots = {"ours": ROOT, "plain": ROOT, "before": Path(tmp)}
+        variants = list(roots)
+        runs: list[list[dict]] = []
+        for r in range(rounds):
+            order = variants[r % 3:] + variants[: r % 3]
+            if r % 2:
+                order = order[::-1]
+            got = {}
+            for v in order:
+                res = loop_run("plain" if v == "plain" else "ours", roots[v], data_root, epochs, threads)
+                got[v] = {**res, "variant": v}
+                print(f"loop round {r + 1} {v}: {res['images_per_s']:.2f} img/s (load {res['load_before']})",
+                      flush=True)
+            runs.append([got[v] for v in variants])
+    med = {v: statistics.median(rr[i]["images_per_s"] for rr in runs) for i, v in enumerate(variants)}
+    overall = {v: statistics.median(rr[i]["overall_images_per_s"] for rr in runs) for i, v in enumerate(variants)}
+    ratio = {k: [rr[0]["images_per_s"] / rr[i]["images_per_s"] for rr in runs] for i, k in enumerate(variants)
+             if k != "ours"}
+    goal = {"plain": 0.9, "before": 1.3}
+    names = {"ours": "ours (IKD loss: AHSM + pixel + CSL)", "plain": "plain STFPM loss, same loop and pipeline",
+             "before": f"before: IKD loop of {base_rev[:7]} (float32 cache, contiguous layout)"}
+    lines = [
+        LOOP_HEADING,
+        "",
+        measured_line(command),
+        "",
+        f"`python -m ikd_core train` settings of the CPU recipe (demo_texture, efficientnet_lite0, 256 px, batch 8, "
+        f"lr 1e-2, torch threads {threads}) through the real PNG files on disk, the dataset, the DataLoader and "
+        f"`ikd_core.train.train` ({epochs} epochs of {runs[0][0]['steps_per_epoch']} steps; "
+        "`benchmarks/train_loop.py`, one fresh process per run). img/s = images of epochs 2.. / their time, "
+        "from the loop's progress reports (steady state, image cache full); overall = the checkpoint's "
+        "images_per_sec (the first epoch decodes the PNGs). "
+        f"{rounds} rounds, the order rotating; ratio = median over rounds of ours / that row (same round).",
+        "",
+        "| Loop | img/s (median) | overall img/s | ours / this [min - max] | goal |",
+        "|:---|---:|---:|:---|:---|",
+    ]
+    for v in variants:
+        if v == "ours":
+            cell, g = "1.00", "-"
+        else:
+            rs = ratio[v]
+            cell = f"{statistics.median(rs):.2f}x [{min(rs):.2f} - {max(rs):.2f}]"
+            ok = statistics.median(rs) >= goal[v]
+            g = f">= {goal[v]}x: {'met' if ok else 'not met'}"
+        lines.append(f"| {names[v]} | {med[v]:.2f} | {overall[v]:.2f} | {cell} | {g} |")
+    lines += ["", "Per run (img/s, load average before the run):", ""]
+    for i, rr in enumerate(runs, start=1):
+        lines.append(f"- round {i}: " + "; ".join(f"{r['variant']} {r['images_per_s']:.2f} ({r['load_before']})"
+                                                  for r in rr))
+    return "\n".join(lines) + "\n"
+
+
+def step_breakdown_case(data_root: str, steps: int = 6, batch: int = 8, image_size: int = IMAGE_SIZE) -> dict:
+    """Where a training step's time goes (efficientnet_lite0, demo_texture files, batch 8), for the old layout
+    (float32 cache, default collate, contiguous) and the new one (uint8 cache, collate_images + normalisation
+    on the batch, channels_last), steps interleaved in one process: median ms per phase."""
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, Subset
+
+    from ikd_core.data.sources import DataSpec, build_datasets
+    from ikd_core.loss import IKDLoss
+    from ikd_core.torch_model import IKDModel
+    from ikd_core.train import CachedDataset, collate_images, normalize_uint8
+
+    train_ds, _ = build_datasets(DataSpec("demo", "demo_texture", data_root), image_size)
+    idx = list(range(min(len(train_ds), 6 * batch)))
+    forms = {
+        "before": (CachedDataset(Subset(train_ds, idx)), None, torch.contiguous_format),
+        "after": (CachedDataset(Subset(train_ds, idx), keys=("image",), uint8=True), collate_images,
+                  torch.channels_last),
+    }
+    state = {}
+    for name, (ds, collate, fmt) in forms.items():
+        for i in range(len(ds)):
+            ds[i]  # fill the cache: decoding is not part of the steady-state step
+        torch.manual_seed(0)
+        model = IKDModel("efficientnet_lite0", teacher_for("efficientnet_lite0")).train().to(memory_format=fmt)
+        loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
+                            **({"collate_fn": collate} if collate else {}))
+        state[name] = (model, IKDLoss(len(model.student.channels)), loader, fmt,
+                       torch.optim.AdamW(model.student.parameters(), lr=1e-2, weight_decay=1e-2))
+    phases = ("data", "teacher", "student", "loss", "backward", "optimizer")
+    times: dict[str, dict[str, list[float]]] = {n: {ph: [] for ph in phases} for n in forms}
+    for i in range(steps + 1):
+        for name in (list(forms) if i % 2 == 0 else list(forms)[::-1]):
+            model, crit, loader, fmt, opt = state[name]
+            t = [time.perf_counter()]
+            x = next(iter(loader))["image"]
+            x = normalize_uint8(x, fmt) if x.dtype == torch.uint8 else x.contiguous(memory_format=fmt)
+            t.append(time.perf_counter())
+            with torch.no_grad():
+                tf = [F.normalize(f, dim=1) for f in model.teacher(x)]
+            t.append(time.perf_counter())
+            sf = [F.normalize(f, dim=1) for f in model.student(x)]
+            t.append(time.perf_counter())
+            loss = crit(tf, sf)
+            t.append(time.perf_counter())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            t.append(time.perf_counter())
+            opt.step()
+            t.append(time.perf_counter())
+            if i:  # the first round warms up
+                for k, ph in enumerate(phases):
+                    times[name][ph].append(t[k + 1] - t[k])
+    return {n: {ph: 1000 * statistics.median(v) for ph, v in d.items()} for n, d in times.items()}
+
+
+def breakdown_lines(res: dict) -> list[str]:
+    phases = list(res["before"])
+    lines = ["| Phase | before ms | after ms |", "|:---|---:|---:|"]
+    for ph in phases:
+        lines.append(f"| {ph} | {res['before'][ph]:.0f} | {res['after'][ph]:.0f} |")
+    tb, ta = sum(res["before"].values()), sum(res["after"].values())
+    lines.append(f"| **step** | **{tb:.0f}** | **{ta:.0f}** |")
+    return lines
+
+
+def breakdown_section(data_root: str, threads: int, command: str) -> str:
+    load = _loadavg()
+    bd = _in_subprocess("step_breakdown_case", {"data_root": data_root}, threads)
+    return "\n".join([
+        BREAKDOWN_HEADING,
+        "",
+        measured_line(command),
+        "",
+        "Where a training step's time goes (`step_breakdown_case`: efficientnet_lite0, batch 8, the demo_texture "
+        f"files, torch threads {threads}, median ms per phase over 6 steps of each form interleaved in one "
+        f"process, load average before: {load}). before = float32 cache, default collate, contiguous "
+        "layout (the loop before this change); after = uint8 cache normalised on the batch, channels_last "
+        "teacher and student (the loop now). Features are L2-normalised inside the teacher / student phases.",
+        "",
+        *breakdown_lines(bd),
+    ]) + "\n"
+
+
 def inference_section(device: str, backbones: list[str], batches: list[int], repeats: int, command: str) -> str:
     cuda = device.startswith("cuda")
     rows = []
@@ -631,7 +821,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="3 backbones (efficientnet_lite0, resnet18, hrnet_w18), fewer repeats")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=str(BENCH / "REPORT.md"))
-    p.add_argument("--sections", help="comma-separated: csl,train,infer (default: all; none with --append-gpu)")
+    p.add_argument("--sections",
+                   help="comma-separated: csl,train,loop,breakdown,infer (default: all; none with --append-gpu)")
+    p.add_argument("--base", default="", help="loop section: the 'before' commit (default: merge-base with main)")
+    p.add_argument("--loop-rounds", type=int, default=3, help="loop section: rounds of (ours, plain, before)")
+    p.add_argument("--loop-epochs", type=int, default=4, help="loop section: epochs per run")
+    p.add_argument("--data-root", default=str(ROOT / "data" / "demo"), help="loop section: demo set (made if absent)")
     p.add_argument("--backbones", help="comma-separated backbones (default: all; --quick: 3)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     p.add_argument("--append-gpu", metavar="FILE", help="add (or replace) the GPU section from a gpu_check report")
@@ -647,9 +842,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available")
     command = shlex.join(["python", "benchmarks/perf.py", *(sys.argv[1:] if argv is None else argv)])
-    default_sections = "" if args.append_gpu else "csl,train,infer"
+    default_sections = "" if args.append_gpu else "csl,train,loop,breakdown,infer"
     wanted = [s for s in (args.sections if args.sections is not None else default_sections).split(",") if s]
-    unknown = set(wanted) - {"csl", "train", "infer"}
+    unknown = set(wanted) - {"csl", "train", "loop", "breakdown", "infer"}
     if unknown:
         p.error(f"unknown sections {sorted(unknown)}")
     backbones = (args.backbones.split(",") if args.backbones
@@ -684,8 +879,13 @@ def main(argv: list[str] | None = None) -> int:
         steps, warmup = (2, 1) if args.quick else (6, 1)
         measure(SECTION_ORDER[1], lambda: train_section(args.device, backbones, [2, 8], steps, warmup, args.threads,
                                                         command))
+    if "loop" in wanted:
+        measure(LOOP_HEADING, lambda: loop_section(args.base, args.data_root, args.loop_rounds, args.loop_epochs,
+                                                   args.threads, command))
+    if "breakdown" in wanted:
+        measure(BREAKDOWN_HEADING, lambda: breakdown_section(args.data_root, args.threads, command))
     if "infer" in wanted:
-        measure(SECTION_ORDER[2], lambda: inference_section(args.device, backbones, [1, 16], 1 if args.quick else 5,
+        measure(SECTION_ORDER[4], lambda: inference_section(args.device, backbones, [1, 16], 1 if args.quick else 5,
                                                             command))
     write()
     print(f"report written to {out}")

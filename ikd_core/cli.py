@@ -63,14 +63,15 @@ def cmd_download(args: argparse.Namespace) -> int:
 def _train_config(args: argparse.Namespace):
     from .train import TrainConfig
 
+    epochs = args.epochs if args.epochs is not None else (None if args.max_minutes is not None else 50)
     return TrainConfig(
-        backbone=args.backbone, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+        backbone=args.backbone, image_size=args.image_size, epochs=epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, gamma=0.0 if args.no_csl else args.gamma,
         hard_mining=not args.no_ahsm, level_weights=tuple(args.level_weights) if args.level_weights else None,
         combine=args.combine, sigma=args.sigma, feature_pool=args.feature_pool, seed=args.seed, device=args.device,
         amp=not args.no_amp, num_workers=args.num_workers, val_every=args.val_every,
         teacher_weights=args.teacher_weights, max_minutes=args.max_minutes,
-        holdout_fraction=args.holdout_fraction,
+        holdout_fraction=args.holdout_fraction, schedule=args.schedule,
     )
 
 
@@ -256,12 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", help="expected SHA-256 of the archive")
     p.set_defaults(func=cmd_download)
 
+    from .train import SCHEDULES
+    from .train import TrainConfig as TRAIN_DEFAULTS
+
     p = sub.add_parser("train", help="train a student; writes pretrained/<category>-<backbone>.safetensors")
     _add_data_args(p)
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet_lite0")
     p.add_argument("--teacher-weights", help="local teacher weights file, or hub / packaged (default: auto)")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=int, help="default 50; optional with --max-minutes (then: until the time is up)")
     p.add_argument("--batch-size", type=int, default=2, help="per process (torchrun: global = N x this)")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--weight-decay", type=float, default=1e-2)
@@ -277,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="good training images kept aside to fit the threshold")
     p.add_argument("--val-every", type=int, default=0, help="evaluate every N epochs")
     p.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    p.add_argument("--schedule", choices=SCHEDULES, default=TRAIN_DEFAULTS.schedule,
+                   help="learning rate: constant (paper) or cosine / linear decay to 0 at the end of the run "
+                        "(the time budget, or the planned steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ class TrainConfig:
 
     backbone: str = "efficientnet_lite0"
     image_size: int = 256
-    epochs: int = 50
+    epochs: int | None = 50  # None: train until max_minutes (which must then be set)
     batch_size: int = 2
     lr: float = 5e-5
     weight_decay: float = 1e-2
@@ -60,14 +61,46 @@ class TrainConfig:
     val_every: int = 0  # evaluate on the test set every N epochs (0: only at the end)
     teacher_weights: str | None = None
     max_minutes: float | None = None  # training time limit: stop (and still save) when reached
+    # Learning-rate schedule: "constant" (paper), or "cosine" / "linear" decay to 0 as a function of the run's
+    # progress = the larger of elapsed / max_minutes and step / planned steps ("budget-aware", Li et al. 2020).
+    schedule: str = "constant"
+    channels_last: bool = True  # NHWC layout for teacher and student (faster convolutions; one process only)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if self.epochs is None and self.max_minutes is None:
+            raise ValueError("epochs may only be left out (None) when max_minutes is set")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+SCHEDULES = ("constant", "cosine", "linear")
+
+_clock = time.perf_counter
+"""The training loop's clock (tests replace it with a fake one)."""
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """Multiplier of the base learning rate at ``progress`` in [0, 1] of the run: 1 throughout for ``constant``,
+    ``(1 + cos(pi p)) / 2`` for ``cosine``, ``1 - p`` for ``linear`` (both reach 0 at p = 1)."""
+    p = min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    if schedule == "linear":
+        return 1.0 - p
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+
+
 @dataclass
 class Progress:
-    """One training progress report."""
+    """One training progress report. ``epochs`` is 0 when the run is bounded by time only; ``time_fraction``
+    is elapsed / time budget (None without a budget)."""
 
     epoch: int
     epochs: int
@@ -78,11 +111,19 @@ class Progress:
     elapsed_s: float
     eta_s: float
     phase: str = "train"  # train | validate | fit | evaluate | done
+    lr: float = float("nan")
+    time_fraction: float | None = None
 
     @property
     def fraction(self) -> float:
-        total = max(1, self.epochs * self.steps_per_epoch)
-        return min(1.0, ((self.epoch - 1) * self.steps_per_epoch + self.step) / total)
+        """Done fraction of the run: the larger of the step fraction (with epochs) and the time fraction."""
+        frac = 0.0
+        if self.epochs:
+            total = max(1, self.epochs * self.steps_per_epoch)
+            frac = ((self.epoch - 1) * self.steps_per_epoch + self.step) / total
+        if self.time_fraction is not None:
+            frac = max(frac, self.time_fraction)
+        return min(1.0, frac)
 
 
 @dataclass
@@ -110,11 +151,37 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-class CachedDataset(Dataset):
-    """Keeps decoded, resized items in memory: every epoch after the first skips image decoding."""
+_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
 
-    def __init__(self, base: Dataset) -> None:
+
+def to_uint8(image: Tensor) -> Tensor | None:
+    """The 8-bit pixels of an ImageNet-normalised (3, H, W) image, or None where the image is not exactly 8-bit
+    pixels (then only a float copy keeps it): uint8 holds the same image in a quarter of the memory."""
+    u8 = (image.unsqueeze(0).float() * _STD + _MEAN).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    if not torch.allclose(normalize_uint8(u8), image.unsqueeze(0).float(), rtol=0.0, atol=1e-4):
+        return None
+    return u8[0]
+
+
+def normalize_uint8(batch: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+    """ImageNet-normalise a (B, 3, H, W) uint8 batch -> float32, vectorised (``(x / 255 - mean) / std``)."""
+    mean, std = _MEAN.to(batch.device), _STD.to(batch.device)
+    x = batch.to(dtype=torch.float32, memory_format=memory_format)
+    return x.div_(255.0).sub_(mean).div_(std)
+
+
+class CachedDataset(Dataset):
+    """Keeps decoded, resized items in memory: every epoch after the first skips image decoding.
+
+    ``keys``: the item fields kept (default all). ``uint8``: images that are exactly 8-bit pixels are held as
+    uint8 (a quarter of float32's memory); the training loop normalises the batch with :func:`normalize_uint8`.
+    """
+
+    def __init__(self, base: Dataset, keys: tuple[str, ...] | None = None, uint8: bool = False) -> None:
         self.base = base
+        self.keys = keys
+        self.uint8 = uint8
         self._cache: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
@@ -122,8 +189,25 @@ class CachedDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         if idx not in self._cache:
-            self._cache[idx] = self.base[idx]
+            item = self.base[idx]
+            if self.keys is not None:
+                item = {k: item[k] for k in self.keys}
+            if self.uint8 and isinstance(item.get("image"), Tensor) and item["image"].dtype != torch.uint8:
+                u8 = to_uint8(item["image"])
+                if u8 is not None:
+                    item = {**item, "image": u8}
+            self._cache[idx] = item
         return self._cache[idx]
+
+
+def collate_images(items: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """Training batch ``{"image": (B, 3, H, W)}``: uint8 when every item is uint8 (normalised later, on the
+    batch), else float32 (uint8 items normalised first)."""
+    images = [it["image"] for it in items]
+    if all(im.dtype == torch.uint8 for im in images):
+        return {"image": torch.stack(images)}
+    return {"image": torch.stack([normalize_uint8(im[None])[0] if im.dtype == torch.uint8 else im.float()
+                                  for im in images])}
 
 
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -224,10 +308,14 @@ def train(
     rank = dist.get_rank() if distributed else 0
     device = device or select_device(cfg.device)
     train_idx, hold_idx = split_holdout(len(train_ds), cfg.holdout_fraction, cfg.seed)  # type: ignore[arg-type]
-    fit_ds: Dataset = CachedDataset(Subset(train_ds, train_idx))
+    fit_ds: Dataset = CachedDataset(Subset(train_ds, train_idx), keys=("image",), uint8=True)
     hold_ds: Dataset = Subset(train_ds, hold_idx) if hold_idx else Subset(train_ds, train_idx)
 
     model = IKDModel(cfg.backbone, cfg.teacher_weights, cfg.combine, cfg.sigma, cfg.feature_pool).to(device)
+    # channels_last only on one process: under DDP (gloo, CPU) it made the two-process run drift from the
+    # one-process run on the same global batch (tests/test_distributed.py), so DDP keeps the default layout.
+    fmt = torch.channels_last if cfg.channels_last and not distributed else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     weights = cfg.level_weights or model.default_level_weights
     criterion = IKDLoss(len(model.student.channels), weights, cfg.gamma, cfg.hard_mining, cfg.alpha,
                         cfg.beta).to(device)
@@ -244,44 +332,73 @@ def train(
 
     sampler = distributed_sampler(fit_ds, cfg.seed) if distributed else EpochSampler(len(fit_ds), cfg.seed)
     loader = DataLoader(fit_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        drop_last=len(fit_ds) > cfg.batch_size, persistent_workers=cfg.num_workers > 0)
+                        drop_last=len(fit_ds) > cfg.batch_size, persistent_workers=cfg.num_workers > 0,
+                        collate_fn=collate_images)
     steps = max(1, len(loader))
+    budget_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
+    planned_steps = cfg.epochs * steps if cfg.epochs is not None else None
     history: list[dict[str, float]] = []
     reduce_kwargs = {"all_reduce": all_reduce} if all_reduce is not None else {}
     seen = 0
-    t_train = time.perf_counter()
+    t_train = _clock()
     last_loss = float("nan")
+    lr_now = cfg.lr
     stopped_early = False
 
-    def report(epoch: int, step: int, phase: str) -> None:
+    def report(epoch: int, step: int, phase: str, now: float | None = None) -> None:
         if callback is None:
             return
-        elapsed = time.perf_counter() - t_train
+        elapsed = (_clock() if now is None else now) - t_train
         rate = seen / elapsed if elapsed > 0 else 0.0
         done = (epoch - 1) * steps + step
-        eta = elapsed / done * (cfg.epochs * steps - done) if done else float("nan")
-        callback(Progress(epoch, cfg.epochs, step, steps, last_loss, rate, elapsed, eta, phase))
+        time_frac = min(1.0, elapsed / budget_s) if budget_s else None
+        etas = []
+        if planned_steps is not None and done:
+            etas.append(elapsed / done * (planned_steps - done))
+        if budget_s is not None:
+            etas.append(max(0.0, budget_s - elapsed))
+        eta = min(etas) if etas else float("nan")
+        callback(Progress(epoch, cfg.epochs or 0, step, steps, last_loss, rate, elapsed, eta, phase, lr_now,
+                          time_frac))
 
-    def out_of_time() -> bool:
-        """``max_minutes`` reached (checked before every step; one decision for all ranks)."""
-        if cfg.max_minutes is None:
-            return False
-        flag = torch.tensor(float(time.perf_counter() - t_train >= cfg.max_minutes * 60), device=device)
-        if distributed:
+    def time_state(now: float, prev: float | None, done: int) -> tuple[bool, float]:
+        """(out of time, run progress at the end of the coming step) from this rank's clock, one decision for
+        all ranks. The coming step is assumed to take as long as the last one, so the lr reaches its end on
+        the step that ends at the deadline (and on the last planned step)."""
+        elapsed = now - t_train
+        step_s = now - prev if prev is not None else 0.0
+        progress = (done + 1) / planned_steps if planned_steps is not None else 0.0
+        over = False
+        if budget_s is not None:
+            over = bool(done) and elapsed >= budget_s
+            progress = max(progress, (elapsed + step_s) / budget_s)
+        if distributed and (budget_s is not None or cfg.schedule != "constant"):
+            flag = torch.tensor([float(over), progress], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+            over, progress = bool(flag[0].item()), float(flag[1].item())
+        return over, min(progress, 1.0)
 
-    for epoch in range(1, cfg.epochs + 1):
+    prev_now: float | None = None
+    epoch = 0
+    while cfg.epochs is None or epoch < cfg.epochs:
+        epoch += 1
         sampler.set_epoch(epoch)
         net.train()
         for step, batch in enumerate(loader, start=1):
-            if seen and out_of_time():
+            now = _clock()
+            over, progress = time_state(now, prev_now, len(history))
+            prev_now = now
+            if over:
                 stopped_early = True
                 break
             if should_stop is not None and should_stop():
                 return TrainResult(model, {}, {}, history, None, cancelled=True,
                                    seconds=time.perf_counter() - start)
+            lr_now = cfg.lr * lr_factor(cfg.schedule, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
             x = batch["image"].to(device, non_blocking=True)
+            x = normalize_uint8(x, fmt) if x.dtype == torch.uint8 else x.contiguous(memory_format=fmt)
             with _autocast(device, use_amp):
                 t_feats, s_feats = net(x)
             loss = criterion(t_feats, s_feats, **reduce_kwargs)
@@ -296,15 +413,19 @@ def train(
             scaler.update()
             seen += x.shape[0]
             last_loss = loss.item()
-            history.append({"epoch": epoch, "step": (epoch - 1) * steps + step, "loss": last_loss})
+            history.append({"epoch": epoch, "step": (epoch - 1) * steps + step, "loss": last_loss, "lr": lr_now})
             report(epoch, step, "train")
-        if test_ds is not None and cfg.val_every and epoch % cfg.val_every == 0 and epoch < cfg.epochs:
+        if (test_ds is not None and cfg.val_every and epoch % cfg.val_every == 0
+                and (cfg.epochs is None or epoch < cfg.epochs)):
             report(epoch, steps, "validate")
             res = predict_maps(model, _loader(test_ds, 8, cfg), device)
             history[-1].update({f"val_{k}": v for k, v in compute_metrics(res).items()})
         if stopped_early:
             break
-    train_seconds = time.perf_counter() - t_train
+    train_seconds = _clock() - t_train
+    # Back to the default layout: the held-out fit, the test maps and the saved weights are then exactly those
+    # of a model loaded from the checkpoint (Predictor).
+    model = model.to(memory_format=torch.contiguous_format)
     if should_stop is not None and should_stop():
         return TrainResult(model, {}, {}, history, None, cancelled=True, seconds=time.perf_counter() - start)
     if rank != 0:  # rank 0 fits the threshold, evaluates and saves

@@ -102,3 +102,132 @@ def test_ablation_configs_train(datasets) -> None:
         result = train(datasets[0], datasets[1], cfg)
         assert np.isfinite(result.metadata["final_loss"])
         assert set(result.metrics) >= {"image_auroc", "pixel_auroc", "pixel_f1_max", "au_pro"}
+
+
+# --------------------------------------------------------------------------- schedule, layout, cache
+class _FakeClock:
+    """A clock that only moves when the test moves it (one second per training step)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_lr_factor_shapes() -> None:
+    from ikd_core.train import lr_factor
+
+    assert [lr_factor("constant", p) for p in (0.0, 0.5, 1.0)] == [1.0, 1.0, 1.0]
+    assert lr_factor("cosine", 0.0) == 1.0 and lr_factor("cosine", 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor("cosine", 0.5) == pytest.approx(0.5) and lr_factor("linear", 0.25) == 0.75
+    assert lr_factor("linear", 2.0) == 0.0 and lr_factor("linear", -1.0) == 1.0
+    with pytest.raises(ValueError):
+        lr_factor("step", 0.5)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_budget_schedule_reaches_end_lr_at_the_deadline(datasets, monkeypatch: pytest.MonkeyPatch,
+                                                        schedule: str) -> None:
+    from ikd_core import train as train_mod
+
+    clock = _FakeClock()
+    monkeypatch.setattr(train_mod, "_clock", clock)
+    seen: list[Progress] = []
+
+    def tick() -> bool:  # polled once per step, before its work: every step takes one second
+        clock.t += 1.0
+        return False
+
+    cfg = _cfg(epochs=None, max_minutes=10 / 60, schedule=schedule, lr=1e-2)
+    result = train(datasets[0], None, cfg, callback=seen.append, should_stop=tick)
+    lrs = [h["lr"] for h in result.history]
+    # Ten one-second steps fit in the 10 s budget; each step's lr is the schedule at the time the step ends
+    # (estimated from the previous step: the first one has no estimate and starts at the full lr).
+    assert len(lrs) == 10 and result.metadata["stopped_early"]
+    expected = [cfg.lr] + [cfg.lr * train_mod.lr_factor(schedule, (k + 1) / 10) for k in range(1, 10)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-12, atol=1e-15)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-15) and all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    steps = [p for p in seen if p.phase == "train"]
+    assert all(p.epochs == 0 for p in steps)  # time-bounded run: the fraction comes from the clock
+    assert [p.fraction for p in steps] == pytest.approx([k / 10 for k in range(1, 11)])
+    assert steps[-1].eta_s == 0.0 and steps[-1].lr == lrs[-1]
+    assert result.metadata["train_config"]["schedule"] == schedule
+    assert result.metadata["train_config"]["epochs"] is None
+
+
+def test_schedule_over_planned_steps_without_budget(datasets) -> None:
+    result = train(datasets[0], None, _cfg(epochs=2, schedule="cosine", lr=1e-2))
+    lrs = [h["lr"] for h in result.history]
+    n = len(lrs)
+    assert result.metadata["epochs_completed"] == 2 and n >= 2 and not result.metadata["stopped_early"]
+    from ikd_core.train import lr_factor
+
+    np.testing.assert_allclose(lrs, [1e-2 * lr_factor("cosine", (k + 1) / n) for k in range(n)], atol=1e-15)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_constant_schedule_keeps_the_lr(datasets, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ikd_core import train as train_mod
+
+    clock = _FakeClock()
+    monkeypatch.setattr(train_mod, "_clock", clock)
+    result = train(datasets[0], None, _cfg(epochs=None, max_minutes=4 / 60, schedule="constant"),
+                   should_stop=lambda: bool(setattr(clock, "t", clock.t + 1.0)))
+    assert [h["lr"] for h in result.history] == [1e-3] * 4
+
+
+def test_epochs_optional_only_with_a_budget() -> None:
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(epochs=None)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="warm")
+    from ikd_core.cli import _train_config, build_parser
+
+    args = build_parser().parse_args(["train", "--category", "demo_object", "--max-minutes", "3"])
+    cfg = _train_config(args)
+    assert cfg.epochs is None and cfg.max_minutes == 3 and cfg.schedule == TrainConfig().schedule
+    args = build_parser().parse_args(["train", "--category", "demo_object", "--schedule", "cosine"])
+    assert _train_config(args).epochs == 50 and _train_config(args).schedule == "cosine"
+
+
+def test_uint8_cache_gives_the_same_images(datasets) -> None:
+    from ikd_core.train import CachedDataset, collate_images, normalize_uint8, to_uint8
+
+    base = datasets[0]
+    cached = CachedDataset(base, keys=("image",), uint8=True)
+    items = [cached[i] for i in range(3)]
+    assert all(set(it) == {"image"} and it["image"].dtype == torch.uint8 for it in items)
+    batch = collate_images(items)["image"]
+    assert batch.dtype == torch.uint8
+    ref = torch.stack([base[i]["image"] for i in range(3)])
+    torch.testing.assert_close(normalize_uint8(batch), ref, rtol=0, atol=1e-5)
+    cl = normalize_uint8(batch, torch.channels_last)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl, ref, rtol=0, atol=1e-5)
+    # An image that is not 8-bit pixels stays float, and a mixed batch is float.
+    odd = ref[0] + 0.3 / 255
+    assert to_uint8(odd) is None
+    mixed = collate_images([{"image": odd}, items[1]])["image"]
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, torch.stack([odd, ref[1]]), rtol=0, atol=1e-5)
+
+
+def test_channels_last_gives_the_same_loss() -> None:
+    from ikd_core.loss import IKDLoss
+    from ikd_core.torch_model import IKDModel
+
+    torch.manual_seed(0)
+    model = IKDModel("efficientnet_lite0", "random").train()
+    x = torch.randn(2, 3, 64, 64)
+    losses, grads = [], []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model = model.to(memory_format=fmt)
+        model.student.zero_grad(set_to_none=True)
+        t, s = model(x.contiguous(memory_format=fmt))
+        loss = IKDLoss(len(t))(t, s)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.student.parameters() if p.grad is not None]))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)
