@@ -36,11 +36,13 @@ class GpuCalls:
     counts the calls and knows whether one is running."""
 
     def __init__(self, app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls: dict[str, int] = dict.fromkeys(app.GPU_FUNCTIONS, 0)
+        from ui import gpu  # the app's GPU functions live there; the tabs call them through the module
+
+        self.calls: dict[str, int] = dict.fromkeys(gpu.GPU_FUNCTIONS, 0)
         self.active = 0
         self.pickled = 0
-        for name in app.GPU_FUNCTIONS:
-            monkeypatch.setattr(app, name, self._wrap(name, getattr(app, name)))
+        for name in gpu.GPU_FUNCTIONS:
+            monkeypatch.setattr(gpu, name, self._wrap(name, getattr(gpu, name)))
 
     def _cross(self, value: Any) -> Any:
         """The value as the other process would receive it."""
@@ -133,7 +135,8 @@ def _inspect(client, images: list[Path], threshold: float = 0.5, alpha: float = 
 
 # ------------------------------------------------------------------------------------------ durations
 def test_spaces_is_installed_and_gpu_functions_are_registered(studio) -> None:
-    app = studio.app
+    from ui import gpu as app
+
     assert app.spaces is not None, "the tests run with Hugging Face's `spaces` package (requirements-dev.txt)"
     assert not app.ZERO_GPU
     assert set(app.GPU_FUNCTIONS) == {"predict_on_device", "train_on_device"}
@@ -142,7 +145,7 @@ def test_spaces_is_installed_and_gpu_functions_are_registered(studio) -> None:
 
 
 def _app_gpu_functions(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    code = "import app, json; print(json.dumps(app.GPU_FUNCTIONS))"
+    code = "import json; from ui import gpu; print(json.dumps(gpu.GPU_FUNCTIONS))"
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, **env}, capture_output=True,
                           text=True, timeout=300)
 
