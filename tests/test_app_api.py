@@ -79,7 +79,8 @@ def test_upload_gives_overlay_score_and_verdict(studio, client) -> None:
     from ikd_core.predict import Predictor, render
 
     img = _test_image(studio)
-    original, heatmap, overlay, gt, score, verdict, table, gallery = _inspect(client, [img])
+    original, heatmap, overlay, gt, score, verdict, table, gallery, mask, ratio, csv_file, json_file = _inspect(
+        client, [img])
     predictor = Predictor.from_checkpoint(studio.pretrained / CKPT)
     pred = predictor.predict([str(img)])[0]
     want = render(str(img), pred, 0.5, 0.5, "jet")
@@ -88,10 +89,23 @@ def test_upload_gives_overlay_score_and_verdict(studio, client) -> None:
     np.testing.assert_array_equal(got, want["overlay"])
     np.testing.assert_array_equal(np.asarray(Image.open(original).convert("RGB")), want["image"])
     np.testing.assert_array_equal(np.asarray(Image.open(heatmap).convert("RGB")), want["heatmap"])
-    assert score == pytest.approx(pred.norm_score, abs=1e-4)
+    # the score is not clipped (an anomaly far above the threshold reads as such) and comes as a multiple of it
+    assert score == pytest.approx(pred.relative_score, abs=1e-4)
+    assert f"{pred.relative_score / 0.5:.2f} × threshold" in ratio
     assert verdict == ("anomalous" if pred.norm_score >= 0.5 else "normal")
-    assert table["data"] == [[img.name, pytest.approx(pred.norm_score, abs=1e-4), verdict]]
+    assert table["data"] == [[img.name, pytest.approx(pred.relative_score, abs=1e-4), verdict]]
     assert len(gallery) == 1 and img.name in gallery[0]["caption"]
+    np.testing.assert_array_equal(np.asarray(Image.open(mask).convert("L")), want["mask"])
+    # the batch's results as CSV and JSON: file, score, ratio, verdict, threshold, model
+    import csv
+    import json
+
+    with open(csv_file, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows == [{"file": img.name, "score": str(round(pred.relative_score, 4)),
+                     "times_threshold": str(round(pred.relative_score / 0.5, 4)), "verdict": verdict,
+                     "threshold": "0.5", "model": CKPT}]
+    assert json.loads(Path(json_file).read_text())[0]["score"] == pytest.approx(pred.relative_score, abs=1e-4)
     # a defective test image: its ground-truth mask is found and shown
     gt_path = gt["value"] if isinstance(gt, dict) else gt
     assert gt_path and np.asarray(Image.open(gt_path)).max() == 255
@@ -99,9 +113,9 @@ def test_upload_gives_overlay_score_and_verdict(studio, client) -> None:
 
 def test_threshold_change_flips_verdict(studio, client) -> None:
     img = _test_image(studio, "good")
-    *_, score, verdict, _, _ = _inspect(client, [img])
+    score = _inspect(client, [img])[4]
     assert _inspect(client, [img], threshold=max(0.0, score - 0.05))[5] == "anomalous"
-    assert _inspect(client, [img], threshold=score + 0.05)[5] == "normal"
+    assert _inspect(client, [img], threshold=min(1.0, score + 0.05))[5] == "normal"
     gt = _inspect(client, [img])[3]
     assert (gt["value"] if isinstance(gt, dict) else gt) is None, "a good image has no ground truth"
 

@@ -148,7 +148,7 @@ def test_upload_shows_exact_overlay_score_and_verdict(studio, ui: Page) -> None:
     np.testing.assert_array_equal(_fetch_png(ui, "#ikd-overlay img"), want["overlay"])
     np.testing.assert_array_equal(_fetch_png(ui, "#ikd-heatmap img"), want["heatmap"])
     score = float(ui.locator("#ikd-score input").input_value())
-    assert score == pytest.approx(pred.norm_score, abs=1e-4)
+    assert score == pytest.approx(pred.relative_score, abs=1e-4)
     assert verdict.input_value() == ("anomalous" if pred.norm_score >= 0.5 else "normal")
     expect(ui.locator("#ikd-table")).to_contain_text(img.name)
 

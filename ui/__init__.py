@@ -14,7 +14,7 @@ from ikd_core.errors import IKDError
 
 from . import gif_tab, gpu, inspect_tab, model_tab
 from . import state as S
-from .state import checkpoint_names, ensure_demo_data, initial_checkpoint, say, workspace
+from .state import checkpoint_names, ensure_demo_data, example_gallery, initial_checkpoint, say, workspace
 
 CSS = """
 .ikd-bar { height: 10px; background: var(--neutral-200); border-radius: 5px; overflow: hidden; }
@@ -88,6 +88,10 @@ def build_demo() -> gr.Blocks:
             u.out_verdict,
             u.table,
             u.results,
+            u.out_mask,
+            u.out_ratio,
+            u.out_csv,
+            u.out_json,
         ]
         u.insp_files.change(lambda: 0, None, u.insp_index, api_visibility="private", queue=False).then(
             inspect_tab.inspect_images, insp_inputs, insp_outputs, api_name="inspect"
@@ -113,12 +117,20 @@ def build_demo() -> gr.Blocks:
             return [paths[int(evt.index)]] if paths else []
 
         u.examples.select(_pick_example, u.example_paths, u.insp_files, api_visibility="private")
+        # a camera snapshot, a pasted or a dropped image is inspected like an uploaded file
+        u.snapshot.change(
+            lambda path: [path] if path else gr.skip(), u.snapshot, u.insp_files, api_visibility="private", queue=False
+        )
 
+        # Whatever is shown belongs to the active model: a model change re-inspects the images on screen (or
+        # clears the results when there are none), and the examples get captions (defect type / file).
         u.ckpt_dd.change(
             model_tab.on_checkpoint_change,
             u.ckpt_dd,
             [u.ckpt_info, u.active_md, u.examples, u.example_paths],
             api_name="checkpoint_info",
+        ).then(example_gallery, u.example_paths, u.examples, api_visibility="private", queue=False).then(
+            inspect_tab.inspect_images, insp_inputs, insp_outputs, api_visibility="private"
         )
         u.refresh_btn.click(model_tab.refresh_checkpoints, u.ckpt_dd, u.ckpt_dd, api_name="list_checkpoints")
         u.ckpt_upload.upload(
@@ -205,7 +217,7 @@ def build_demo() -> gr.Blocks:
 
         demo.load(
             on_load, None, [u.ckpt_dd, u.ckpt_info, u.active_md, u.examples, u.example_paths], api_visibility="private"
-        )
+        ).then(example_gallery, u.example_paths, u.examples, api_visibility="private", queue=False)
         demo.unload(on_unload)
     demo.queue(default_concurrency_limit=2)
     return demo

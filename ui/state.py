@@ -194,6 +194,11 @@ def example_images(ckpt_path: Path, meta: dict[str, Any], n: int = 12) -> list[s
     return [s.path for s in pick_samples(samples, n, seed=0)]
 
 
+def example_gallery(paths: list[str]) -> list[tuple[str, str]]:
+    """Example thumbnails with captions: the defect type (the test sub-folder) and the file name."""
+    return [(p, f"{Path(p).parent.name}/{Path(p).name}") for p in paths or []]
+
+
 def predictions_for(ckpt_path: Path, paths: list[str], loaded: list[Any] | None = None) -> list[Any]:
     """Predictions of image files, from the server-side cache where present; the rest in one GPU call.
     ``loaded``: the images already decoded by :func:`ikd_core.service.load_inspect_image`."""
