@@ -176,6 +176,38 @@ def test_threshold_moves_verdict_and_colormap_by_role(studio, ui: Page) -> None:
     _choose(ui, "Colormap", "jet")
 
 
+def test_model_change_reinspects_with_the_new_model(studio, ui: Page) -> None:
+    """Nothing shown belongs to another model than the active one: switching models re-inspects the image on
+    screen, and the score and heatmap equal the new model's own."""
+    import shutil
+
+    from ikd_core.predict import Predictor, render
+
+    other = "other-model.safetensors"
+    committed = REPO / "pretrained" / CKPT  # a different model: 256 px, trained for minutes
+    shutil.copy(committed, studio.pretrained / other)
+    shutil.copy(committed.with_suffix(".json"), (studio.pretrained / other).with_suffix(".json"))
+    img = sorted((studio.demo / "demo_texture" / "test" / "hole").glob("*.png"))[1]
+    _tab(ui, "Model")
+    ui.get_by_role("button", name="Refresh list").click()
+    _choose(ui, "Checkpoint (in pretrained/)", CKPT)
+    _tab(ui, "Inspect")
+    ui.locator("#ikd-inspect-files input[type=file]").set_input_files(str(img))
+    expect(ui.locator("#ikd-table")).to_contain_text(img.name)
+    before = ui.locator("#ikd-score input").input_value()
+    for name in (other, CKPT):
+        pred = Predictor.from_checkpoint(studio.pretrained / name).predict([str(img)])[0]
+        _tab(ui, "Model")
+        _choose(ui, "Checkpoint (in pretrained/)", name)
+        _tab(ui, "Inspect")
+        expect(ui.locator("#ikd-active")).to_contain_text(name)
+        expect(ui.locator("#ikd-score input")).to_have_value(f"{pred.relative_score:.4f}".rstrip("0").rstrip("."),
+                                                            timeout=60_000)
+        want = render(str(img), pred, 0.5, 0.5, "jet")["heatmap"]
+        np.testing.assert_array_equal(_fetch_png(ui, "#ikd-heatmap img"), want)
+    assert ui.locator("#ikd-score input").input_value() == before
+
+
 def test_example_gallery_runs_inspection(studio, ui: Page, tmp_path: Path) -> None:
     """A click on an example thumbnail (not the gallery's own buttons) replaces the images and inspects it."""
     _tab(ui, "Inspect")
