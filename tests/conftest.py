@@ -78,8 +78,10 @@ def run_studio(root: Path, tiny_checkpoint, env: dict[str, str] | None = None):
     src = Path(tiny_checkpoint.checkpoint)
     shutil.copy(src, pretrained / STUDIO_CKPT)
     shutil.copy(src.with_suffix(".json"), (pretrained / STUDIO_CKPT).with_suffix(".json"))
+    # torch maps by default, so tests can compare pixels with ikd_core.render; IKD_BACKEND=auto (the app's default,
+    # onnxruntime on the CPU) is tested on its own
     new = {"IKD_PRETRAINED_DIR": str(pretrained), "IKD_DATA_DIR": str(data), "IKD_WORK_DIR": str(work),
-           **(env or {})}
+           "IKD_BACKEND": "torch", **(env or {})}
     old = {k: os.environ.get(k) for k in new}
     os.environ.update(new)
     app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")

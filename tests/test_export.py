@@ -268,3 +268,27 @@ def test_runtime_in_a_venv_without_torch(no_torch_python, exported, checkpoints,
     res = _run_runtime(no_torch_python, exported["demo-256px"], images, tmp_path / "maps.npz")
     assert res.returncode == 0, res.stderr
     _check_runtime_maps(tmp_path / "maps.npz", res.stdout, checkpoints["demo-256px"], images)
+
+
+def test_app_serves_the_onnx_path_by_default(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> None:
+    """The app's default (IKD_BACKEND=auto) runs onnxruntime on the CPU, with the torch model's verdicts and scores
+    within 1e-3 of (threshold - lo)."""
+    from conftest import STUDIO_CKPT, run_studio
+    from gradio_client import Client, handle_file
+
+    root = tmp_path_factory.mktemp("studio_onnx")
+    with run_studio(root, tiny_checkpoint, {"IKD_BACKEND": "auto"}) as studio:
+        from ui import gpu
+
+        assert gpu.BACKEND == "auto"
+        client = Client(studio.url, verbose=False)
+        images = sorted((studio.demo / "demo_texture" / "test").glob("*/*.png"))[:4]
+        out = client.predict([handle_file(str(p)) for p in images], STUDIO_CKPT, 0.5, 0.5, "jet", 0,
+                             api_name="/inspect")
+        served = gpu.PREDICTORS.get(studio.pretrained / STUDIO_CKPT, "cpu")
+        assert served.backend == "onnxruntime"
+        torch_pred = Predictor.from_checkpoint(studio.pretrained / STUDIO_CKPT, backend="torch")
+        for row, path in zip(out[6]["data"], images, strict=True):
+            want = torch_pred.predict([str(path)])[0]
+            assert row[1] == pytest.approx(want.relative_score, abs=1e-3 * 0.5 + 1e-4)
+            assert row[2] == ("anomalous" if want.is_anomalous(0.5) else "normal")

@@ -62,8 +62,11 @@ def compute_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-#: Loaded predictors, by checkpoint file and device (CPU ones load in the server process).
-PREDICTORS = service.PredictorCache(maxsize=3)
+#: Loaded predictors, by checkpoint file and device (CPU ones load in the server process). On the CPU the fastest
+#: exact path by default: ``IKD_BACKEND=auto`` runs onnxruntime on a cached export that reproduces the torch maps
+#: (else torch); ``torch`` or ``onnx`` force one.
+BACKEND = os.environ.get("IKD_BACKEND", "auto")
+PREDICTORS = service.PredictorCache(maxsize=3, backend=BACKEND)
 
 
 @gpu(duration=INFER_DURATION)

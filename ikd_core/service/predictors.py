@@ -17,8 +17,10 @@ class PredictorCache:
     """A small thread-safe LRU of loaded :class:`~ikd_core.predict.Predictor`, keyed by checkpoint path,
     modification time, size and device (a rewritten file is reloaded)."""
 
-    def __init__(self, maxsize: int = 3, loader: Callable[[Path, str], Any] | None = None) -> None:
+    def __init__(self, maxsize: int = 3, loader: Callable[[Path, str], Any] | None = None,
+                 backend: str = "torch") -> None:
         self.maxsize = maxsize
+        self.backend = backend  # of CPU predictors: "torch", "onnx" or "auto" (see Predictor.from_checkpoint)
         self._items: OrderedDict[tuple[str, int, int, str], Any] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, int, int, str], threading.Lock] = {}
@@ -60,7 +62,7 @@ class PredictorCache:
         from ..predict import Predictor
 
         if str(device) == "cpu":
-            return Predictor.from_checkpoint(path, "cpu")
+            return Predictor.from_checkpoint(path, "cpu", backend=self.backend)
         # A GPU copy of the CPU predictor: the checkpoint is read and checked once, on the CPU, and on ZeroGPU
         # only this move happens inside the GPU call (the CPU model was loaded before the worker forked).
         cpu = self.get(path, "cpu")
