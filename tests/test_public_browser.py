@@ -19,6 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -33,10 +34,10 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"browser tests need Debian chromium at {CHROMIUM} (apt-get install chromium)",
                 allow_module_level=True)
 
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
-
 from conftest import STUDIO_CKPT as CKPT  # noqa: E402
 from conftest import run_studio  # noqa: E402
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
 from ikd_core.checkpoint import save_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +102,6 @@ def _visitor(browser, studio, name: str) -> SimpleNamespace:
 def _load(page: Page, studio) -> None:
     page.goto(studio.url)
     expect(page.locator("#ikd-active")).to_contain_text(CKPT)
-    expect(page.get_by_role("combobox", name=CKPT_BOX)).to_have_value(CKPT)
 
 
 @pytest.fixture(scope="module")
@@ -169,9 +169,10 @@ def _checkpoint_options(page: Page) -> list[str]:
 def _refresh_list(page: Page) -> list[str]:
     """Click "Refresh list" and return the options once the server's answer has arrived."""
     _tab(page, "Model")
-    with page.expect_response(lambda r: "/queue/join" in r.url):
+    with page.expect_response(lambda r: "/queue/join" in r.url):  # the event is sent; the dropdown is pending
         page.get_by_role("button", name="Refresh list").click()
-    expect(page.locator("#ikd-ckpt .pending, #ikd-ckpt .generating")).to_have_count(0)
+    # the dropdown's status tracker hides again once the answer is applied
+    expect(page.locator("#ikd-ckpt [data-testid=status-tracker]")).to_have_class(re.compile(r"\bhide\b"))
     return _checkpoint_options(page)
 
 
@@ -194,16 +195,17 @@ def _holder(studio, filename: str) -> Path:
 def _assert_b_sees_nothing_of_a(v, extra: tuple[str, ...] = ()) -> None:
     """Visitor B's page, now and at any time so far (the DOM watcher), names nothing of visitor A's."""
     page = v.page
-    html = page.content()
-    for secret in (*SECRETS, A_CKPT, A_IMAGE, A_TRAINED, *extra):
-        assert secret not in html, f"visitor B's page holds {secret!r}"
-    for sel in ("#ikd-active", "#ikd-ckpt-info"):
+    for tab, sel in (("Inspect", "#ikd-active"), ("Model", "#ikd-ckpt-info")):
+        _tab(page, tab)
+        expect(page.locator(sel)).to_contain_text(CKPT)  # B's own active model, described
         text = page.locator(sel).inner_text()
         assert not any(s in text for s in SECRETS), f"{sel} of visitor B: {text!r}"
+        html = page.content()
+        for secret in (*SECRETS, A_CKPT, A_IMAGE, A_TRAINED, *extra):
+            assert secret not in html, f"visitor B's page holds {secret!r} (on the {tab} tab)"
     assert page.get_by_role("combobox", name=CKPT_BOX).input_value() == CKPT
     assert not v.seen, f"visitor B's page held {sorted(v.seen)} at some point"
     assert not [u for u in v.requests if any(s in u for s in SECRETS)], "visitor B requested one of A's files"
-
 
 
 def _wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -217,8 +219,10 @@ def _wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 def _run_training(page: Page, done_text: str) -> None:
     """Click Train and wait for ``done_text`` in the progress; an error toast fails at once, with its text."""
-    page.locator("#ikd-train").click()
     progress = page.locator("#ikd-progress")
+    page.locator("#ikd-train").click()
+    # this run's progress replaces the last run's text (the queue timer shown over it is not enough)
+    expect(progress).not_to_contain_text(done_text, timeout=120_000)
     toast = page.locator(".toast-body.error")
     deadline = time.monotonic() + 240
     while done_text not in progress.inner_text():
@@ -335,6 +339,22 @@ def test_exported_gif_is_only_the_exporters(studio, visitors) -> None:
     expect(b.locator("#ikd-gif-file a[download]")).to_have_count(0)
     expect(b.locator("#ikd-gif-preview img")).to_have_count(0)
     _assert_b_sees_nothing_of_a(visitors.b, extra=(gif,))
+
+
+def test_training_never_shadows_a_shipped_checkpoint(studio, visitors) -> None:
+    a = visitors.a.page
+    _tab(a, "Model")
+    _choose(a, "Category", "demo_texture")  # the default category, the one of the shipped checkpoint
+    _set_number(a, "#ikd-image-size input[type=number]", 64)
+    a.locator("#ikd-epochs input").fill("1")
+    _run_training(a, "saved and active")
+    expect(a.locator("#ikd-progress")).to_contain_text("Done")
+    name = re.search(r"Checkpoint (\S+\.safetensors) saved", a.locator("#ikd-progress").inner_text()).group(1)
+    assert name != Path(A_TRAINED).name, "this run's checkpoint"
+    expect(a.get_by_role("combobox", name=CKPT_BOX)).to_have_value(name)
+    options = _checkpoint_options(a)
+    assert _shipped(studio) == {CKPT}, "the shipped folder is never written"
+    assert name != CKPT and {name, CKPT} <= set(options), f"trained: {name!r}; A's list: {options}"
 
 
 def test_closing_a_removes_only_as_workspace(studio, visitors) -> None:

@@ -230,6 +230,8 @@ def launch_kwargs() -> dict[str, Any]:
         "theme": THEME,
         "css": CSS,
         "max_file_size": S.MAX_FILE_SIZE,
-        "allowed_paths": [str(S.PATHS.data.resolve()), str(S.PATHS.work.resolve())],
+        # public mode: only the operator's data folder is served as it is; files the app returns from workspaces
+        # (GIFs, results, checkpoints) reach the visitor through Gradio's cache, never by their folder's path
+        "allowed_paths": [str(S.PATHS.data.resolve())] + ([] if S.PUBLIC else [str(S.PATHS.work.resolve())]),
         "footer_links": ["api", "settings"],
     }

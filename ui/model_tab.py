@@ -385,7 +385,13 @@ def train_model(
         # before a job starts or a checkpoint name is taken
         service.check_training_data(spec, cfg.image_size)
         # the name is reserved at once: an upload meanwhile gets another one, never this one
-        out = service.reserve_checkpoint_path(ws.pretrained, default_checkpoint_name(spec.category, backbone))
+        out = service.reserve_checkpoint_path(
+            ws.pretrained,
+            # never the name of a shipped checkpoint: the visitor's own would hide it from their list
+            service.unique_path(S.PATHS.pretrained, default_checkpoint_name(spec.category, backbone)).name
+            if ws.pretrained != S.PATHS.pretrained
+            else default_checkpoint_name(spec.category, backbone),
+        )
     except Exception as exc:  # noqa: BLE001
         if source == S.SRC_UPLOAD:
             service.discard_upload(spec, ws.root if spec is not None else S.PATHS.work)
