@@ -54,6 +54,7 @@ LOAD_TEST_MARKER = "<!-- load-test -->"
 LOAD_TEST_HEADING = "## Load test (issue 5)"
 GPU_HEADING = "## GPU"
 LOOP_HEADING = "## Training throughput on real files"
+BEFORE_TRAIN_SPEEDUP = "63beed2"  # main before the uint8 cache / channels_last change (issue 12)
 BREAKDOWN_HEADING = "## Training step breakdown"
 SECTION_ORDER = ("## Context similarity loss", "## Training step", LOOP_HEADING, BREAKDOWN_HEADING, "## Inference",
                  LOAD_TEST_HEADING, GPU_HEADING)
@@ -530,7 +531,7 @@ def _loadavg() -> str:
 
 
 def base_checkout(rev: str, dest: Path) -> str:
-    """Extract ``ikd_core`` of commit ``rev`` (default: where this branch left main) into ``dest``; its hash."""
+    """Extract ``ikd_core`` of commit ``rev`` (empty: the merge-base with main) into ``dest``; its hash."""
     if not rev:
         rev = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True,
                              text=True, check=True).stdout.strip()
@@ -802,7 +803,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(BENCH / "REPORT.md"))
     p.add_argument("--sections",
                    help="comma-separated: csl,train,loop,breakdown,infer (default: all; none with --append-gpu)")
-    p.add_argument("--base", default="", help="loop section: the 'before' commit (default: merge-base with main)")
+    p.add_argument("--base", default=BEFORE_TRAIN_SPEEDUP,
+                   help="loop section: the 'before' commit (default: main before the training-speed change)")
     p.add_argument("--loop-epochs", type=int, default=3, help="loop section: epochs of each loop")
     p.add_argument("--data-root", default=str(ROOT / "data" / "demo"), help="loop section: demo set (made if absent)")
     p.add_argument("--backbones", help="comma-separated backbones (default: all; --quick: 3)")
