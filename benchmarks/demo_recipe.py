@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # The CPU recipe: paper loss and AdamW, a larger batch and learning rate than the paper's GPU
 # setting (2, 5e-5) so that training fits in 10 minutes on 2 cores.
-RECIPE = ["--image-size", "256", "--epochs", "60", "--batch-size", "8", "--lr", "1e-2", "--max-minutes", "10"]
+RECIPE = ["--image-size", "256", "--epochs", "60", "--batch-size", "8", "--lr", "1e-2", "--max-minutes", "10",
+          "--schedule", "constant"]  # the committed table was measured with the paper's constant lr
 VARIANTS = {"IKD (full)": [], "CSL off": ["--no-csl"], "AHSM off": ["--no-ahsm"]}
 
 

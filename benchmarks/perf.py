@@ -11,8 +11,8 @@ Sections:
   loss and with a reference whose CSL is the naive Gram form, interleaved in one process (paired speed-up),
   the loss alone, peak memory above the built model; AHSM on (default) and off (every position hard).
 * Training throughput on real files (``loop``): img/s of ``ikd_core.train.train`` on the demo PNGs through the
-  dataset and DataLoader (``benchmarks/train_loop.py``, one process per run) with our loss, with the plain STFPM
-  loss in the same loop, and with the loop of the commit this branch left main at (``--base``), rounds rotating.
+  dataset and DataLoader (``benchmarks/train_loop.py --interleave``: steps in turn in one process) with our loss,
+  with the plain STFPM loss in the same loop, and with the loop of the commit this branch left main at (``--base``).
 * Training step breakdown (``breakdown``): ms per phase (data, teacher, student, loss, backward, optimiser) of the
   old and the new pipeline, interleaved in one process.
 * Inference: ms per image of teacher + student + anomaly map at batch 1 and 16, and the floor of two teacher
@@ -54,6 +54,7 @@ LOAD_TEST_MARKER = "<!-- load-test -->"
 LOAD_TEST_HEADING = "## Load test (issue 5)"
 GPU_HEADING = "## GPU"
 LOOP_HEADING = "## Training throughput on real files"
+BEFORE_TRAIN_SPEEDUP = "63beed2"  # main before the uint8 cache / channels_last change (issue 12)
 BREAKDOWN_HEADING = "## Training step breakdown"
 SECTION_ORDER = ("## Context similarity loss", "## Training step", LOOP_HEADING, BREAKDOWN_HEADING, "## Inference",
                  LOAD_TEST_HEADING, GPU_HEADING)
@@ -530,7 +531,7 @@ def _loadavg() -> str:
 
 
 def base_checkout(rev: str, dest: Path) -> str:
-    """Extract ``ikd_core`` of commit ``rev`` (default: where this branch left main) into ``dest``; its hash."""
+    """Extract ``ikd_core`` of commit ``rev`` (empty: the merge-base with main) into ``dest``; its hash."""
     if not rev:
         rev = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True,
                              text=True, check=True).stdout.strip()
@@ -542,24 +543,10 @@ def base_checkout(rev: str, dest: Path) -> str:
     return full
 
 
-def loop_run(variant: str, code_root: Path, data_root: str, epochs: int, threads: int) -> dict:
-    """``benchmarks/train_loop.py`` in a fresh process with ``ikd_core`` from ``code_root``."""
-    cmd = [sys.executable, str(BENCH / "train_loop.py"), "--variant", variant, "--data-root", data_root,
-           "--epochs", str(epochs), "--threads", str(threads)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code_root)}
-    load = _loadavg()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, cwd=ROOT)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("@@")]
-    if out.returncode != 0 or not lines:
-        err = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
-        raise RuntimeError((err[-1] if err else f"exit code {out.returncode}")[:200])
-    return {**json.loads(lines[-1][2:]), "load_before": load, "load_after": _loadavg()}
-
-
-def loop_section(base: str, data_root: str, rounds: int, epochs: int, threads: int, command: str) -> str:
+def loop_section(base: str, data_root: str, epochs: int, threads: int, command: str) -> str:
     """Training throughput through the real demo files, dataset, DataLoader and train loop: ours (IKD loss), the
-    plain STFPM loss in the same loop, and the IKD loop of the base commit ("before"), ``rounds`` rounds with the
-    order rotating; each run in its own process."""
+    plain STFPM loss in the same loop, and the IKD loop of the base commit ("before"), interleaved step by step
+    in one process (``benchmarks/train_loop.py --interleave``)."""
     import tempfile
 
     if not (Path(data_root) / "demo_texture" / "train" / "good").is_dir():
@@ -567,56 +554,49 @@ def loop_section(base: str, data_root: str, rounds: int, epochs: int, threads: i
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     with tempfile.TemporaryDirectory(prefix="ikd-base-") as tmp:
         base_rev = base_checkout(base, Path(tmp))
-        roots = {"ours": ROOT, "plain": ROOT, "before": Path(tmp)}
-        variants = list(roots)
-        runs: list[list[dict]] = []
-        for r in range(rounds):
-            order = variants[r % 3:] + variants[: r % 3]
-            if r % 2:
-                order = order[::-1]
-            got = {}
-            for v in order:
-                res = loop_run("plain" if v == "plain" else "ours", roots[v], data_root, epochs, threads)
-                got[v] = {**res, "variant": v}
-                print(f"loop round {r + 1} {v}: {res['images_per_s']:.2f} img/s (load {res['load_before']})",
-                      flush=True)
-            runs.append([got[v] for v in variants])
-    med = {v: statistics.median(rr[i]["images_per_s"] for rr in runs) for i, v in enumerate(variants)}
-    overall = {v: statistics.median(rr[i]["overall_images_per_s"] for rr in runs) for i, v in enumerate(variants)}
-    ratio = {k: [rr[0]["images_per_s"] / rr[i]["images_per_s"] for rr in runs] for i, k in enumerate(variants)
-             if k != "ours"}
+        load = _loadavg()
+        cmd = [sys.executable, str(BENCH / "train_loop.py"), "--interleave", f"{ROOT},{tmp}", "--data-root",
+               data_root, "--epochs", str(epochs), "--threads", str(threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines_out = [ln for ln in out.stdout.splitlines() if ln.startswith("@@")]
+    if out.returncode != 0 or not lines_out:
+        err = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+        raise RuntimeError((err[-1] if err else f"exit code {out.returncode}")[:300])
+    res = json.loads(lines_out[-1][2:])
+    print(f"loop: {res['images_per_s']} img/s, ours over {res['ours_over']}", flush=True)
     goal = {"plain": 0.9, "before": 1.3}
     names = {"ours": "ours (IKD loss: AHSM + pixel + CSL)", "plain": "plain STFPM loss, same loop and pipeline",
-             "before": f"before: IKD loop of {base_rev[:7]} (float32 cache, contiguous layout)"}
+             "before": f"before: IKD loop of {base_rev[:7]} (float32 cache, default collate, contiguous layout)"}
     lines = [
         LOOP_HEADING,
         "",
         measured_line(command),
         "",
-        f"`python -m ikd_core train` settings of the CPU recipe (demo_texture, efficientnet_lite0, 256 px, batch 8, "
-        f"lr 1e-2, torch threads {threads}) through the real PNG files on disk, the dataset, the DataLoader and "
-        f"`ikd_core.train.train` ({epochs} epochs of {runs[0][0]['steps_per_epoch']} steps; "
-        "`benchmarks/train_loop.py`, one fresh process per run). img/s = images of epochs 2.. / their time, "
-        "from the loop's progress reports (steady state, image cache full); overall = the checkpoint's "
-        "images_per_sec (the first epoch decodes the PNGs). "
-        f"{rounds} rounds, the order rotating; ratio = median over rounds of ours / that row (same round).",
+        "The CPU recipe's training settings (demo_texture, efficientnet_lite0, 256 px, batch 8, lr 1e-2, torch "
+        f"threads {threads}) through the real PNG files on disk, the dataset, the DataLoader and each commit's "
+        f"own `train` loop, {epochs} epochs of {res['steps_per_epoch']} steps. The three loops run in one process "
+        "and take their steps in turn (`benchmarks/train_loop.py --interleave`: each loop in a thread that waits "
+        "for its turn after every step; one runs at a time), so every round of three steps sees the same machine "
+        "load. A step = from getting the turn to the end of its progress report (batch fetch and collate, "
+        "normalisation, forward, loss, backward, AdamW, bookkeeping). Epoch 1 (PNG decoding, cache filling) is "
+        f"left out: img/s = 8 / median step time of the {res['steps']} steps of epochs 2-{epochs}; ours / this = "
+        f"median [min - max] over the rounds of that loop's step time / ours. Load average before: {load} "
+        "(2 cores shared with other engineers' jobs).",
         "",
-        "| Loop | img/s (median) | overall img/s | ours / this [min - max] | goal |",
-        "|:---|---:|---:|:---|:---|",
+        "| Loop | img/s | ours / this [min - max] | goal |",
+        "|:---|---:|:---|:---|",
     ]
-    for v in variants:
+    for v in ("ours", "plain", "before"):
         if v == "ours":
             cell, g = "1.00", "-"
         else:
-            rs = ratio[v]
-            cell = f"{statistics.median(rs):.2f}x [{min(rs):.2f} - {max(rs):.2f}]"
-            ok = statistics.median(rs) >= goal[v]
-            g = f">= {goal[v]}x: {'met' if ok else 'not met'}"
-        lines.append(f"| {names[v]} | {med[v]:.2f} | {overall[v]:.2f} | {cell} | {g} |")
-    lines += ["", "Per run (img/s, load average before the run):", ""]
-    for i, rr in enumerate(runs, start=1):
-        lines.append(f"- round {i}: " + "; ".join(f"{r['variant']} {r['images_per_s']:.2f} ({r['load_before']})"
-                                                  for r in rr))
+            med, lo, hi = res["ours_over"][v]
+            cell = f"{med:.2f}x [{lo:.2f} - {hi:.2f}]"
+            g = f">= {goal[v]}x: {'met' if med >= goal[v] else 'not met'}"
+        lines.append(f"| {names[v]} | {res['images_per_s'][v]:.2f} | {cell} | {g} |")
+    lines += ["", "Step times (s), in round order:", ""]
+    lines += [f"- {v}: " + ", ".join(f"{t:.2f}" for t in res["step_s"][v]) for v in ("ours", "plain", "before")]
     return "\n".join(lines) + "\n"
 
 
@@ -823,9 +803,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(BENCH / "REPORT.md"))
     p.add_argument("--sections",
                    help="comma-separated: csl,train,loop,breakdown,infer (default: all; none with --append-gpu)")
-    p.add_argument("--base", default="", help="loop section: the 'before' commit (default: merge-base with main)")
-    p.add_argument("--loop-rounds", type=int, default=3, help="loop section: rounds of (ours, plain, before)")
-    p.add_argument("--loop-epochs", type=int, default=4, help="loop section: epochs per run")
+    p.add_argument("--base", default=BEFORE_TRAIN_SPEEDUP,
+                   help="loop section: the 'before' commit (default: main before the training-speed change)")
+    p.add_argument("--loop-epochs", type=int, default=3, help="loop section: epochs of each loop")
     p.add_argument("--data-root", default=str(ROOT / "data" / "demo"), help="loop section: demo set (made if absent)")
     p.add_argument("--backbones", help="comma-separated backbones (default: all; --quick: 3)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
@@ -880,8 +860,8 @@ def main(argv: list[str] | None = None) -> int:
         measure(SECTION_ORDER[1], lambda: train_section(args.device, backbones, [2, 8], steps, warmup, args.threads,
                                                         command))
     if "loop" in wanted:
-        measure(LOOP_HEADING, lambda: loop_section(args.base, args.data_root, args.loop_rounds, args.loop_epochs,
-                                                   args.threads, command))
+        measure(LOOP_HEADING, lambda: loop_section(args.base, args.data_root, args.loop_epochs, args.threads,
+                                                   command))
     if "breakdown" in wanted:
         measure(BREAKDOWN_HEADING, lambda: breakdown_section(args.data_root, args.threads, command))
     if "infer" in wanted:

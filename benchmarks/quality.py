@@ -108,7 +108,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def report(rows: list[dict[str, Any]], command: str, started: str, ablation_minutes: float,
-           ablation_schedule: str, png: Path) -> str:
+           ablation_schedule: str, png: Path, missing: list[str] | None = None) -> str:
     from ikd_core.benchmark import machine_info, machine_lines
 
     choice, diff = winner(rows)
@@ -164,6 +164,9 @@ def report(rows: list[dict[str, Any]], command: str, started: str, ablation_minu
         lines.append(f"| {r['category']} | {r['variant']} | {r['au_pro']:.4f} | {r['image_auroc']:.4f} | "
                      f"{r['pixel_auroc']:.4f} | {r['epochs']} | {r['images_per_sec']:.1f} | {r['wall_s']:.0f} | "
                      f"{r['load_before']} / {r['load_after']} |")
+    if missing:
+        lines += ["", "## Not run yet", "", "Planned runs without a row (the call was stopped before them; "
+                  "`--resume` runs them):", "", *[f"- {m}" for m in missing]]
     lines += ["", "Each row's exact command:", ""]
     lines += [f"- `{r['command']}`" for r in rows]
     return "\n".join(lines) + "\n"
@@ -180,15 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="data/demo")
     p.add_argument("--runs", default="runs/quality", help="where the checkpoints go")
     p.add_argument("--resume", action="store_true", help="keep the finished rows of the JSON next to --out")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the report and plot from the JSON next to --out; train nothing")
     args = p.parse_args(argv)
     command = shlex.join(["python", "benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)])
     out = Path(args.out)
     out_json, png = out.with_suffix(".json"), out.with_suffix(".png")
     started = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows: list[dict[str, Any]] = []
-    if args.resume and out_json.is_file():
+    if (args.resume or args.report_only) and out_json.is_file():
         saved = json.loads(out_json.read_text())
         rows, started = saved["rows"], saved.get("started", started)
+        if args.report_only:
+            command = saved.get("command", command)
     data_root = Path(args.data_root)
     cats = args.categories.split(",")
     if not all((data_root / c / "train" / "good").is_dir() for c in cats):
@@ -199,13 +206,22 @@ def main(argv: list[str] | None = None) -> int:
     budgets = [float(b) for b in args.budgets.split(",")]
     abl_sched = args.ablation_schedule
 
+    def planned(sched: str) -> list[tuple[str, str, float, str]]:
+        early = [b for b in budgets if b <= args.ablation_minutes]
+        late = [b for b in budgets if b > args.ablation_minutes]
+        return ([(c, s, b, "full") for b in early for c in cats for s in SCHEDULES]
+                + [(c, sched, args.ablation_minutes, v) for c in cats for v in ABLATIONS]
+                + [(c, s, b, "full") for b in late for c in cats for s in SCHEDULES])
+
     def save() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         sched = abl_sched if abl_sched != "auto" else winner(rows, [args.ablation_minutes])[0]
         out_json.write_text(json.dumps({"command": command, "started": started, "ablation_schedule": sched,
                                         "rows": rows}, indent=1))
         plot(rows, png)
-        out.write_text(report(rows, command, started, args.ablation_minutes, sched, png))
+        have = {_key(r) for r in rows}
+        missing = [f"{c}, {s}, {b:g} min, {v}" for c, s, b, v in planned(sched) if (c, s, b, v) not in have]
+        out.write_text(report(rows, command, started, args.ablation_minutes, sched, png, missing))
 
     def do(cat: str, sched: str, minutes: float, variant: str) -> None:
         if any(_key(r) == (cat, sched, minutes, variant) for r in rows):
@@ -217,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run failed: {exc}", file=sys.stderr, flush=True)
         save()
 
+    if args.report_only:
+        save()
+        print(f"report written to {out}")
+        return 0
     early = [b for b in budgets if b <= args.ablation_minutes]
     for minutes in early:
         for cat in cats:

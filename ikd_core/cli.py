@@ -71,7 +71,7 @@ def _train_config(args: argparse.Namespace):
         combine=args.combine, sigma=args.sigma, feature_pool=args.feature_pool, seed=args.seed, device=args.device,
         amp=not args.no_amp, num_workers=args.num_workers, val_every=args.val_every,
         teacher_weights=args.teacher_weights, max_minutes=args.max_minutes,
-        holdout_fraction=args.holdout_fraction, schedule=args.schedule,
+        holdout_fraction=args.holdout_fraction, schedule=args.schedule, channels_last=not args.no_channels_last,
     )
 
 
@@ -287,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="contiguous (NCHW) layout instead of channels_last (always so under torchrun)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--out", help="checkpoint path (default pretrained/<category>-<backbone>.safetensors)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

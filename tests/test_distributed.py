@@ -31,8 +31,10 @@ def _train(args: list[str], out: Path, launcher: list[str]) -> None:
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_gloo_processes_match_one_process(demo_root: Path, tmp_path: Path) -> None:
+    # Both runs in the contiguous layout (DDP always uses it): channels_last convolutions round differently
+    # (and differently per batch size), and AHSM's hard-set threshold amplifies such rounding over the steps.
     common = ["--data", "demo", "--data-root", str(demo_root), "--category", "demo_texture",
-              "--image-size", "64", "--epochs", "2", "--lr", "1e-3", "--seed", "3"]
+              "--image-size", "64", "--epochs", "2", "--lr", "1e-3", "--seed", "3", "--no-channels-last"]
     single, ddp = tmp_path / "single.safetensors", tmp_path / "ddp.safetensors"
     _train([*common, "--batch-size", "4"], single, [sys.executable])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
