@@ -36,6 +36,8 @@ BATCHES = (1, 16)
 # (key, label, note)
 CASES: tuple[tuple[str, str, str], ...] = (
     ("eager", "torch eager (today's `Predictor`)", "`model(x)` under `no_grad`"),
+    ("eager_1t", "torch eager, 1 thread", "no OpenMP barriers between the ~200 small ops: shows how much of "
+     "eager's time is waiting for a descheduled second thread when other processes share the cores"),
     ("teacher", "teacher alone, torch eager", "one network, for the batch effect"),
     ("channels_last", "torch eager, channels_last", "model and input in channels_last"),
     ("compile", "torch.compile (inductor)", "default mode, static shapes; compile time excluded"),
@@ -72,15 +74,25 @@ def run_case(case: str, batch: int, checkpoint: str, onnx_path: str, ov_path: st
     import numpy as np
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1 if case in ("eager_1t", "profile") else threads)
     from ikd_core.predict import Predictor, load_model
 
     model, meta = load_model(checkpoint, "cpu")
     size = int(meta["image_size"])
     x = _inputs(batch, size)
     info: dict[str, Any] = {}
+    if case == "profile":  # where eager's time goes (1 thread: no scheduling noise from barriers)
+        from torch.profiler import profile
+
+        with torch.no_grad():
+            model(x)
+            with profile() as prof:
+                model(x)
+        ops = {e.key: e.self_cpu_time_total / 1000 / batch for e in prof.key_averages()}
+        return {"case": case, "batch": batch, "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])[:4]),
+                "total": sum(ops.values())}
     maps: Callable[[], Any]
-    if case in ("eager", "channels_last", "compile", "teacher"):
+    if case in ("eager", "eager_1t", "channels_last", "compile", "teacher"):
         net: Callable[[torch.Tensor], Any] = model
         if case == "channels_last":
             model = model.to(memory_format=torch.channels_last)
@@ -227,6 +239,12 @@ def section(results: dict[tuple[str, int], dict], export: dict, command: str, th
             "; ".join([note, *extra]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    prof = [results.get(("profile", bt), {}) for bt in BATCHES]
+    if all("ops" in r for r in prof):
+        per_batch = [f"batch {r['batch']}: total {r['total']:.0f} ms (" + ", ".join(
+            f"{k.removeprefix('aten::')} {v:.0f}" for k, v in r["ops"].items()) + ")" for r in prof]
+        lines += ["", "Where torch eager's time goes (torch.profiler self CPU time per image, 1 thread, top ops): "
+                  + "; ".join(per_batch) + "."]
     auto1, auto16 = ms("predict_auto", 1), ms("predict_auto", 16)
     torch1 = ms("predict_torch", 1)
     lines.append("")
@@ -301,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {rnd + 1} {key:14s} b{batch:<2d} " + (
                         f"{res['rounds'][-1]:.1f} ms/img" if "ms_per_image" in res else res.get("error", "")),
                         flush=True)
+        if "eager" in wanted:
+            for batch in BATCHES:
+                results[("profile", batch)] = _subprocess(["--case", "profile", "--batch", str(batch), "--checkpoint",
+                                                           args.checkpoint, "--threads", "1"], timeout=600)
         ref = Path(tmp) / "eager-16.npy"
         for (key, batch), res in results.items():
             mp = Path(tmp) / f"{key}-{batch}.npy"
