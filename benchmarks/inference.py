@@ -245,6 +245,10 @@ def section(results: dict[tuple[str, int], dict], export: dict, command: str, th
             f"{k.removeprefix('aten::')} {v:.0f}" for k, v in r["ops"].items()) + ")" for r in prof]
         lines += ["", "Where torch eager's time goes (torch.profiler self CPU time per image, 1 thread, top ops): "
                   + "; ".join(per_batch) + "."]
+    if max(load) > threads:
+        lines += ["", f"Caution: the load average exceeded the {threads} threads used, so other processes shared the "
+                  "cores: the table measures contention as much as the engines (torch eager, with an OpenMP barrier "
+                  "after each of its small ops, suffers most). Rerun on an idle machine for the engines alone."]
     auto1, auto16 = ms("predict_auto", 1), ms("predict_auto", 16)
     torch1 = ms("predict_torch", 1)
     lines.append("")
