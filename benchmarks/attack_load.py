@@ -112,6 +112,7 @@ def forged_checkpoint(src: Path, out: Path) -> Path:
 
 
 def bomb_zip(factory: PngFactory, out: Path, n: int = 40) -> Path:
+    """A training upload: ``n`` distinct 8192x8192 PNGs under ``good/``."""
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         for i in range(n):
             zf.writestr(f"good/{i:02d}.png", factory.data(f"zip-{i}"))
@@ -181,7 +182,13 @@ class Call:
     end: float
     ok: bool
     got: str
-    queued: float | None = None  # seconds until the server started processing it (normal visitor only)
+    queued: float | None = None  # seconds from submitting to the start of processing (upload + queue)
+    upload: float | None = None  # seconds from submitting to joining Gradio's queue (the files' upload)
+
+    @property
+    def in_queue(self) -> float | None:
+        """Seconds in Gradio's queue (joined, not yet processing)."""
+        return None if self.queued is None or self.upload is None else self.queued - self.upload
 
     @property
     def wall(self) -> float:
@@ -193,31 +200,37 @@ def _short(text: object, n: int = 110) -> str:
     return (s[: n - 3] + "...") if len(s) > n else s
 
 
-def _queue_wait(job: Any, t0: float, timeout: float) -> float | None:
-    """Seconds from ``t0`` until ``job`` leaves the queue (polled every 20 ms)."""
+def _queue_wait(job: Any, t0: float, timeout: float, poll: float) -> tuple[float | None, float | None]:
+    """Seconds from ``t0`` until ``job`` joins Gradio's queue, and until its processing starts (polled)."""
     from gradio_client.utils import Status
 
+    before = (Status.STARTING, Status.SENDING_DATA)
+    joined = None
     while time.monotonic() - t0 < timeout and not job.done():
+        code = None
         with contextlib.suppress(Exception):
-            if job.status().code not in (Status.STARTING, Status.JOINING_QUEUE, Status.IN_QUEUE, Status.SENDING_DATA):
-                return time.monotonic() - t0
-        time.sleep(0.02)
-    return None
+            code = job.status().code
+        if code is not None and code not in before and joined is None:
+            joined = time.monotonic() - t0
+        if code is not None and code not in (*before, Status.JOINING_QUEUE, Status.IN_QUEUE):
+            return joined, time.monotonic() - t0
+        time.sleep(poll)
+    return joined, None
 
 
 def call(client: Any, attack: str, args: tuple[Any, ...], api: str, timeout: float, watch: bool = False) -> Call:
-    """Submit a request and wait at most ``timeout`` seconds for its result (then cancel it); ``watch``: also
-    record how long it waited in the queue."""
+    """Submit a request and wait at most ``timeout`` seconds for its result (then cancel it), recording when it
+    joined Gradio's queue and when its processing began (``watch``: polled more often)."""
     from gradio_client.exceptions import AppError
 
     t0 = time.monotonic()
     job = client.submit(*args, api_name=api)
-    queued = _queue_wait(job, t0, timeout) if watch else None
+    upload, queued = _queue_wait(job, t0, timeout, 0.02 if watch else 0.05)
     try:
         out = job.result(timeout=max(1.0, timeout - (time.monotonic() - t0)))
-        return Call(attack, t0, time.monotonic(), True, _short(f"result: {_describe(api, out)}"), queued)
+        return Call(attack, t0, time.monotonic(), True, _short(f"result: {_describe(api, out)}"), queued, upload)
     except AppError as exc:
-        return Call(attack, t0, time.monotonic(), False, _short(f"error: {exc}"), queued)
+        return Call(attack, t0, time.monotonic(), False, _short(f"error: {exc}"), queued, upload)
     except TimeoutError:
         with contextlib.suppress(Exception):
             job.cancel()
@@ -295,11 +308,12 @@ class NormalVisitor:
     def loop(self, stop: threading.Event, deadline: float) -> None:
         while not stop.is_set() and time.monotonic() < deadline:
             t0 = time.monotonic()
-            self.one(timeout=max(5.0, deadline - t0))
+            self.one()
             stop.wait(max(0.0, self.period - (time.monotonic() - t0)))
 
 
 def latency_stats(calls: list[Call]) -> dict[str, float]:
+    """Count, p50, p95 and max wall time of the calls that got a result."""
     lat = np.array([c.wall for c in calls if c.ok], dtype=np.float64)
     if not lat.size:
         return {"n": 0, "p50": float("nan"), "p95": float("nan"), "max": float("nan")}
@@ -310,6 +324,8 @@ def latency_stats(calls: list[Call]) -> dict[str, float]:
 # --------------------------------------------------------------------------- phases
 @dataclass
 class Single:
+    """Phase 1: one attack alone; memory in MB (idle absolute, the others above idle)."""
+
     attack: str
     call: Call
     idle_mb: float
@@ -319,6 +335,8 @@ class Single:
 
 @dataclass
 class Concurrent:
+    """Phase 2: the hostile visitors' and the normal visitor's requests; memory in MB as in :class:`Single`."""
+
     duration: float
     idle_mb: float
     peak_mb: float
@@ -329,6 +347,7 @@ class Concurrent:
 
 
 def phase_single(make: Callable[[str, str], Attacker], sampler: RssSampler, attack: str, timeout: float) -> Single:
+    """One attack from a new visitor on the idle server."""
     attacker = make(attack, f"solo-{attack}")
     idle = sampler.idle(2.0)
     c = attacker.once(timeout)
@@ -340,6 +359,8 @@ def phase_single(make: Callable[[str, str], Attacker], sampler: RssSampler, atta
 
 def phase_concurrent(make: Callable[[str, str], Attacker], sampler: RssSampler, normal: NormalVisitor,
                      duration: float, drain: float) -> Concurrent:
+    """8 hostile visitors repeat their attack for ``duration`` s (in-flight ones get ``drain`` s more) while the
+    normal visitor inspects one image about every second."""
     attackers = [make(a, f"h{i}-{a}") for i, a in enumerate(HOSTILE_MIX)]
     idle = sampler.idle(2.0)
     res = Concurrent(duration, idle / MB, 0.0, 0.0)
@@ -373,12 +394,14 @@ def phase_concurrent(make: Callable[[str, str], Attacker], sampler: RssSampler, 
 
 # --------------------------------------------------------------------------- report
 def _got(text: str) -> str:
+    """Text safe in a Markdown table cell."""
     return text.replace("|", "/")
 
 
 def section(command: str, machine: list[str], loads: tuple[str, str], baseline: list[Call],
             singles: list[Single], conc: Concurrent | None, verdicts: list[tuple[str, bool, str]],
-            notes: list[str]) -> str:
+            notes: list[str], mem: dict[str, float]) -> str:
+    """The report section: setup, a table per phase, the goals and the measured causes of any miss."""
     base = latency_stats(baseline)
     lines = [
         HEADING, "", MARKER, "",
@@ -393,6 +416,10 @@ def section(command: str, machine: list[str], loads: tuple[str, str], baseline: 
         "the median RSS of the 2 s before the phase.",
         f"- Unloaded normal inspect (one 256-px demo image, {base['n']} requests): p50 {base['p50']:.2f} s, "
         f"max {base['max']:.2f} s.",
+        f"- Resident set of the server: {mem.get('start', float('nan')):.0f} MB idle after start-up (model loaded, "
+        f"one inspect done), {mem.get('end', float('nan')):.0f} MB idle at the end of the run. One 6000x6000 PNG "
+        f"decoded as the app does (`load_inspect_image`, 1024 px) takes {mem.get('decode_s', float('nan')):.2f} s "
+        "on this machine (outside the server, before it starts).",
         "",
         "### Phase 1: each attack alone (a new visitor each)",
         "",
@@ -415,29 +442,72 @@ def section(command: str, machine: list[str], loads: tuple[str, str], baseline: 
             "the normal visitor inspects one distinct demo test image about every second.",
             "",
             "| hostile requests | by attack (done / answered with a result) | idle RSS (MB) | peak above idle (MB) | "
-            "resident after (MB) | normal requests | normal failed | normal p50 (s) | normal p95 (s) | "
-            "normal max (s) | wall (s) |",
-            "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "peak above start-up idle (MB) | resident after, above idle (MB) | normal requests | normal failed | "
+            "normal p50 (s) | normal p95 (s) | normal max (s) | wall (s) |",
+            "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         by = ", ".join(f"({a}) {sum(c.attack == a for c in conc.hostile)} / "
                        f"{sum(c.attack == a and c.ok for c in conc.hostile)}" for a in sorted(set(HOSTILE_MIX)))
-        lines.append(f"| {len(conc.hostile)} | {by} | {conc.idle_mb:.0f} | {conc.peak_mb:.0f} | {conc.after_mb:.0f} "
+        lines.append(f"| {len(conc.hostile)} | {by} | {conc.idle_mb:.0f} | {conc.peak_mb:.0f} | "
+                     f"{conc.peak_mb + conc.idle_mb - mem.get('start', conc.idle_mb):.0f} | {conc.after_mb:.0f} "
                      f"| {len(conc.normal)} | {len(failed_normal)} | {st['p50']:.2f} | {st['p95']:.2f} | "
                      f"{st['max']:.2f} | {conc.wall:.0f} |")
         walls = {a: [c.wall for c in conc.hostile if c.attack == a] for a in sorted(set(HOSTILE_MIX))}
         lines += ["", "Hostile request wall times in phase 2: " + "; ".join(
             f"({a}) median {np.median(w):.1f} s, max {max(w):.1f} s" for a, w in walls.items() if w) + "."]
-        waits = [c.queued for c in conc.normal if c.queued is not None]
-        if waits:
-            lines.append(f"Normal requests' time before processing began (upload + queue): median "
-                         f"{np.median(waits):.2f} s, max {max(waits):.2f} s.")
         if failed_normal:
-            lines.append(f"Normal failures: {_got(failed_normal[0].got)}")
+            lines.append(f"Normal failures: {len(failed_normal)}, e.g. {_got(failed_normal[0].got)}.")
+        lines.append("")
+        lines.append("Where the time went (median / max seconds): upload = submit to joining Gradio's queue, queue = "
+                     "joined to processing started, processing = the rest (image gate turns, inference, rendering, "
+                     "download of the results).")
+        lines += ["", "| visitor | requests | upload | queue | processing |", "|:---|---:|---:|---:|---:|"]
+        groups = [("normal", [c for c in conc.normal if c.ok])]
+        groups += [(f"hostile ({a})", [c for c in conc.hostile if c.attack == a]) for a in sorted(set(HOSTILE_MIX))]
+        for name, calls in groups:
+            timed = [c for c in calls if c.queued is not None and c.upload is not None]
+            if timed:
+                cols = [[c.upload or 0.0 for c in timed], [c.in_queue or 0.0 for c in timed],
+                        [c.wall - (c.queued or 0.0) for c in timed]]
+                lines.append(f"| {name} | {len(timed)} | " + " | ".join(
+                    f"{np.median(v):.1f} / {max(v):.1f}" for v in cols) + " |")
     lines += ["", "### Goals", "", "| goal | measured | result |", "|:---|:---|:---|"]
+    if conc is not None:
+        notes = [*cause_notes(conc, mem), *notes]
     lines += [f"| {g} | {m} | {'**pass**' if ok else '**FAIL**'} |" for g, ok, m in verdicts]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def cause_notes(conc: Concurrent, mem: dict[str, float]) -> list[str]:
+    """Where the normal visitor's time went, and memory kept after the attacks, from the measurements."""
+    out = []
+    timed = [c for c in conc.normal if c.ok and c.queued is not None and c.upload is not None]
+    slow = [c for c in timed if c.wall > LATENCY_GOAL_S]
+    if slow:
+        total = sum(c.wall for c in slow)
+        share = {k: 100 * sum(f(c) for c in slow) / total for k, f in (
+            ("upload", lambda c: c.upload or 0.0), ("queue", lambda c: c.in_queue or 0.0),
+            ("processing", lambda c: c.wall - (c.queued or 0.0)))}
+        worst = max(slow, key=lambda c: c.wall)
+        out.append(
+            f"- Latency goal missed: {len(slow)} of {len(timed)} answered normal requests took over "
+            f"{LATENCY_GOAL_S:g} s (unloaded: p50 {mem.get('base_p50', float('nan')):.2f} s). Of their time "
+            f"{share['upload']:.0f} % was upload, "
+            f"{share['queue']:.0f} % Gradio's queue and {share['processing']:.0f} % processing; the slowest "
+            f"({worst.wall:.1f} s) spent {worst.in_queue or 0.0:.1f} s in the queue and "
+            f"{worst.wall - (worst.queued or 0.0):.1f} s in processing. Queue: `/inspect` runs at most 2 events "
+            "at a time (`default_concurrency_limit=2`), first come first served, so a one-image request waits for "
+            "whole hostile requests ahead of it; the per-image gate only orders images of events already running. "
+            "Processing: the normal image needs 2 gate turns (decode, forward pass), each behind the 36 MP "
+            f"decodes of the running hostile requests ({mem.get('decode_s', float('nan')):.2f} s each alone), on "
+            "the same 2 cores.")
+    kept = mem.get("end", float("nan")) - mem.get("start", float("nan"))
+    if kept > 512:
+        out.append(f"- Resident memory is not given back: {kept:.0f} MB more than at start-up stayed resident once "
+                   "the attacks had ended (the prediction cache is bounded at 256 MB by default).")
+    return out
 
 
 def write_report(out: Path, text: str) -> None:
@@ -468,6 +538,7 @@ def write_report(out: Path, text: str) -> None:
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
+    """Prepare the files, start the app, run the phases, write the report; 1 when a goal is missed."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(BENCH / "REPORT.md"))
     p.add_argument("--quick", action="store_true", help="shorter phase 2 and timeouts (under 5 min in all)")
@@ -498,6 +569,14 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {k: len(f.data("x")) // 1024 for k, f in pngs.items()}
     print(f"PNG sizes: 8192^2 {sizes['8k']} KB, 6000^2 {sizes['6k']} KB", flush=True)
 
+    from ikd_core.service import load_inspect_image
+
+    probe = pngs["6k"].files(tmp / "probe", 1, "probe")[0]
+    t0 = time.monotonic()
+    load_inspect_image(probe, max_side=1024, max_pixels=40_000_000)
+    mem: dict[str, float] = {"decode_s": time.monotonic() - t0}
+    print(f"one 6000^2 PNG decoded in {mem['decode_s']:.2f} s", flush=True)
+
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "IKD_PUBLIC": "1", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
@@ -522,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(4):  # the first one warms the model up; it is not counted
             baseline.append(normal.one())
         baseline = baseline[1:]
+        mem["base_p50"] = latency_stats(baseline)["p50"]
+        mem["start"] = sampler.idle(2.0) / MB
         print(f"unloaded normal inspect: {[round(c.wall, 2) for c in baseline]}", flush=True)
         for attack in "abcde":
             left = budget - (time.monotonic() - t_begin) - duration - drain - 60
@@ -544,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PROBLEM: {exc}", file=sys.stderr)
     finally:
         if sampler is not None:
+            with contextlib.suppress(Exception):
+                mem["end"] = sampler.idle(2.0) / MB
             sampler.stop()
         alive = proc.poll() is None
         proc.terminate()
@@ -570,15 +653,17 @@ def main(argv: list[str] | None = None) -> int:
     if conc is not None:
         st = latency_stats(conc.normal)
         failed = sum(not c.ok for c in conc.normal)
+        above_start = conc.peak_mb + conc.idle_mb - mem.get("start", conc.idle_mb)
         verdicts.append((f"8 concurrent hostile requests: peak RSS <= {CONCURRENT_BOUND_MB} MB above idle",
-                         conc.peak_mb <= CONCURRENT_BOUND_MB, f"+{conc.peak_mb:.0f} MB"))
+                         max(conc.peak_mb, above_start) <= CONCURRENT_BOUND_MB,
+                         f"+{conc.peak_mb:.0f} MB above the phase's idle, +{above_start:.0f} MB above start-up idle"))
         verdicts.append((f"normal visitor meanwhile: every inspect answers within {LATENCY_GOAL_S:g} s",
                          st["n"] > 0 and failed == 0 and st["max"] <= LATENCY_GOAL_S,
                          f"p50 {st['p50']:.2f} s, max {st['max']:.2f} s, {failed} failed of {len(conc.normal)}"))
     else:
         verdicts.append(("phase 2 (8 hostile + 1 normal visitor)", False, "not run"))
     verdicts.append(("the server survives", alive, "running at the end" if alive else "died"))
-    text = section(command, machine_lines(), (loads[0], loads[1]), baseline, singles, conc, verdicts, notes)
+    text = section(command, machine_lines(), (loads[0], loads[1]), baseline, singles, conc, verdicts, notes, mem)
     out = Path(args.out)
     write_report(out, text)
     print(text)
