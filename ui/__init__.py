@@ -93,8 +93,15 @@ def build_demo() -> gr.Blocks:
             u.out_csv,
             u.out_json,
         ]
+        # Many inspect requests may run at once: their images take turns at the fair per-image gate (two at a
+        # time), so one visitor's large request never holds a whole queue slot that another's single image needs.
         u.insp_files.change(lambda: 0, None, u.insp_index, api_visibility="private", queue=False).then(
-            inspect_tab.inspect_images, insp_inputs, insp_outputs, api_name="inspect"
+            inspect_tab.inspect_images,
+            insp_inputs,
+            insp_outputs,
+            api_name="inspect",
+            concurrency_limit=S.INSPECT_CONCURRENCY,
+            concurrency_id="inspect",
         )
         for ctrl in (u.threshold, u.opacity, u.cmap):
             ctrl.change(

@@ -16,9 +16,8 @@ from .state import (
     checked_display,
     err,
     file_list,
-    load_image_capped,
+    load_and_predict,
     md,
-    predictions_for,
     predictor_for,
     test_set,
     workspace,
@@ -60,8 +59,8 @@ def export_gif(
             picked = pick_samples(samples, n, seed=0)
             images, masks = [s.path for s in picked], [s.mask_path for s in picked]
             what = f"{len(images)} test images of {md(predictor.metadata.get('category'))}"
-        loaded = [load_image_capped(p)[0] for p in images]
-        preds = predictions_for(path, images, loaded)
+        done = load_and_predict(path, images)
+        loaded, preds = [img for img, _, _ in done], [pred for _, _, pred in done]
         out = ws.exports / f"{path.stem}-{uuid.uuid4().hex[:8]}.gif"
         out.parent.mkdir(parents=True, exist_ok=True)
         service.prune_files(out.parent, keep=S.MAX_KEPT_EXPORTS - 1)

@@ -17,8 +17,7 @@ from .state import (
     checked_display,
     err,
     file_list,
-    load_image_capped,
-    predictions_for,
+    load_and_predict,
     predictor_for,
     say,
     test_set,
@@ -90,13 +89,12 @@ def inspect_images(
             paths = paths[: S.MAX_INSPECT_IMAGES]
         ws = workspace(request)
         ckpt_path, predictor = predictor_for(ckpt, ws)
-        images = []
-        for p in paths:
-            img, note = load_image_capped(p)
+        images, preds = [], []
+        for img, note, pred in load_and_predict(ckpt_path, paths):
             if note:
                 gr.Info(say(note))
             images.append(img)
-        preds = predictions_for(ckpt_path, paths, images)
+            preds.append(pred)
         rows, gallery, records = [], [], []
         for p, img, pred in zip(paths, images, preds, strict=True):
             bad = pred.is_anomalous(threshold)

@@ -42,10 +42,12 @@ def _env_int(name: str, default: int) -> int:
 
 
 #: Images scored per Inspect request, and the largest side they are decoded at.
-MAX_INSPECT_IMAGES = _env_int("IKD_MAX_INSPECT_IMAGES", 16 if PUBLIC else 64)
+MAX_INSPECT_IMAGES = _env_int("IKD_MAX_INSPECT_IMAGES", 8 if PUBLIC else 64)
+#: Inspect requests handled at once (their images then take turns at :data:`IMAGE_GATE`, two at a time).
+INSPECT_CONCURRENCY = _env_int("IKD_INSPECT_CONCURRENCY", 16)
 INSPECT_MAX_SIDE = _env_int("IKD_INSPECT_MAX_SIDE", 1024 if PUBLIC else service.MAX_INSPECT_SIDE)
-#: Larger images (by their header) are refused before decoding: 40 MP in public mode, else the engine's limit.
-MAX_IMAGE_PIXELS = _env_int("IKD_MAX_IMAGE_PIXELS", 40_000_000 if PUBLIC else 0) or None
+#: Larger images (by their header) are refused before decoding: 16 MP in public mode, else the engine's limit.
+MAX_IMAGE_PIXELS = _env_int("IKD_MAX_IMAGE_PIXELS", 16_000_000 if PUBLIC else 0) or None
 MAX_GIF_IMAGES = 32
 #: A training run's time limit in public mode (minutes); one run at a time (the queue shows the others' places).
 MAX_TRAIN_MINUTES = float(os.environ.get("IKD_MAX_TRAIN_MINUTES") or (10 if PUBLIC else 0)) or None
@@ -199,23 +201,57 @@ def example_gallery(paths: list[str]) -> list[tuple[str, str]]:
     return [(p, f"{Path(p).parent.name}/{Path(p).name}") for p in paths or []]
 
 
-def predictions_for(ckpt_path: Path, paths: list[str], loaded: list[Any] | None = None) -> list[Any]:
-    """Predictions of image files, from the server-side cache where present; the rest in one GPU call.
-    ``loaded``: the images already decoded by :func:`ikd_core.service.load_inspect_image`."""
+def _keys(ckpt_path: Path, paths: list[str]) -> list[tuple[Any, ...]]:
     ckpt_key = service.PredictorCache.key(ckpt_path, "cpu")
     # by content: the same image uploaded again (a new temporary file) is found too
-    keys = [(*ckpt_key, service.file_digest(image), INSPECT_MAX_SIDE) for image in paths]
+    return [(*ckpt_key, service.file_digest(image), INSPECT_MAX_SIDE) for image in paths]
+
+
+def decode(path: str) -> tuple[Any, str | None]:
+    """An uploaded image decoded at most :data:`INSPECT_MAX_SIDE` px a side (refused above
+    :data:`MAX_IMAGE_PIXELS`, from its header)."""
+    return service.load_inspect_image(path, max_side=INSPECT_MAX_SIDE, max_pixels=MAX_IMAGE_PIXELS)
+
+
+def load_and_predict(ckpt_path: Path, paths: list[str]) -> list[tuple[Any, str | None, Any]]:
+    """(image, note, prediction) of each image file. Predictions come from the server-side cache where present.
+
+    On the CPU each image is decoded and scored in one turn of :data:`IMAGE_GATE`, taken in arrival order, so a
+    visitor's one-image request waits for at most one image of each other request, never for whole requests. On
+    ZeroGPU the images are decoded first and the missing maps come from one GPU call.
+    """
+    keys = _keys(ckpt_path, paths)
+    out: list[tuple[Any, str | None, Any]] = []
+    for path, key in zip(paths, keys, strict=True):
+        if gpu.ZERO_GPU:
+            img, note = decode(path)
+            out.append((img, note, PREDICTIONS.get(key)))
+            continue
+        with IMAGE_GATE.turn():
+            img, note = decode(path)
+            pred = PREDICTIONS.get(key)
+            if pred is None:
+                pred = gpu.predict_on_device(str(ckpt_path), [np.asarray(img)])[0]
+                PREDICTIONS.put(key, pred)
+        out.append((img, note, pred))
+    missing = [i for i, (_, _, pred) in enumerate(out) if pred is None]
+    if missing:
+        new = gpu.predict_on_device(str(ckpt_path), [np.asarray(out[i][0]) for i in missing])
+        for i, pred in zip(missing, new, strict=True):
+            PREDICTIONS.put(keys[i], pred)
+            out[i] = (out[i][0], out[i][1], pred)
+    return out
+
+
+def predictions_for(ckpt_path: Path, paths: list[str], loaded: list[Any] | None = None) -> list[Any]:
+    """Predictions of image files (``loaded``: the images already decoded by :func:`decode`)."""
+    if loaded is None:
+        return [pred for _, _, pred in load_and_predict(ckpt_path, paths)]
+    keys = _keys(ckpt_path, paths)
     preds = [PREDICTIONS.get(k) for k in keys]
     missing = [i for i, p in enumerate(preds) if p is None]
     if missing:
-        images = [np.asarray(loaded[i] if loaded is not None else load_image_capped(paths[i])[0]) for i in missing]
-        if gpu.ZERO_GPU:  # one GPU call for all of them
-            new = gpu.predict_on_device(str(ckpt_path), images)
-        else:  # one turn per image, so no request holds back another visitor's single image
-            new = []
-            for img in images:
-                with IMAGE_GATE.turn():
-                    new += gpu.predict_on_device(str(ckpt_path), [img])
+        new = gpu.predict_on_device(str(ckpt_path), [np.asarray(loaded[i]) for i in missing])
         for i, pred in zip(missing, new, strict=True):
             PREDICTIONS.put(keys[i], pred)
             preds[i] = pred
@@ -223,9 +259,9 @@ def predictions_for(ckpt_path: Path, paths: list[str], loaded: list[Any] | None 
 
 
 def load_image_capped(path: str) -> tuple[Any, str | None]:
-    """An uploaded image decoded at most :data:`INSPECT_MAX_SIDE` px a side (one image at a time per turn)."""
+    """:func:`decode` in a turn of :data:`IMAGE_GATE`."""
     with IMAGE_GATE.turn():
-        return service.load_inspect_image(path, max_side=INSPECT_MAX_SIDE, max_pixels=MAX_IMAGE_PIXELS)
+        return decode(path)
 
 
 def file_list(files: Any) -> list[str]:
