@@ -241,16 +241,30 @@ def download_mvtec(
             ) from exc
         downloaded = True
 
+    install_archive(src, data_root, progress=extract_progress)
+    if downloaded and not keep_archive:
+        src.unlink(missing_ok=True)
+    return data_root
+
+
+def install_archive(src: str | os.PathLike, data_root: str | os.PathLike,
+                    progress: Progress | None = None) -> list[str]:
+    """Extract an MVTec AD archive (the full set or one category's) into a staging folder inside ``data_root``,
+    then move its categories to ``data_root/<category>/`` (replacing those present); return their names. A bad
+    archive (not one, unsafe members, no category inside) raises DataError and changes nothing in ``data_root``."""
+    src, data_root = Path(src), Path(data_root)
+    data_root.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".mvtec-extract-", dir=data_root))
     try:
-        safe_extract(src, stage, progress=extract_progress)
+        safe_extract(src, stage, progress=progress)
         found = _find_dataset_root(stage)
         if found is None:
             raise DataError(
-                f"{src} contains no MVTec AD categories (folders with train/good); "
-                "check that it is the MVTec AD archive."
+                f"{src.name} contains no MVTec AD categories (folders with train/good); "
+                "check that it is the MVTec AD archive or one category's archive."
             )
-        for cat in list_categories(found):
+        cats = list_categories(found)
+        for cat in cats:
             dest = data_root / cat
             if dest.exists():
                 shutil.rmtree(dest)
@@ -260,6 +274,4 @@ def download_mvtec(
                 os.replace(extra, data_root / extra.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    if downloaded and not keep_archive:
-        src.unlink(missing_ok=True)
-    return data_root
+    return cats

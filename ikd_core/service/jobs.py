@@ -45,8 +45,9 @@ class TrainingJob:
     Progress arrives as :class:`JobEvent` objects on :attr:`events` (``Progress`` reports during
     training, ``status`` texts between phases, one ``end`` last). :meth:`stop` sets :attr:`stop_event`;
     training then ends at the next step and nothing is written, unless it was ``stop(keep=True)``: then the model
-    trained so far is fitted, evaluated and saved, marked stopped early (the same through ``stop_file``). When done, :attr:`state` is
-    ``finished``, ``cancelled`` or ``failed``, with :attr:`result` / :attr:`curves` or :attr:`error`.
+    trained so far is fitted, evaluated and saved, marked stopped early (the same through ``stop_file``).
+    When done, :attr:`state` is ``finished``, ``cancelled`` or ``failed``, with :attr:`result` / :attr:`curves`
+    or :attr:`error`.
     With ``release_reservation``, ``out_path`` came from :func:`~ikd_core.service.reserve_checkpoint_path` and its
     reservation is released when the run ends, whatever the outcome (before the ``end`` event).
     """
