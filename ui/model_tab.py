@@ -354,7 +354,7 @@ def upload_mvtec(
     cats = list_categories(dest)
     value = category if category in found else (found[0] if found else (cats[0] if cats else None))
     return (
-        f"Extracted {len(found)} categor{'y' if len(found) == 1 else 'ies'} ({md(', '.join(found))}); "
+        f"Extracted {len(found)} categor{'y' if len(found) == 1 else 'ies'} ({', '.join(md(c) for c in found)}); "
         f"MVTec AD under {md(dest)} now has {len(cats)}.",
         str(dest),
         gr.Dropdown(choices=cats, value=value),
