@@ -126,6 +126,7 @@ def build_demo() -> gr.Blocks:
             [u.ckpt_upload, u.ckpt_dd],
             [u.ckpt_dd, u.ckpt_info, u.ckpt_upload],
             api_name="import_checkpoint",
+            show_progress_on=[u.ckpt_info],  # a refused file marks the checkpoint's description, not the list
         )
 
         src_outputs = [

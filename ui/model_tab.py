@@ -321,7 +321,6 @@ def upload_mvtec(
     archive: Any,
     root: str,
     category: str | None,
-    request: gr.Request = None,  # type: ignore[assignment]
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's progress tracker is injected this way
 ) -> tuple[Any, ...]:
     """Extract an uploaded MVTec AD archive (the full set, or one category's archive such as ``bottle.tar.xz``)
@@ -749,7 +748,8 @@ def build() -> SimpleNamespace:
             )
             mvtec_btn = gr.Button("Download / use", scale=1, visible=not S.PUBLIC)
         mvtec_upload = gr.File(
-            label="Or upload an MVTec AD archive: the full set or one category's (e.g. bottle.tar.xz)",
+            label=f"Or upload an MVTec AD archive: one category's (e.g. bottle.tar.xz) or the full set (up to "
+            f"{S.MAX_FILE_SIZE} here: IKD_MAX_FILE_SIZE)",
             file_types=[".xz", ".gz", ".tgz", ".txz", ".bz2", ".tar", ".zip"],
             visible=not S.PUBLIC,
             elem_id="ikd-mvtec-upload",
