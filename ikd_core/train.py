@@ -289,6 +289,7 @@ def train(
     callback: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     device: torch.device | None = None,
+    keep_on_stop: bool | Callable[[], bool] = False,
 ) -> TrainResult:
     """Train a student on good images, fit the normalisation, evaluate, save a checkpoint.
 
@@ -297,7 +298,10 @@ def train(
         test_ds: optional labelled test set for metrics.
         out_path: where to save the checkpoint (``None``: not saved).
         callback: called with :class:`Progress` after every step and at each phase.
-        should_stop: polled every step; when it returns True training ends and nothing is saved.
+        should_stop: polled every step; when it returns True training ends and nothing is saved, unless
+            ``keep_on_stop`` (a bool, or a callable asked at that moment) is true: then the model trained so far
+            is still fitted, evaluated and saved, marked ``stopped_early`` / ``stopped_by_user`` with a ``note``
+            (a stop before the first step keeps nothing).
 
     Under torch.distributed (``torchrun``), each process trains on its share of every global batch
     with DDP, all batch statistics are global, and only rank 0 fits, evaluates and saves.
@@ -346,6 +350,11 @@ def train(
     last_loss = float("nan")
     lr_now = cfg.lr
     stopped_early = False
+    stopped_by_user = False
+
+    def keep() -> bool:
+        """A user's stop keeps the partial model (at least one step trained, and ``keep_on_stop``)."""
+        return bool(history) and bool(keep_on_stop() if callable(keep_on_stop) else keep_on_stop)
 
     def report(epoch: int, step: int, phase: str, now: float | None = None) -> None:
         if callback is None:
@@ -394,6 +403,9 @@ def train(
                 stopped_early = True
                 break
             if should_stop is not None and should_stop():
+                if keep():
+                    stopped_early = stopped_by_user = True
+                    break
                 return TrainResult(model, {}, {}, history, None, cancelled=True,
                                    seconds=time.perf_counter() - start)
             lr_now = cfg.lr * lr_factor(cfg.schedule, progress)
@@ -417,6 +429,8 @@ def train(
             last_loss = loss.item()
             history.append({"epoch": epoch, "step": (epoch - 1) * steps + step, "loss": last_loss, "lr": lr_now})
             report(epoch, step, "train")
+        if stopped_by_user:
+            break
         if (test_ds is not None and cfg.val_every and epoch % cfg.val_every == 0
                 and (cfg.epochs is None or epoch < cfg.epochs)):
             report(epoch, steps, "validate")
@@ -429,7 +443,9 @@ def train(
     # of a model loaded from the checkpoint (Predictor).
     model = model.to(memory_format=torch.contiguous_format)
     if should_stop is not None and should_stop():
-        return TrainResult(model, {}, {}, history, None, cancelled=True, seconds=time.perf_counter() - start)
+        if not keep():
+            return TrainResult(model, {}, {}, history, None, cancelled=True, seconds=time.perf_counter() - start)
+        stopped_early = stopped_by_user = True
     if rank != 0:  # rank 0 fits the threshold, evaluates and saves
         return TrainResult(model, {}, {}, history, None, seconds=time.perf_counter() - start)
 
@@ -461,6 +477,7 @@ def train(
         "metrics": metrics,
         "epochs_completed": round(len(history) / steps, 2),
         "stopped_early": stopped_early,
+        "stopped_by_user": stopped_by_user,
         "train_seconds": round(train_seconds, 2),
         "images_per_sec": round(seen / train_seconds, 3) if train_seconds > 0 else None,
         "final_loss": last_loss,
@@ -476,6 +493,11 @@ def train(
         "torch": torch.__version__,
         "ikd_core": __version__,
     }
+    if stopped_early:
+        why = "stopped by the user" if stopped_by_user else f"stopped at the time limit ({cfg.max_minutes:g} min)"
+        planned = f" of {cfg.epochs} planned" if cfg.epochs is not None else ""
+        metadata["note"] = (f"{why} after {metadata['epochs_completed']:g}{planned} epochs ({len(history)} steps); "
+                            "compare its metrics before relying on it")
     ckpt = None
     if out_path is not None:
         ckpt = save_checkpoint(out_path, model.student.state_dict(), metadata)

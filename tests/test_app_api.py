@@ -140,16 +140,21 @@ def test_many_images_and_errors(studio, client) -> None:
 def test_tiny_training_run_adds_checkpoint(studio, client) -> None:
     before = _checkpoints(studio)
     t0 = time.monotonic()
-    progress, metrics, loss, roc_i, roc_p, pro, dropdown, info = _train(client)
+    progress, metrics, loss, roc_i, roc_p, pro, dropdown, info, compare, new_name = _train(client)
     assert time.monotonic() - t0 < 90
-    assert "Done" in progress and "saved and active" in progress
+    # the new model is saved beside the active one (the client's default choice, CKPT), not made active
+    assert "Done" in progress and "the active model is still" in progress
     for label in ("Image AUROC", "Pixel AUROC", "Pixel F1-max", "AU-PRO"):
         assert re.search(rf"\| {re.escape(label)} +\| +\d\.\d{{4}} \|", metrics), metrics
+        assert re.search(rf"\| {re.escape(label)} \| \d\.\d{{4}} \| \d\.\d{{4}} \|", compare), compare
     assert all(p is not None for p in (loss, roc_i, roc_p, pro))
     new = _checkpoints(studio) - before
     assert new == {"demo_texture-efficientnet_lite0-2.safetensors"}, "an existing checkpoint is never overwritten"
-    assert dropdown["value"] == next(iter(new))
+    assert new_name == next(iter(new)) and dropdown["value"] == CKPT
     assert next(iter(new)) in [c[1] for c in dropdown["choices"]]
+    dropdown, _ = client.predict(new_name, api_name="/use_new_model")
+    assert dropdown["value"] == new_name
+    info = client.predict(new_name, api_name="/checkpoint_info")[0]
     assert "image size 64 px" in info
     listed = client.predict("gone.safetensors", api_name="/list_checkpoints")
     assert {c[1] for c in listed["choices"]} == _checkpoints(studio)
@@ -186,9 +191,9 @@ def test_training_on_uploaded_zip(studio, client) -> None:
         for p in good:
             zf.write(p, f"good/{p.name}")
         zf.writestr("notes.txt", "not an image")
-    progress, metrics, *_, dropdown, _info = _train(client, source="Upload good images", uploads=[z])
+    progress, metrics, *_, new_name = _train(client, source="Upload good images", uploads=[z])
     name = "my_parts-efficientnet_lite0.safetensors"
-    assert dropdown["value"] == name and (studio.pretrained / name).is_file(), progress
+    assert new_name == name and (studio.pretrained / name).is_file(), progress
     meta = read_metadata(studio.pretrained / name)
     assert meta["category"] == "my_parts" and meta["data"]["kind"] == "folder"
     good_dir = Path(meta["data"]["good_dir"])

@@ -241,7 +241,7 @@ def _train_settings(page: Page) -> None:
     page.locator("#ikd-batch input").fill("4")
 
 
-def test_training_progress_and_stop(studio, ui: Page) -> None:
+def test_training_progress_loss_plot_and_stop(studio, ui: Page) -> None:
     _tab(ui, "Model")
     ui.get_by_role("radio", name="Demo").check()
     _train_settings(ui)
@@ -253,13 +253,30 @@ def test_training_progress_and_stop(studio, ui: Page) -> None:
     for part in ("loss", "images/s", "ETA"):
         expect(progress).to_contain_text(part)
     expect(ui.locator("#ikd-progress .ikd-bar")).to_be_visible()
+    # the loss curve is an interactive LinePlot (Vega), drawn while the run goes on
+    expect(ui.locator("#ikd-loss canvas, #ikd-loss svg").first).to_be_visible(timeout=60_000)
     ui.screenshot(path=str(ARTIFACTS / "model-training.png"), full_page=True)
-    stop = ui.locator("#ikd-stop")
+    stop = ui.locator("#ikd-stop-discard")
     expect(stop).to_be_enabled()
+    expect(ui.locator("#ikd-stop")).to_be_enabled()
     stop.click()
     expect(progress).to_contain_text("Stopped", timeout=60_000)
+    expect(progress).to_contain_text("Nothing was saved")
     expect(stop).to_be_disabled()
-    assert sorted(p.name for p in studio.pretrained.iterdir()) == before, "a stopped run leaves no file"
+    assert sorted(p.name for p in studio.pretrained.iterdir()) == before, "a discarded run leaves no file"
+
+
+def test_training_error_marks_only_the_progress(studio, ui: Page) -> None:
+    """A refused run (no teacher weights offline) shows its error on the progress, not on the checkpoint or plots."""
+    _tab(ui, "Model")
+    _choose(ui, "Backbone (teacher)", "hrnet_w32 (as in the paper)")
+    ui.locator("#ikd-train").click()
+    expect(ui.locator(".toast-body.error").first).to_contain_text("no ImageNet weights")
+    for unrelated in ("#ikd-ckpt", "#ikd-loss", "#ikd-metrics", "#ikd-compare"):
+        assert "error" not in ui.locator(unrelated).evaluate("el => el.innerHTML").lower(), unrelated
+    assert "error" in ui.locator("#ikd-progress").evaluate("el => el.innerHTML").lower()
+    ui.locator(".toast-body.error").first.locator("xpath=..").locator("button").first.click()
+    _choose(ui, "Backbone (teacher)", "efficientnet_lite0 (default, works offline)")
 
 
 def test_tiny_training_shows_progress_metrics_and_new_checkpoint(studio, ui: Page) -> None:
@@ -268,17 +285,30 @@ def test_tiny_training_shows_progress_metrics_and_new_checkpoint(studio, ui: Pag
     _choose(ui, "Category", "demo_texture")
     _train_settings(ui)
     new = "demo_texture-efficientnet_lite0-2.safetensors"
-    _run_training(ui, f"Checkpoint {new} saved and active")
+    _run_training(ui, f"Checkpoint {new} saved; the active model is still {CKPT}")
     expect(ui.locator("#ikd-progress")).to_contain_text("Done")
     table = ui.locator("#ikd-metrics table")
     expect(table).to_be_visible()
     for label in ("Image AUROC", "Pixel AUROC", "Pixel F1-max", "AU-PRO"):
         expect(table).to_contain_text(label)
     assert (studio.pretrained / new).is_file()
-    expect(ui.get_by_role("combobox", name="Checkpoint (in pretrained/)")).to_have_value(new)
+    # the new model beside the active one, both measured on the same test set; the active one stays
+    compare = ui.locator("#ikd-compare")
+    expect(compare).to_contain_text("New model vs active model")
+    expect(compare.locator("table")).to_contain_text("Image AUROC")
+    expect(compare.locator("th").nth(1)).to_have_text("New")
+    expect(compare.locator("th").nth(2)).to_have_text("Active")
+    box = ui.get_by_role("combobox", name="Checkpoint (in pretrained/)")
+    expect(box).to_have_value(CKPT)
     assert new in _checkpoint_options(ui)
-    expect(ui.locator("#ikd-ckpt-info")).to_contain_text("64 px")
     ui.screenshot(path=str(ARTIFACTS / "model-after-training.png"), full_page=True)
+    use = ui.locator("#ikd-use-new")
+    expect(use).to_be_visible()
+    use.click()
+    expect(box).to_have_value(new)
+    expect(use).to_be_hidden()
+    expect(ui.locator("#ikd-ckpt-info")).to_contain_text("64 px")
+    expect(ui.locator("#ikd-active")).to_contain_text(new)
     # back to the first checkpoint, by role
     _choose(ui, "Checkpoint (in pretrained/)", CKPT)
     expect(ui.locator("#ikd-active")).to_contain_text(CKPT)
@@ -298,9 +328,10 @@ def test_training_on_uploaded_zip(studio, ui: Page) -> None:
     expect(upload.locator("a[download]")).to_contain_text("KB")  # uploaded: the server holds the file
     _train_settings(ui)
     name = "parts-efficientnet_lite0.safetensors"
-    _run_training(ui, f"Checkpoint {name} saved and active")
+    _run_training(ui, f"Checkpoint {name} saved; the active model is still")
     assert (studio.pretrained / name).is_file()
     expect(ui.locator("#ikd-metrics")).to_contain_text("no labelled test set")
+    expect(ui.locator("#ikd-compare")).to_contain_text("compare them on your own images")
     assert name in _checkpoint_options(ui)
     _choose(ui, "Checkpoint (in pretrained/)", CKPT)
     expect(ui.locator("#ikd-active")).to_contain_text(CKPT)

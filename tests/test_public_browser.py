@@ -309,8 +309,9 @@ def test_trained_checkpoint_is_only_the_trainers(studio, visitors) -> None:
     _set_number(a, "#ikd-image-size input[type=number]", 64)
     a.locator("#ikd-epochs input").fill("1")
     a.locator("#ikd-batch input").fill("4")
-    _run_training(a, f"Checkpoint {A_TRAINED} saved and active")
+    _run_training(a, f"Checkpoint {A_TRAINED} saved; the active model is still")
     expect(a.locator("#ikd-progress")).to_contain_text("Done")
+    a.locator("#ikd-use-new").click()  # A had an active model: the new one becomes active when A chooses it
     expect(a.get_by_role("combobox", name=CKPT_BOX)).to_have_value(A_TRAINED)
     assert {A_TRAINED, A_CKPT, CKPT} <= set(_checkpoint_options(a))
     assert _holder(studio, A_TRAINED) == visitors.state["a_ws"], "trained into A's own workspace"

@@ -145,6 +145,7 @@ def build_demo() -> gr.Blocks:
             [u.ckpt_upload, u.ckpt_dd],
             [u.ckpt_dd, u.ckpt_info, u.ckpt_upload],
             api_name="import_checkpoint",
+            show_progress_on=[u.ckpt_info],  # a refused file marks the checkpoint's description, not the list
         )
 
         src_outputs = [
@@ -173,6 +174,16 @@ def build_demo() -> gr.Blocks:
             concurrency_limit=1,
             concurrency_id="download",
             api_name="get_mvtec",
+            show_progress_on=[u.mvtec_progress],
+        )
+        u.mvtec_upload.upload(
+            model_tab.upload_mvtec,
+            [u.mvtec_upload, u.data_root, u.category],
+            [u.mvtec_progress, u.data_root, u.category, u.mvtec_panel],
+            concurrency_limit=1,
+            concurrency_id="download",
+            api_name="upload_mvtec",
+            show_progress_on=[u.mvtec_progress],  # the extraction's gr.Progress bar, and any error, show there
         )
 
         u.train_btn.click(
@@ -190,6 +201,8 @@ def build_demo() -> gr.Blocks:
                 u.epochs,
                 u.batch_size,
                 u.lr,
+                u.max_minutes,
+                u.ckpt_dd,  # the active model: the new one is shown beside it, active only when chosen
             ],
             [
                 u.progress_md,
@@ -201,6 +214,10 @@ def build_demo() -> gr.Blocks:
                 u.ckpt_dd,
                 u.ckpt_info,
                 u.stop_btn,
+                u.compare_md,
+                u.new_ckpt,
+                u.use_new_btn,
+                u.stop_discard_btn,
             ],
             concurrency_limit=1,
             concurrency_id="train",
@@ -208,7 +225,21 @@ def build_demo() -> gr.Blocks:
             show_progress="full",
             show_progress_on=[u.progress_md],  # a queued run shows its place in the queue there
         )
-        u.stop_btn.click(model_tab.stop_training, None, None, concurrency_limit=None, api_name="stop")
+        # Stop reaches the run through a stop file (see model_tab), not ``cancels``: a ZeroGPU worker is another
+        # process. ``/stop`` discards, as it always did; ``/stop_keep`` keeps the model trained so far.
+        u.stop_btn.click(model_tab.stop_and_keep, None, None, concurrency_limit=None, api_name="stop_keep")
+        u.stop_discard_btn.click(model_tab.stop_and_discard, None, None, concurrency_limit=None, api_name="stop")
+        u.use_new_btn.click(
+            model_tab.use_new_model, u.new_ckpt, [u.ckpt_dd, u.use_new_btn, u.new_ckpt], api_name="use_new_model"
+        )
+        u.delete_btn.click(
+            model_tab.delete_checkpoint,
+            u.ckpt_dd,
+            [u.ckpt_dd, u.ckpt_info],
+            js="(name) => (name && confirm(`Delete ${name} and its metadata?`)) ? name : null",
+            api_name="delete_checkpoint",
+            show_progress_on=[u.ckpt_info],
+        )
         u.download_btn.click(
             model_tab.download_checkpoint, u.ckpt_dd, u.ckpt_files, api_name="download_checkpoint"
         ).then(lambda: gr.File(visible=True), None, u.ckpt_files, api_visibility="private", queue=False)

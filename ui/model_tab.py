@@ -1,4 +1,5 @@
-"""The Model tab: the active checkpoint (choose, upload, download), data sources and training."""
+"""The Model tab: the active checkpoint (choose, upload, download, delete), data sources (MVTec AD download or
+archive upload) and training, whose new model is shown beside the active one until the user chooses it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
-import numpy as np
+import pandas as pd
 
 from ikd_core import service
 from ikd_core.backbones import BACKBONES
@@ -127,6 +128,38 @@ def download_checkpoint(name: str | None, request: gr.Request = None) -> list[st
         raise err(exc) from exc
     side = sidecar_path(path)
     return [str(path)] + ([str(side)] if side.is_file() else [])
+
+
+def delete_checkpoint(name: str | None, request: gr.Request = None) -> tuple[Any, Any]:  # type: ignore[assignment]
+    """Delete one of the caller's own checkpoints (trained or uploaded, in their workspace) and its metadata. The
+    shipped ones (public mode) are never deleted: checked here, on the server, since API clients bypass the UI."""
+    if not name:
+        return gr.skip(), gr.skip()  # the confirmation was declined
+    ws = workspace(request)
+    try:
+        name = service.check_checkpoint_name(name)
+        own = ws.pretrained / name
+        if ws.pretrained != S.PATHS.pretrained and not own.is_file() and (S.PATHS.pretrained / name).is_file():
+            raise gr.Error(say(f"{name} is shipped with this app and cannot be deleted"))
+        path = service.resolve_checkpoint(name, ws.pretrained)  # never a path outside the caller's folder
+        sidecar_path(path).unlink(missing_ok=True)
+        path.unlink()
+    except Exception as exc:  # noqa: BLE001
+        raise err(exc) from exc
+    gr.Info(say(f"checkpoint {name} deleted"))
+    value = initial_checkpoint(ws)
+    return gr.Dropdown(choices=checkpoint_names(ws), value=value), describe_checkpoint(value, ws)
+
+
+def use_new_model(name: str | None, request: gr.Request = None) -> tuple[Any, Any, Any]:  # type: ignore[assignment]
+    """Make the model just trained the active one (the user's choice after comparing)."""
+    ws = workspace(request)
+    try:
+        resolve(name, ws)
+    except Exception as exc:  # noqa: BLE001
+        raise err(exc) from exc
+    gr.Info(say(f"{name} is now the active model"))
+    return gr.Dropdown(choices=checkpoint_names(ws), value=name), gr.Button(visible=False), ""
 
 
 # ------------------------------------------------------------------------------------------ Model: data sources
@@ -281,6 +314,53 @@ def get_mvtec(root: str, archive_or_folder: str, category: str | None) -> Iterat
     )
 
 
+MVTEC_ARCHIVE_SUFFIXES = (".tar.xz", ".txz", ".tar.gz", ".tgz", ".tar.bz2", ".tar", ".zip")
+
+
+def upload_mvtec(
+    archive: Any,
+    root: str,
+    category: str | None,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's progress tracker is injected this way
+) -> tuple[Any, ...]:
+    """Extract an uploaded MVTec AD archive (the full set, or one category's archive such as ``bottle.tar.xz``)
+    into the operator's MVTec AD folder and list the categories found. Every member is checked before anything
+    is extracted (:func:`~ikd_core.data.download.safe_extract`) and categories move in only once complete, so a bad
+    archive changes nothing. Refused in public mode (as the download is)."""
+    from ikd_core.data.download import install_archive
+
+    files = file_list(archive)
+    if not files:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    if S.PUBLIC:
+        raise gr.Error("uploading MVTec AD is not available on this public deployment; the operator provides it")
+    src = Path(files[0])
+    if len(files) != 1 or not src.name.lower().endswith(MVTEC_ARCHIVE_SUFFIXES):
+        raise gr.Error(
+            say(f"{src.name} is not an MVTec AD archive: upload one .tar.xz, .tar.gz, .tar or .zip file "
+                "(the full set or one category's archive)")
+        )
+    try:
+        dest = S.POLICY.mvtec_destination(root)
+        progress(0.0, desc="Checking the archive")
+        found = install_archive(
+            src, dest, progress=lambda done, total: progress((done, total), desc="Extracting", unit="files")
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise err(exc) from exc
+    finally:
+        Path(src).unlink(missing_ok=True)  # the uploaded copy (up to GBs) is not needed any more
+    cats = list_categories(dest)
+    value = category if category in found else (found[0] if found else (cats[0] if cats else None))
+    return (
+        f"Extracted {len(found)} categor{'y' if len(found) == 1 else 'ies'} ({', '.join(md(c) for c in found)}); "
+        f"MVTec AD under {md(dest)} now has {len(cats)}.",
+        str(dest),
+        gr.Dropdown(choices=cats, value=value),
+        gr.Group(visible=False),
+    )
+
+
 # ------------------------------------------------------------------------------------------ Model: training
 def _hms(seconds: float) -> str:
     if seconds is None or not math.isfinite(seconds):
@@ -289,16 +369,23 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def progress_text(p: Any, status: str, stopping: bool = False) -> str:
+def progress_text(p: Any, status: str, stopping: bool | None = None) -> str:
     """Markdown for a training run's progress ``p`` (:class:`ikd_core.train.Progress`, or ``None`` before the
-    first step)."""
-    if stopping:
-        status = "stopping at the next step"
+    first step). ``stopping``: None (running), True (stop and keep), False (stop and discard).
+
+    The bar is Markdown, not ``gr.Progress``: Gradio draws ``gr.Progress`` in the status tracker that covers the
+    event's outputs while it runs, which would hide the streamed loss curve and text under a pending overlay; and
+    a queued run's place in the queue already shows on this component (``show_progress_on``)."""
+    if stopping is not None:
+        status = "stopping at the next step; " + (
+            "the model trained so far will be kept" if stopping else "nothing will be saved"
+        )
     if p is not None:
         frac = p.fraction
         bar = f'<div class="ikd-bar"><div style="width:{100 * frac:.1f}%"></div></div>\n\n**{100 * frac:.0f}%** · '
+        epochs = f"{p.epoch}/{p.epochs}" if p.epochs else f"{p.epoch} (until the time limit)"
         line = (
-            f"epoch {p.epoch}/{p.epochs} · step {p.step}/{p.steps_per_epoch} · loss {p.loss:.4f} · "
+            f"epoch {epochs} · step {p.step}/{p.steps_per_epoch} · loss {p.loss:.4f} · "
             f"{p.images_per_sec:.1f} images/s · elapsed {_hms(p.elapsed_s)} · ETA {_hms(p.eta_s)}"
         )
         phase = {
@@ -313,13 +400,9 @@ def progress_text(p: Any, status: str, stopping: bool = False) -> str:
     return f"_{status or 'starting'}_"
 
 
-def _loss_figure(losses: list[tuple[int, float]]) -> Any:
-    from ikd_core.visualize import plot_loss_curve
-
-    if not losses:
-        return None
-    steps, values = zip(*losses, strict=True)
-    return plot_loss_curve(np.array(steps), np.array(values))
+def loss_frame(losses: list[tuple[int, float]]) -> pd.DataFrame:
+    """The loss curve for the interactive ``gr.LinePlot``: one row per training step."""
+    return pd.DataFrame(losses, columns=["step", "loss"])
 
 
 def _curve_figures(curves: service.Curves | None) -> tuple[Any, Any, Any]:
@@ -347,6 +430,80 @@ def metrics_markdown(metrics: dict[str, float], title: str) -> str:
     return format_metrics_table(metrics, title=title)
 
 
+def train_defaults(has_gpu: bool) -> dict[str, Any]:
+    """The training form's defaults: the paper's setting on a GPU (hrnet_w32, 256 px, batch 2, AdamW 5e-5,
+    50 epochs), the README's CPU recipe otherwise (efficientnet_lite0, 256 px, batch 8, lr 1e-2, 60 epochs, at
+    most 10 minutes). In public mode the operator's time limit caps every run."""
+    if has_gpu:
+        d: dict[str, Any] = {"backbone": "hrnet_w32", "image_size": 256, "epochs": 50, "batch_size": 2,
+                             "lr": 5e-5, "max_minutes": 0}
+    else:
+        d = {"backbone": "efficientnet_lite0", "image_size": 256, "epochs": 60, "batch_size": 8, "lr": 1e-2,
+             "max_minutes": 10}
+    if S.MAX_TRAIN_MINUTES:
+        d["max_minutes"] = min(d["max_minutes"] or S.MAX_TRAIN_MINUTES, S.MAX_TRAIN_MINUTES)
+    return d
+
+
+def run_limits(epochs: Any, max_minutes: Any) -> tuple[int | None, float | None]:
+    """(epochs, minutes) from the form: an empty or 0 field means "no limit" of that kind; at least one is needed.
+    In public mode the operator's limit caps the time."""
+    n = None if epochs in (None, "", 0) else int(service.number(epochs, "epochs", 1, 100_000, integer=True))
+    m = None if max_minutes in (None, "", 0) else float(service.number(max_minutes, "time limit", 0.05, 100_000))
+    if S.MAX_TRAIN_MINUTES:
+        m = min(m or S.MAX_TRAIN_MINUTES, S.MAX_TRAIN_MINUTES)
+    if n is None and m is None:
+        raise gr.Error("set a number of epochs or a time limit (an empty epochs field trains until the time limit)")
+    return n, m
+
+
+def metrics_on_test_set(ckpt_path: Path, spec: DataSpec) -> dict[str, float]:
+    """Metrics of a checkpoint on ``spec``'s test set, computed as training computes them (``predict_maps`` +
+    ``compute_metrics`` at the checkpoint's own image size), so two models are compared on the same images."""
+    from torch.utils.data import DataLoader
+
+    from ikd_core.data.sources import build_datasets
+    from ikd_core.train import compute_metrics, predict_maps
+
+    device = "cpu" if gpu.ZERO_GPU else gpu.compute_device()  # on ZeroGPU the GPU exists only in GPU calls
+    predictor = gpu.PREDICTORS.get(ckpt_path, device)
+    _, test_ds = build_datasets(spec, predictor.image_size)
+    if test_ds is None or not len(test_ds):  # type: ignore[arg-type]
+        return {}
+    res = predict_maps(predictor.model, DataLoader(test_ds, batch_size=8), predictor.device)
+    return compute_metrics(res)
+
+
+def comparison_markdown(
+    new: str, new_meta: dict[str, Any], new_metrics: dict[str, float], active: str | None,
+    active_metrics: dict[str, float] | None, made_active: bool,
+) -> str:
+    """The new model beside the active one: both models' metrics on the new run's test set."""
+    from ikd_core.metrics import METRIC_LABELS
+
+    note = f"  \n_{md(new_meta['note'])}_" if new_meta.get("note") else ""
+    if made_active or not active:
+        return f"**New model** **{md(new)}** is active (there was no active model).{note}"
+    head = f"### New model vs active model\n**{md(new)}** (new) beside **{md(active)}** (active), on the same test set."
+    if not new_metrics:
+        return (f"{head}\n\nNo labelled test set, so no metrics: compare them on your own images in Inspect, "
+                f"then choose.{note}")
+    keys = [k for k in new_metrics if k in METRIC_LABELS] or list(new_metrics)
+
+    def cell(metrics: dict[str, float] | None, key: str) -> str:
+        v = (metrics or {}).get(key)
+        return "n/a" if v is None or not math.isfinite(float(v)) else f"{float(v):.4f}"
+
+    rows = [f"| {METRIC_LABELS.get(k, k)} | {cell(new_metrics, k)} | {cell(active_metrics, k)} |" for k in keys]
+    table = "\n".join(["| Metric | New | Active |", "|:--|--:|--:|", *rows])
+    verdict = ""
+    a, b = new_metrics.get("image_auroc"), (active_metrics or {}).get("image_auroc")
+    if a is not None and b is not None and math.isfinite(a) and math.isfinite(b):
+        verdict = ("\n\n**The new model is worse on image AUROC**: keep the active one unless you have a reason."
+                   if a < b else "\n\nThe new model is at least as good on image AUROC.")
+    return (f"{head}{note}\n\n{table}{verdict}\n\nThe active model stays until you choose **Use the new model**.")
+
+
 def train_model(
     source: str,
     category: str | None,
@@ -357,13 +514,17 @@ def train_model(
     name: str,
     backbone: str,
     image_size: float,
-    epochs: float,
+    epochs: float | None,
     batch_size: float,
     lr: float,
+    max_minutes: float | None,
+    active: str | None,
     request: gr.Request,
 ) -> Iterator[dict[Any, Any]]:
-    """Check the inputs, run :func:`gpu.train_on_device` and stream its progress, the loss curve, then metrics, curves
-    and the new checkpoint (saved in ``pretrained/`` and made active)."""
+    """Check the inputs, run :func:`gpu.train_on_device` and stream its progress and loss curve; then metrics,
+    curves and the new checkpoint (saved in the caller's ``pretrained/``). The new checkpoint becomes active only
+    when there was no usable active model; otherwise both are shown with their metrics on the same test set and
+    the user chooses (``use_new_model``)."""
     from ikd_core.train import TrainConfig
 
     spec = None
@@ -371,13 +532,14 @@ def train_model(
         ws = workspace(request)
         if backbone not in BACKBONES:
             raise gr.Error("unknown backbone")
+        n_epochs, minutes = run_limits(epochs, max_minutes)
         cfg = TrainConfig(
             backbone=backbone,
             image_size=int(service.number(image_size, "image size", 32, max_image_size(), integer=True)),
-            epochs=int(service.number(epochs, "epochs", 1, 100_000, integer=True)),
+            epochs=n_epochs,
             batch_size=int(service.number(batch_size, "batch size", 1, 4096, integer=True)),
             lr=float(service.number(lr, "learning rate", 1e-8, 10.0)),
-            max_minutes=S.MAX_TRAIN_MINUTES,
+            max_minutes=minutes,
         )
         ws.check_quota(extra_checkpoints=1)
         spec = spec_from_ui(source, category, data_root or "", folder or "", test_folder or "", uploads, name or "", ws)
@@ -396,21 +558,40 @@ def train_model(
         if source == S.SRC_UPLOAD:
             service.discard_upload(spec, ws.root if spec is not None else S.PATHS.work)
         raise err(exc) from exc
+    try:
+        yield from _train_and_report(spec, cfg, out, ws, active, record=source != S.SRC_UPLOAD)
+    finally:
+        if source == S.SRC_UPLOAD:  # the extracted images are only needed while training
+            service.discard_upload(spec, ws.root)
+
+
+def _train_and_report(
+    spec: DataSpec, cfg: Any, out: Path, ws: service.Workspace, active: str | None, record: bool
+) -> Iterator[dict[Any, Any]]:
+    """The run of :func:`train_model` once its inputs are checked: stream it, then show the new model.
+    ``record``: remember the data of the new checkpoint (so its test set is found again; never for uploads)."""
+    backbone = cfg.backbone
+    # Stop goes through a file, not Gradio's ``cancels``: on ZeroGPU the run lives in a GPU worker process that
+    # only a file reaches, and the run must end cleanly (keeping or discarding the partial model as asked).
     stop = service.StopFile(ws.jobs)
     S.JOBS.put(ws.id, stop)
-    title = (
-        f"{md(spec.category)} ({backbone}, {cfg.image_size} px, {cfg.epochs} epochs"
-        + (f", at most {cfg.max_minutes:g} min" if cfg.max_minutes else "")
-        + ")"
+    limits = ", ".join(
+        ([f"{cfg.epochs} epochs"] if cfg.epochs else []) + ([f"at most {cfg.max_minutes:g} min"] if cfg.max_minutes
+                                                            else [])
     )
+    title = f"{md(spec.category)} ({backbone}, {cfg.image_size} px, {limits})"
+    running = {C.stop_btn: gr.Button(interactive=True), C.stop_discard_btn: gr.Button(interactive=True)}
     yield {
         C.progress_md: f"_starting: {title}_",
         C.metrics_md: "",
+        C.compare_md: "",
         C.loss_plot: None,
         C.roc_img_plot: None,
         C.roc_pix_plot: None,
         C.pro_plot: None,
-        C.stop_btn: gr.Button(interactive=True),
+        C.use_new_btn: gr.Button(visible=False),
+        C.new_ckpt: "",
+        **running,
     }
     losses: list[tuple[int, float]] = []
     status, last, end = "", None, None
@@ -425,18 +606,17 @@ def train_model(
                     status = up.message
                 else:
                     status, last = "", up.progress
-                update: dict[Any, Any] = {C.progress_md: progress_text(last, status, stop.path.exists())}
+                update: dict[Any, Any] = {C.progress_md: progress_text(last, status, service.StopFile.read_keep(
+                    stop.path))}
                 if up.losses:
-                    update[C.loss_plot] = _loss_figure(losses)
+                    update[C.loss_plot] = loss_frame(losses)
                 yield update
     finally:
         if end is None:
             stop.set()  # the client went away: end the run, nothing is saved
         S.JOBS.discard(ws.id, stop)
         stop.clear()
-        if source == S.SRC_UPLOAD:  # the extracted images are only needed while training
-            service.discard_upload(spec, ws.root)
-    done_state = {C.stop_btn: gr.Button(interactive=False)}
+    done_state = {C.stop_btn: gr.Button(interactive=False), C.stop_discard_btn: gr.Button(interactive=False)}
     if end is None or end.state == "failed":
         error = end.error if end is not None else "training ended unexpectedly"
         yield {**done_state, C.progress_md: f"**Training failed:** {md(error or 'training failed')}"}
@@ -446,34 +626,63 @@ def train_model(
         return
     ckpt_path = Path(end.checkpoint or out)
     ckpt = ckpt_path.name
-    if spec.kind != "demo" and source != S.SRC_UPLOAD:  # so its test set is found again (never from metadata)
+    if spec.kind != "demo" and record:  # so its test set is found again (never from metadata)
         S.POLICY.known.record(service.file_digest(ckpt_path), spec)
-    roc_i, roc_p, pro = _curve_figures(end.curves)
     meta = end.metadata
-    gr.Info(say(f"checkpoint {ckpt} saved and active"))
+    active_path = None
+    if active and active != ckpt:
+        with contextlib.suppress(IKDError):
+            active_path = resolve(active, ws)
+            if not service.checkpoint_info(active_path).ok:
+                active_path = None
+    active_metrics = None
+    if active_path is not None and end.metrics:
+        yield {C.progress_md: f"_evaluating the active model {md(active)} on the same test set_"}
+        try:
+            active_metrics = metrics_on_test_set(active_path, spec)
+        except Exception as exc:  # noqa: BLE001 - the new model is saved either way
+            S.log.warning("could not evaluate %s on the new test set: %s", active, exc)
+    made_active = active_path is None
+    roc_i, roc_p, pro = _curve_figures(end.curves)
+    head = (f"**Stopped early** (kept, as asked) after {_hms(end.seconds)}" if meta.get("stopped_by_user")
+            else f"**Done** in {_hms(end.seconds)}")
+    where = "saved and active" if made_active else f"saved; the active model is still **{md(active)}**"
+    gr.Info(say(f"checkpoint {ckpt} " + ("saved and active" if made_active else "saved: compare it, then choose")))
     yield {
         **done_state,
         C.progress_md: (
-            f"**Done** in {_hms(end.seconds)}: {meta.get('epochs_completed')} epochs, "
-            f"{meta.get('images_per_sec')} images/s on {meta.get('device')}. "
-            f"Checkpoint `{ckpt}` saved and active."
+            f"{head}: {meta.get('epochs_completed')} epochs, {meta.get('images_per_sec')} images/s on "
+            f"{meta.get('device')}. Checkpoint `{ckpt}` {where}."
         ),
-        C.loss_plot: _loss_figure(losses),
+        C.loss_plot: loss_frame(losses),
         C.metrics_md: metrics_markdown(end.metrics, title),
+        C.compare_md: comparison_markdown(ckpt, meta, end.metrics, active, active_metrics, made_active),
         C.roc_img_plot: roc_i,
         C.roc_pix_plot: roc_p,
         C.pro_plot: pro,
-        C.ckpt_dd: gr.Dropdown(choices=checkpoint_names(ws), value=ckpt),
-        C.ckpt_info: describe_checkpoint(ckpt, ws),
+        C.ckpt_dd: gr.Dropdown(choices=checkpoint_names(ws), value=ckpt if made_active else active),
+        C.ckpt_info: describe_checkpoint(ckpt if made_active else active, ws),
+        C.use_new_btn: gr.Button(visible=not made_active),
+        C.new_ckpt: "" if made_active else ckpt,
     }
 
 
-def stop_training(request: gr.Request) -> None:
+def stop_training(request: gr.Request, keep: bool = False) -> None:
     """Stop the caller's own training run: the job is looked up by the caller's workspace on the server, so no
     request can stop another visitor's run (the run itself reports the end, so nothing is returned)."""
     ws = S.WORKSPACES.get(getattr(request, "session_hash", None), create=False) if S.PUBLIC else S.WORKSPACES.shared
-    if ws is not None and S.JOBS.stop(ws.id):
-        gr.Info("stopping at the next step; nothing will be saved")
+    if ws is not None and S.JOBS.stop(ws.id, keep=keep):
+        gr.Info("stopping at the next step; " + ("the model trained so far is kept" if keep else "nothing is saved"))
+
+
+def stop_and_keep(request: gr.Request) -> None:
+    """Stop the caller's run at the next step and keep the model trained so far (marked stopped early)."""
+    stop_training(request, keep=True)
+
+
+def stop_and_discard(request: gr.Request) -> None:
+    """Stop the caller's run at the next step and save nothing (the ``/stop`` API, as before)."""
+    stop_training(request, keep=False)
 
 
 def build() -> SimpleNamespace:
@@ -490,6 +699,7 @@ def build() -> SimpleNamespace:
         )
         refresh_btn = gr.Button("Refresh list", scale=0, min_width=120)
         download_btn = gr.Button("Download", scale=0, min_width=120, elem_id="ikd-ckpt-download")
+        delete_btn = gr.Button("Delete", variant="stop", scale=0, min_width=120, elem_id="ikd-ckpt-delete")
     with gr.Row():
         ckpt_upload = gr.File(
             label="Upload a checkpoint: .safetensors (+ optional .json)",
@@ -543,31 +753,60 @@ def build() -> SimpleNamespace:
                 visible=S.ALLOW_SERVER_PATHS,
             )
             mvtec_btn = gr.Button("Download / use", scale=1, visible=not S.PUBLIC)
-        mvtec_progress = gr.Markdown()
+        mvtec_upload = gr.File(
+            label=f"Or upload an MVTec AD archive: one category's (e.g. bottle.tar.xz) or the full set (up to "
+            f"{S.MAX_FILE_SIZE} here: IKD_MAX_FILE_SIZE)",
+            file_types=[".xz", ".gz", ".tgz", ".txz", ".bz2", ".tar", ".zip"],
+            visible=not S.PUBLIC,
+            elem_id="ikd-mvtec-upload",
+        )
+        mvtec_progress = gr.Markdown(elem_id="ikd-mvtec-progress")
+    d = train_defaults(gpu.has_gpu())
+    gr.Markdown(
+        "Defaults: " + ("the paper's setting (hrnet_w32, 256 px, batch 2, lr 5e-5, 50 epochs)" if gpu.has_gpu()
+                        else "the CPU recipe (efficientnet_lite0, 256 px, batch 8, lr 1e-2, 60 epochs, 10 min)")
+        + ". Leave Epochs empty (or 0) to train until the time limit."
+    )
     with gr.Row():
         backbone = gr.Dropdown(
-            S.BACKBONE_CHOICES, value=S.DEFAULT_BACKBONE, label="Backbone (teacher)", scale=2, elem_id="ikd-backbone"
+            S.BACKBONE_CHOICES, value=d["backbone"], label="Backbone (teacher)", scale=2, elem_id="ikd-backbone"
         )
         image_size = gr.Slider(
-            64, 512, value=128 if not gpu.has_gpu() else 256, step=32, label="Image size (px)", elem_id="ikd-image-size"
+            64, 512, value=d["image_size"], step=32, label="Image size (px)", elem_id="ikd-image-size"
         )
         epochs = gr.Number(
-            value=10 if not gpu.has_gpu() else 50,
-            precision=0,
-            minimum=1,
-            maximum=1000,
-            label="Epochs",
+            value=d["epochs"], precision=0, minimum=0, maximum=100_000, label="Epochs (empty: until the time limit)",
             elem_id="ikd-epochs",
         )
-        batch_size = gr.Number(value=8, precision=0, minimum=1, maximum=256, label="Batch size", elem_id="ikd-batch")
-        lr = gr.Number(value=1e-3, minimum=0, label="Learning rate", elem_id="ikd-lr")
+        max_minutes = gr.Number(
+            value=d["max_minutes"],
+            minimum=0,
+            maximum=S.MAX_TRAIN_MINUTES or 100_000,
+            label="Time limit (minutes, 0: none)" + (f"; at most {S.MAX_TRAIN_MINUTES:g} here" if S.MAX_TRAIN_MINUTES
+                                                      else ""),
+            elem_id="ikd-max-minutes",
+        )
+        batch_size = gr.Number(
+            value=d["batch_size"], precision=0, minimum=1, maximum=256, label="Batch size", elem_id="ikd-batch"
+        )
+        lr = gr.Number(value=d["lr"], minimum=0, label="Learning rate", elem_id="ikd-lr")
     with gr.Row():
         train_btn = gr.Button("Train", variant="primary", elem_id="ikd-train")
-        stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="ikd-stop")
+        stop_btn = gr.Button("Stop and keep", variant="stop", interactive=False, elem_id="ikd-stop")
+        stop_discard_btn = gr.Button(
+            "Stop and discard", variant="secondary", interactive=False, elem_id="ikd-stop-discard"
+        )
     progress_md = gr.Markdown(elem_id="ikd-progress")
+    with gr.Row():
+        compare_md = gr.Markdown(elem_id="ikd-compare")
+    with gr.Row():
+        use_new_btn = gr.Button("Use the new model", variant="primary", visible=False, elem_id="ikd-use-new")
+        new_ckpt = gr.Textbox(visible=False, label="New checkpoint", elem_id="ikd-new-ckpt")
     metrics_md = gr.Markdown(elem_id="ikd-metrics")
     with gr.Row():
-        loss_plot = gr.Plot(label="Training loss", format="png")
+        loss_plot = gr.LinePlot(
+            x="step", y="loss", label="Training loss", x_title="step", y_title="loss", elem_id="ikd-loss"
+        )
         roc_img_plot = gr.Plot(label="Image ROC", format="png")
     with gr.Row():
         roc_pix_plot = gr.Plot(label="Pixel ROC", format="png")
@@ -577,6 +816,13 @@ def build() -> SimpleNamespace:
             "ckpt_dd": ckpt_dd,
             "refresh_btn": refresh_btn,
             "download_btn": download_btn,
+            "delete_btn": delete_btn,
+            "mvtec_upload": mvtec_upload,
+            "max_minutes": max_minutes,
+            "stop_discard_btn": stop_discard_btn,
+            "compare_md": compare_md,
+            "use_new_btn": use_new_btn,
+            "new_ckpt": new_ckpt,
             "ckpt_upload": ckpt_upload,
             "ckpt_info": ckpt_info,
             "ckpt_files": ckpt_files,

@@ -25,9 +25,9 @@ MVTEC_URL = (
     "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/"
     "420938113-1629952094/mvtec_anomaly_detection.tar.xz"
 )
-# SHA-256 of the official archive. Not pinned yet: set it once the official file's hash is known
-# (or pass ``sha256=`` / ``--sha256`` explicitly). None skips verification.
-MVTEC_SHA256: str | None = None
+#: SHA-256 of the official full archive (``mvtec_anomaly_detection.tar.xz``, about 4.9 GB): every download is
+#: verified against it unless another hash is passed (``sha256=`` / ``--sha256``).
+MVTEC_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
 MVTEC_HOME = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
 
 Progress = Callable[[int, int], None]
@@ -136,11 +136,12 @@ def _check_zip(zf: zipfile.ZipFile, target: Path) -> None:
             raise DataError(f"refusing to extract archive: member {info.filename!r} is a symbolic link.")
 
 
-def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
+def safe_extract(archive: str | os.PathLike, target: str | os.PathLike, progress: Progress | None = None) -> Path:
     """Extract a tar (.tar/.tar.gz/.tar.xz/.tar.bz2) or zip archive into ``target``.
 
     Every member is checked first; if any would land outside ``target`` (``..``, absolute paths, links
-    pointing outside, device files) a DataError is raised and nothing is extracted.
+    pointing outside, device files) a DataError is raised and nothing is extracted. ``progress(done, total)``
+    is called after each extracted member.
     """
     archive, target = Path(archive), Path(target)
     if not archive.is_file():
@@ -151,14 +152,22 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 _check_zip(zf, root)
-                zf.extractall(root)
+                infos = zf.infolist()
+                for i, info in enumerate(infos, 1):
+                    zf.extract(info, root)
+                    if progress is not None:
+                        progress(i, len(infos))
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive, "r:*") as tf:
                 _check_tar(tf, root)
-                if hasattr(tarfile, "data_filter"):
-                    tf.extractall(root, filter="data")
-                else:  # pragma: no cover - Python without extraction filters; members checked above
-                    tf.extractall(root)
+                members = tf.getmembers()
+                for i, member in enumerate(members, 1):
+                    if hasattr(tarfile, "data_filter"):
+                        tf.extract(member, root, filter="data")
+                    else:  # pragma: no cover - Python without extraction filters; members checked above
+                        tf.extract(member, root)
+                    if progress is not None:
+                        progress(i, len(members))
         else:
             raise DataError(f"{archive} is not a tar or zip archive; pass the .tar.xz (or .zip) file.")
     except DataError:
@@ -189,17 +198,23 @@ def _archive_name(url: str) -> str:
 def download_mvtec(
     data_root: str | os.PathLike,
     url: str = MVTEC_URL,
-    sha256: str | None = MVTEC_SHA256,
+    sha256: str | None = None,
     archive: str | os.PathLike | None = None,
     progress: Progress | None = None,
     keep_archive: bool = False,
+    extract_progress: Progress | None = None,
 ) -> Path:
     """Put MVTec AD under ``data_root/<category>/``; return ``data_root``.
 
-    With ``archive`` (a local .tar.xz / .zip) that file is extracted and never deleted; otherwise ``url`` is
-    downloaded into ``data_root`` (removed after extraction unless ``keep_archive``). Categories already
-    present are replaced by the archive's copy.
+    With ``archive`` (a local .tar.xz / .zip: the full set, or one category's archive such as ``bottle.tar.xz``)
+    that file is extracted and never deleted; otherwise ``url`` is downloaded into ``data_root`` (removed after
+    extraction unless ``keep_archive``). Categories already present are replaced by the archive's copy.
+    ``sha256``: the expected hash; by default a download must match :data:`MVTEC_SHA256` (a mismatch keeps
+    nothing) and a local archive is not checked (a category's archive has its own hash). ``progress`` reports
+    the download's bytes, ``extract_progress`` the extracted members.
     """
+    if sha256 is None and archive is None:
+        sha256 = MVTEC_SHA256
     data_root = Path(data_root)
     try:
         data_root.mkdir(parents=True, exist_ok=True)
@@ -226,16 +241,30 @@ def download_mvtec(
             ) from exc
         downloaded = True
 
+    install_archive(src, data_root, progress=extract_progress)
+    if downloaded and not keep_archive:
+        src.unlink(missing_ok=True)
+    return data_root
+
+
+def install_archive(src: str | os.PathLike, data_root: str | os.PathLike,
+                    progress: Progress | None = None) -> list[str]:
+    """Extract an MVTec AD archive (the full set or one category's) into a staging folder inside ``data_root``,
+    then move its categories to ``data_root/<category>/`` (replacing those present); return their names. A bad
+    archive (not one, unsafe members, no category inside) raises DataError and changes nothing in ``data_root``."""
+    src, data_root = Path(src), Path(data_root)
+    data_root.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".mvtec-extract-", dir=data_root))
     try:
-        safe_extract(src, stage)
+        safe_extract(src, stage, progress=progress)
         found = _find_dataset_root(stage)
         if found is None:
             raise DataError(
-                f"{src} contains no MVTec AD categories (folders with train/good); "
-                "check that it is the MVTec AD archive."
+                f"{src.name} contains no MVTec AD categories (folders with train/good); "
+                "check that it is the MVTec AD archive or one category's archive."
             )
-        for cat in list_categories(found):
+        cats = list_categories(found)
+        for cat in cats:
             dest = data_root / cat
             if dest.exists():
                 shutil.rmtree(dest)
@@ -245,6 +274,4 @@ def download_mvtec(
                 os.replace(extra, data_root / extra.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    if downloaded and not keep_archive:
-        src.unlink(missing_ok=True)
-    return data_root
+    return cats

@@ -44,8 +44,10 @@ class TrainingJob:
 
     Progress arrives as :class:`JobEvent` objects on :attr:`events` (``Progress`` reports during
     training, ``status`` texts between phases, one ``end`` last). :meth:`stop` sets :attr:`stop_event`;
-    training then ends at the next step and nothing is written. When done, :attr:`state` is
-    ``finished``, ``cancelled`` or ``failed``, with :attr:`result` / :attr:`curves` or :attr:`error`.
+    training then ends at the next step and nothing is written, unless it was ``stop(keep=True)``: then the model
+    trained so far is fitted, evaluated and saved, marked stopped early (the same through ``stop_file``).
+    When done, :attr:`state` is ``finished``, ``cancelled`` or ``failed``, with :attr:`result` / :attr:`curves`
+    or :attr:`error`.
     With ``release_reservation``, ``out_path`` came from :func:`~ikd_core.service.reserve_checkpoint_path` and its
     reservation is released when the run ends, whatever the outcome (before the ``end`` event).
     """
@@ -70,6 +72,7 @@ class TrainingJob:
         self.device = device
         self.events: queue.Queue[JobEvent] = queue.Queue()
         self.stop_event = threading.Event()
+        self.keep_on_stop = False
         self.stop_file = Path(stop_file) if stop_file is not None else None
         self.state = "pending"  # pending | running | finished | cancelled | failed
         self.result: Any = None
@@ -87,8 +90,10 @@ class TrainingJob:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Ask the run to stop at the next step; no checkpoint is written for a stopped run."""
+    def stop(self, keep: bool = False) -> None:
+        """Ask the run to stop at the next step; with ``keep`` the model trained so far is still saved (marked
+        stopped early), else no checkpoint is written."""
+        self.keep_on_stop = keep
         self.stop_event.set()
 
     def should_stop(self) -> bool:
@@ -96,6 +101,14 @@ class TrainingJob:
         if not self.stop_event.is_set() and self.stop_file is not None and self.stop_file.exists():
             self.stop_event.set()
         return self.stop_event.is_set()
+
+    def keep_requested(self) -> bool:
+        """Whether the stop asked for keeps the partial model (the stop file's word wins: it is the latest)."""
+        if self.stop_file is not None:
+            kept = StopFile.read_keep(self.stop_file)
+            if kept is not None:
+                return kept
+        return self.keep_on_stop
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread; True when it has finished."""
@@ -149,7 +162,7 @@ class TrainingJob:
             result = train(
                 train_ds, test_ds, self.config, out_path=self.out_path, category=self.spec.category,
                 data_info=self.spec.to_dict(), callback=self._on_progress, should_stop=self.should_stop,
-                device=self.device,
+                device=self.device, keep_on_stop=self.keep_requested,
             )
             self.result = result
             if result.cancelled:
@@ -212,12 +225,12 @@ class JobRegistry:
         with self._lock:
             return self._jobs.get(owner)
 
-    def stop(self, owner: str) -> bool:
-        """Stop the owner's running job; False if it has none."""
+    def stop(self, owner: str, keep: bool = False) -> bool:
+        """Stop the owner's running job (``keep``: save the model trained so far); False if it has none."""
         job = self.get(owner)
         if job is None or job.done:
             return False
-        job.stop()
+        job.stop(keep=keep)
         return True
 
     def discard(self, owner: str, job: Any) -> None:
@@ -228,15 +241,28 @@ class JobRegistry:
 
 class StopFile:
     """A stop request that crosses processes: on ZeroGPU a training run lives in a worker process, so the Stop
-    button (in the server process) asks it to stop by creating a file the run polls every step."""
+    button (in the server process) asks it to stop by creating a file the run polls every step. The file holds
+    ``keep`` (save the model trained so far) or ``discard``."""
 
     def __init__(self, folder: str | os.PathLike[str], job_id: str | None = None) -> None:
         self.job_id = job_id or uuid.uuid4().hex
         self.path = Path(folder) / f"{self.job_id}.stop"
 
-    def set(self) -> None:
+    def set(self, keep: bool = False) -> None:
+        """Ask the run to stop; ``keep``: save what was trained so far. Written atomically (a rename), so the
+        run never reads half a word."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
+        tmp.write_text("keep" if keep else "discard")
+        os.replace(tmp, self.path)
+
+    @staticmethod
+    def read_keep(path: str | os.PathLike[str]) -> bool | None:
+        """What a stop file asks: True keep, False discard, None no stop file."""
+        try:
+            return Path(path).read_text().strip() == "keep"
+        except OSError:
+            return None
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
