@@ -271,7 +271,7 @@ class Attacker:
         if self.attack in "bc":
             factory = self.pngs["8k" if self.attack == "b" else "6k"]
             files = [handle_file(str(p)) for p in factory.files(folder, 64, nonce)]
-            return (files, CKPT, 0.5, 0.5, "jet", 0), "/inspect"
+            return (files, CKPT, 0.5, 0.5, "jet", False), "/inspect"
         if self.attack == "d":
             return ([handle_file(str(self.forged))], CKPT), "/import_checkpoint"
         return ("Upload good images", None, "", "", "", [handle_file(str(self.bomb))], "bomb", "efficientnet_lite0",
@@ -300,7 +300,7 @@ class NormalVisitor:
 
         img = self.images[self._next % len(self.images)]
         self._next += 1
-        c = call(self.client, "normal", ([handle_file(str(img))], CKPT, 0.5, 0.5, "jet", 0), "/inspect", timeout,
+        c = call(self.client, "normal", ([handle_file(str(img))], CKPT, 0.5, 0.5, "jet", False), "/inspect", timeout,
                  watch=True)
         self.calls.append(c)
         return c

@@ -41,7 +41,7 @@ def main() -> None:
             for image in (Path(data) / "demo/demo_texture/test/hole/000.png",
                           Path(data) / "demo/demo_texture/test/good/000.png"):
                 t = time.perf_counter()
-                out = client.predict([handle_file(str(image))], CKPT, 0.5, 0.5, "jet", 0, api_name="/inspect")
+                out = client.predict([handle_file(str(image))], CKPT, 0.5, 0.5, "jet", False, api_name="/inspect")
                 times.append((time.perf_counter() - t, out[5]))
         finally:
             proc.terminate()

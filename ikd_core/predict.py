@@ -152,29 +152,19 @@ class Predictor:
         return self.model(batch.to(self.device))[:, 0].float().cpu()
 
     def _tiled_map(self, img: Image.Image) -> tuple[np.ndarray, float]:
-        """Map of a large image from overlapping model-size tiles at native resolution."""
-        s = self.image_size
-        x = TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)  # native size
-        _, h, w = x.shape
-        if h < s or w < s:
-            x = F.interpolate(x[None], size=(max(h, s), max(w, s)), mode="bilinear")[0]
-        _, hh, ww = x.shape
-        stride = s // 2
-        ys = sorted(set(list(range(0, hh - s + 1, stride)) + [hh - s]))
-        xs = sorted(set(list(range(0, ww - s + 1, stride)) + [ww - s]))
-        acc = torch.zeros(hh, ww)
-        cnt = torch.zeros(hh, ww)
-        tiles = [(y, x0) for y in ys for x0 in xs]
-        for i in range(0, len(tiles), 16):
-            chunk = tiles[i : i + 16]
-            maps = self._maps(torch.stack([x[:, y : y + s, x0 : x0 + s] for y, x0 in chunk]))
-            for (y, x0), m in zip(chunk, maps, strict=True):
-                acc[y : y + s, x0 : x0 + s] += m
-                cnt[y : y + s, x0 : x0 + s] += 1
-        full = acc / cnt
-        if (hh, ww) != (h, w):
-            full = F.interpolate(full[None, None], size=(h, w), mode="bilinear")[0, 0]
-        return full.numpy(), float(full.max())
+        return tiled_map(self._maps, img, self.image_size)
+
+    @property
+    def tile_calibrated(self) -> bool:
+        """Whether the checkpoint has a threshold fitted on held-out tiles (used in tile mode)."""
+        return isinstance(self.metadata.get("tile_normalization"), dict)
+
+    def _norm(self, tiled: bool) -> tuple[float, float]:
+        """(threshold, lo) for whole images, or for tiles when tiled and the checkpoint was calibrated on tiles."""
+        tn = self.metadata.get("tile_normalization")
+        if tiled and isinstance(tn, dict):
+            return float(tn["threshold"]), float(tn["lo"])
+        return self.threshold, self.lo
 
     def predict(self, images: Sequence[ImageInput] | ImageInput, batch_size: int = 16) -> list[Prediction]:
         """Anomaly maps (at each image's resolution), raw scores and thresholds."""
@@ -183,9 +173,10 @@ class Predictor:
         pils = [load_image(im) for im in images]
         results: list[Prediction] = []
         if self.tile:
+            threshold, lo = self._norm(tiled=True)
             for img in pils:
                 amap, score = self._tiled_map(img)
-                results.append(Prediction(amap, score, self.threshold, self.lo))
+                results.append(Prediction(amap, score, threshold, lo))
             return results
         for i in range(0, len(pils), batch_size):
             chunk = pils[i : i + batch_size]
@@ -196,6 +187,33 @@ class Predictor:
                                      align_corners=False)[0, 0]
                 results.append(Prediction(full.numpy(), score, self.threshold, self.lo))
         return results
+
+
+def tiled_map(maps_fn: Any, img: Image.Image, size: int) -> tuple[np.ndarray, float]:
+    """Map of an image at native resolution from overlapping ``size`` px tiles (stride ``size // 2``), averaged where
+    they overlap; ``maps_fn`` turns a normalised (N, 3, size, size) batch into (N, size, size) maps."""
+    s = size
+    x = TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)  # native size
+    _, h, w = x.shape
+    if h < s or w < s:
+        x = F.interpolate(x[None], size=(max(h, s), max(w, s)), mode="bilinear")[0]
+    _, hh, ww = x.shape
+    stride = s // 2
+    ys = sorted(set(list(range(0, hh - s + 1, stride)) + [hh - s]))
+    xs = sorted(set(list(range(0, ww - s + 1, stride)) + [ww - s]))
+    acc = torch.zeros(hh, ww)
+    cnt = torch.zeros(hh, ww)
+    tiles = [(y, x0) for y in ys for x0 in xs]
+    for i in range(0, len(tiles), 16):
+        chunk = tiles[i : i + 16]
+        maps = maps_fn(torch.stack([x[:, y : y + s, x0 : x0 + s] for y, x0 in chunk]))
+        for (y, x0), m in zip(chunk, maps, strict=True):
+            acc[y : y + s, x0 : x0 + s] += m
+            cnt[y : y + s, x0 : x0 + s] += 1
+    full = acc / cnt
+    if (hh, ww) != (h, w):
+        full = F.interpolate(full[None, None], size=(h, w), mode="bilinear")[0, 0]
+    return full.numpy(), float(full.max())
 
 
 def _onnx_engine(path: str | os.PathLike[str], model: IKDModel, meta: dict[str, Any], required: bool) -> Any:

@@ -247,17 +247,21 @@ def predict_maps(model: IKDModel, loader: DataLoader, device: torch.device) -> d
     return out
 
 
-def fit_normalization(maps: Tensor, k: float = 3.0) -> dict[str, float]:
+def fit_normalization(maps: Tensor | list[Tensor], k: float = 3.0) -> dict[str, float]:
     """Threshold and colour scale from held-out good maps.
 
     threshold = max(mean + k * std, max) of the image scores (max of each map), so no held-out good
     image is above it; ``lo`` = median good pixel.
     The normalised score 0.5 * (x - lo) / (threshold - lo) puts the threshold at 0.5.
     """
-    scores = maps.flatten(1).amax(dim=1).double()
+    if isinstance(maps, (list, tuple)):  # maps of different sizes (e.g. tiled at native resolution)
+        scores = torch.stack([m.max() for m in maps]).double()
+        flat = torch.cat([m.flatten() for m in maps])
+    else:
+        scores = maps.flatten(1).amax(dim=1).double()
+        flat = maps.flatten()
     mean = scores.mean().item()
     std = scores.std().item() if scores.numel() > 1 else 0.0
-    flat = maps.flatten()
     if flat.numel() > 1_000_000:
         flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
     lo = flat.double().median().item()
@@ -272,6 +276,24 @@ def fit_normalization(maps: Tensor, k: float = 3.0) -> dict[str, float]:
         "holdout_score_max": scores.max().item(),
         "n_holdout": int(scores.numel()),
     }
+
+
+@torch.no_grad()
+def fit_tile_normalization(model: IKDModel, paths: list[str], image_size: int, device: torch.device,
+                           k: float = 3.0) -> dict[str, float]:
+    """Threshold and colour scale for tile mode: the held-out good images scored in ``image_size`` tiles at their
+    native resolution (as ``Predictor(tile=True)`` does), fitted like :func:`fit_normalization`."""
+    from .data.transforms import load_image
+    from .predict import tiled_map
+
+    model.eval()
+
+    def maps_fn(batch: Tensor) -> Tensor:
+        with torch.autocast(device_type=device.type, enabled=False):
+            return model(batch.to(device))[:, 0].float().cpu()
+
+    maps = [torch.from_numpy(tiled_map(maps_fn, load_image(p), image_size)[0]) for p in paths]
+    return fit_normalization(maps, k)
 
 
 def _loader(ds: Dataset, batch_size: int, cfg: TrainConfig) -> DataLoader:
@@ -453,6 +475,11 @@ def train(
     hold = predict_maps(model, _loader(hold_ds, 8, cfg), device)
     norm = fit_normalization(hold["maps"], cfg.threshold_k)
     norm["holdout_is_train"] = not hold_idx
+    samples = getattr(train_ds, "samples", None)
+    tile_norm = None
+    if samples is not None:  # the same held-out images, scored in tiles at native resolution (predict --tile)
+        tile_norm = fit_tile_normalization(model, [samples[i].path for i in (hold_idx or train_idx)],
+                                           cfg.image_size, device, cfg.threshold_k)
     metrics: dict[str, float] = {}
     test_outputs = None
     if test_ds is not None:
@@ -473,6 +500,7 @@ def train(
         "data": data_info or {},
         "train_config": cfg_dict,
         "score_normalization": norm,
+        **({"tile_normalization": tile_norm} if tile_norm is not None else {}),
         "margins": [float(m.margin) for m in criterion.margins],
         "metrics": metrics,
         "epochs_completed": round(len(history) / steps, 2),

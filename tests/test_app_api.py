@@ -272,3 +272,28 @@ def test_committed_checkpoint_separates_good_from_defective(studio, client, tmp_
     good_scores, bad_scores = [r[1] for r in rows[: len(good)]], [r[1] for r in rows[len(good) :]]
     assert sum(s < 0.5 for s in good_scores) >= 0.9 * len(good), good_scores
     assert sum(s >= 0.5 for s in bad_scores) > 0.5 * len(bad), bad_scores
+
+
+def test_tiling_uses_the_tile_threshold_and_needs_calibration(studio, client) -> None:
+    """The tile toggle scores in tiles against the threshold fitted on held-out tiles; a checkpoint without that
+    calibration (trained before it existed) is refused with a clear message rather than given the wrong one."""
+    import shutil
+
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from ikd_core.predict import Predictor
+
+    img = _test_image(studio)
+    out = client.predict([handle_file(str(img))], CKPT, 0.5, 0.5, "jet", True, api_name="/inspect")
+    want = Predictor.from_checkpoint(studio.pretrained / CKPT, tile=True).predict([str(img)])[0]
+    assert want.threshold == Predictor.from_checkpoint(studio.pretrained / CKPT).metadata["tile_normalization"][
+        "threshold"]
+    assert out[4] == pytest.approx(want.relative_score, abs=1e-4)
+    old = "old-untiled.safetensors"
+    shutil.copy(COMMITTED, studio.pretrained / old)
+    shutil.copy(COMMITTED.with_suffix(".json"), (studio.pretrained / old).with_suffix(".json"))
+    with pytest.raises(AppError, match="no threshold fitted on tiles"):
+        client.predict([handle_file(str(img))], old, 0.5, 0.5, "jet", True, api_name="/inspect")
+    (studio.pretrained / old).unlink()
+    (studio.pretrained / old).with_suffix(".json").unlink()

@@ -283,7 +283,7 @@ def test_app_serves_the_onnx_path_by_default(tmp_path_factory: pytest.TempPathFa
         assert gpu.BACKEND == "auto"
         client = Client(studio.url, verbose=False)
         images = sorted((studio.demo / "demo_texture" / "test").glob("*/*.png"))[:4]
-        out = client.predict([handle_file(str(p)) for p in images], STUDIO_CKPT, 0.5, 0.5, "jet", 0,
+        out = client.predict([handle_file(str(p)) for p in images], STUDIO_CKPT, 0.5, 0.5, "jet", False,
                              api_name="/inspect")
         served = gpu.PREDICTORS.get(studio.pretrained / STUDIO_CKPT, "cpu")
         assert served.backend == "onnxruntime"

@@ -231,3 +231,25 @@ def test_channels_last_gives_the_same_loss() -> None:
         grads.append(torch.cat([p.grad.flatten() for p in model.student.parameters() if p.grad is not None]))
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)
+
+
+def test_tile_threshold_is_fitted_on_held_out_tiles(tiny_checkpoint, demo_root: Path) -> None:
+    """Tile mode has its own threshold, fitted on the held-out good images scored in tiles at native resolution, and
+    the tiled predictor uses it (no held-out image is above it)."""
+    from ikd_core.data.sources import DataSpec, build_datasets
+    from ikd_core.predict import Predictor
+    from ikd_core.train import split_holdout
+
+    meta = tiny_checkpoint.metadata
+    tn = meta["tile_normalization"]
+    assert np.isfinite(tn["threshold"]) and tn["threshold"] > tn["lo"]
+    assert tn["n_holdout"] == meta["score_normalization"]["n_holdout"]
+    predictor = Predictor.from_checkpoint(tiny_checkpoint.checkpoint, tile=True)
+    assert predictor.tile_calibrated
+    train_ds, _ = build_datasets(DataSpec("demo", "demo_texture", str(demo_root)), 64)
+    _, hold = split_holdout(len(train_ds), 0.1, 0)
+    preds = predictor.predict([train_ds.samples[i].path for i in hold])
+    assert all(p.threshold == tn["threshold"] and p.lo == tn["lo"] for p in preds)
+    assert all(p.score <= tn["threshold"] for p in preds)
+    whole = Predictor.from_checkpoint(tiny_checkpoint.checkpoint).predict([train_ds.samples[hold[0]].path])[0]
+    assert whole.threshold == meta["score_normalization"]["threshold"]

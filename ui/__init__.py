@@ -78,7 +78,7 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Export GIF", id="gif"):
                 gif = gif_tab.build()
         u = SimpleNamespace(**vars(model), **vars(insp), **vars(gif))
-        insp_inputs = [u.insp_files, u.ckpt_dd, u.threshold, u.opacity, u.cmap, u.insp_index]
+        insp_inputs = [u.insp_files, u.ckpt_dd, u.threshold, u.opacity, u.cmap, u.insp_index, u.tile]
         insp_outputs = [
             u.out_image,
             u.out_heat,
@@ -103,7 +103,7 @@ def build_demo() -> gr.Blocks:
             concurrency_limit=S.INSPECT_CONCURRENCY,
             concurrency_id="inspect",
         )
-        for ctrl in (u.threshold, u.opacity, u.cmap):
+        for ctrl in (u.threshold, u.opacity, u.cmap, u.tile):
             ctrl.change(
                 inspect_tab.inspect_images,
                 insp_inputs,

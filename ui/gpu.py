@@ -9,6 +9,7 @@ returns the function as it is.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -70,11 +71,15 @@ PREDICTORS = service.PredictorCache(maxsize=3, backend=BACKEND)
 
 
 @gpu(duration=INFER_DURATION)
-def predict_on_device(ckpt_path: str, images: list[np.ndarray]) -> list[Any]:
+def predict_on_device(ckpt_path: str, images: list[np.ndarray], tile: bool = False) -> list[Any]:
     """The forward passes of Inspect and GIF export: one image per pass (so a result never depends on the other
-    images and equals ``Predictor.predict([image])``). Takes and returns plain picklable values (uint8 arrays in,
+    images and equals ``Predictor.predict([image])``); ``tile``: in overlapping tiles at the image's resolution,
+    against the threshold fitted on tiles. Takes and returns plain picklable values (uint8 arrays in,
     :class:`~ikd_core.predict.Prediction` out)."""
     predictor = PREDICTORS.get(ckpt_path, compute_device())
+    if tile:
+        predictor = copy.copy(predictor)
+        predictor.tile = True
     return [predictor.predict([img])[0] for img in images]
 
 

@@ -71,9 +71,11 @@ def inspect_images(
     alpha: float,
     cmap: str,
     index: int | None,
+    tile: bool = False,
     request: gr.Request = None,  # type: ignore[assignment]
 ) -> tuple[Any, ...]:
-    """Score the images with the active model ``ckpt``; details of image ``index`` (original, heatmap, overlay,
+    """Score the images with the active model ``ckpt`` (``tile``: large images in tiles at their resolution, against
+    the threshold fitted on held-out tiles); details of image ``index`` (original, heatmap, overlay,
     ground truth, unclipped score, verdict, predicted mask, score as a multiple of the threshold), a gallery of all
     overlays, a table of all scores and the same results as CSV and JSON files."""
     from ikd_core.data.transforms import load_mask
@@ -90,7 +92,10 @@ def inspect_images(
         ws = workspace(request)
         ckpt_path, predictor = predictor_for(ckpt, ws)
         images, preds = [], []
-        for img, note, pred in load_and_predict(ckpt_path, paths):
+        if tile and not predictor.tile_calibrated:
+            raise gr.Error("this model has no threshold fitted on tiles (it was trained before tiling was "
+                           "calibrated): train it again to inspect in tiles")
+        for img, note, pred in load_and_predict(ckpt_path, paths, bool(tile)):
             if note:
                 gr.Info(say(note))
             images.append(img)
@@ -151,6 +156,11 @@ def build() -> SimpleNamespace:
             )
             opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", elem_id="ikd-opacity")
             cmap = gr.Dropdown(COLORMAPS, value="jet", label="Colormap", elem_id="ikd-cmap")
+            tile = gr.Checkbox(
+                False,
+                label="Tile large images (model-size tiles at the image's resolution; threshold fitted on tiles)",
+                elem_id="ikd-tile",
+            )
         with gr.Column(scale=2):
             with gr.Row():
                 out_image = gr.Image(
@@ -209,6 +219,7 @@ def build() -> SimpleNamespace:
             "threshold": threshold,
             "opacity": opacity,
             "cmap": cmap,
+            "tile": tile,
             "out_image": out_image,
             "out_heat": out_heat,
             "out_overlay": out_overlay,

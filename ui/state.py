@@ -201,10 +201,10 @@ def example_gallery(paths: list[str]) -> list[tuple[str, str]]:
     return [(p, f"{Path(p).parent.name}/{Path(p).name}") for p in paths or []]
 
 
-def _keys(ckpt_path: Path, paths: list[str]) -> list[tuple[Any, ...]]:
+def _keys(ckpt_path: Path, paths: list[str], tile: bool = False) -> list[tuple[Any, ...]]:
     ckpt_key = service.PredictorCache.key(ckpt_path, "cpu")
     # by content: the same image uploaded again (a new temporary file) is found too
-    return [(*ckpt_key, service.file_digest(image), INSPECT_MAX_SIDE) for image in paths]
+    return [(*ckpt_key, service.file_digest(image), INSPECT_MAX_SIDE, tile) for image in paths]
 
 
 def decode(path: str) -> tuple[Any, str | None]:
@@ -213,14 +213,14 @@ def decode(path: str) -> tuple[Any, str | None]:
     return service.load_inspect_image(path, max_side=INSPECT_MAX_SIDE, max_pixels=MAX_IMAGE_PIXELS)
 
 
-def load_and_predict(ckpt_path: Path, paths: list[str]) -> list[tuple[Any, str | None, Any]]:
+def load_and_predict(ckpt_path: Path, paths: list[str], tile: bool = False) -> list[tuple[Any, str | None, Any]]:
     """(image, note, prediction) of each image file. Predictions come from the server-side cache where present.
 
     On the CPU each image is decoded and scored in one turn of :data:`IMAGE_GATE`, taken in arrival order, so a
     visitor's one-image request waits for at most one image of each other request, never for whole requests. On
     ZeroGPU the images are decoded first and the missing maps come from one GPU call.
     """
-    keys = _keys(ckpt_path, paths)
+    keys = _keys(ckpt_path, paths, tile)
     out: list[tuple[Any, str | None, Any]] = []
     for path, key in zip(paths, keys, strict=True):
         if gpu.ZERO_GPU:
@@ -231,12 +231,12 @@ def load_and_predict(ckpt_path: Path, paths: list[str]) -> list[tuple[Any, str |
             img, note = decode(path)
             pred = PREDICTIONS.get(key)
             if pred is None:
-                pred = gpu.predict_on_device(str(ckpt_path), [np.asarray(img)])[0]
+                pred = gpu.predict_on_device(str(ckpt_path), [np.asarray(img)], tile)[0]
                 PREDICTIONS.put(key, pred)
         out.append((img, note, pred))
     missing = [i for i, (_, _, pred) in enumerate(out) if pred is None]
     if missing:
-        new = gpu.predict_on_device(str(ckpt_path), [np.asarray(out[i][0]) for i in missing])
+        new = gpu.predict_on_device(str(ckpt_path), [np.asarray(out[i][0]) for i in missing], tile)
         for i, pred in zip(missing, new, strict=True):
             PREDICTIONS.put(keys[i], pred)
             out[i] = (out[i][0], out[i][1], pred)
