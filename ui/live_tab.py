@@ -93,17 +93,22 @@ def prepare_frame(frame: Any, max_side: int = LIVE_MAX_SIDE) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def strip_height(h: int) -> int:
+    """Height of the text strip :func:`annotate` draws on a frame ``h`` pixels high."""
+    return max(14, h // 12)
+
+
 def annotate(image: np.ndarray, score: float, anomalous: bool, fps: float | None) -> np.ndarray:
-    """Draw a strip with the score, the verdict and the frame rate at the top of ``image`` (in place; returned)."""
+    """Draw a strip with the score, the verdict and the frame rate at the bottom of ``image`` (in place; returned)."""
     h, w = image.shape[:2]
-    strip = max(14, h // 12)
-    image[:strip] = (0.35 * image[:strip]).astype(np.uint8) + np.uint8(0.65 * _BG[0])
+    strip = strip_height(h)
+    image[h - strip :] = (0.35 * image[h - strip :]).astype(np.uint8) + np.uint8(0.65 * _BG[0])
     text = f"{S.verdict_text(anomalous).upper()}  {score:.3f}" + (f"  {fps:.1f} fps" if fps else "")
     scale = 0.55 * strip / 22.0
     (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     if tw > w - 8:
         scale *= (w - 8) / tw
-    cv2.putText(image, text, (4, int(strip * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale, _RED if anomalous else _GREEN,
+    cv2.putText(image, text, (4, h - int(strip * 0.25)), cv2.FONT_HERSHEY_SIMPLEX, scale, _RED if anomalous else _GREEN,
                 max(1, round(scale * 1.6)), cv2.LINE_AA)
     return image
 
@@ -173,11 +178,11 @@ def build() -> SimpleNamespace:
     )
     with gr.Row():
         live_cam = gr.Image(
-            sources=["webcam"], type="numpy", streaming=True, label="Camera", elem_id="ikd-live-cam",
+            sources=["webcam"], type="numpy", streaming=True, label="Camera", elem_id="ikd-live-cam", height=360,
             webcam_options=gr.WebcamOptions(mirror=False),
         )
         live_out = gr.Image(
-            type="numpy", format="jpeg", label="Overlay + predicted outline", interactive=False,
+            type="numpy", format="jpeg", label="Overlay + predicted outline", interactive=False, height=360,
             elem_id="ikd-live-overlay",
         )
     with gr.Row():
