@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=repo / "assets" / "live.gif")
     p.add_argument("--screenshot", type=Path, default=repo / "assets" / "screenshots" / "live.png")
     p.add_argument("--seconds", type=float, default=12.0)
-    p.add_argument("--gif-fps", type=float, default=5.0)
+    p.add_argument("--gif-fps", type=float, default=4.0)
     args = p.parse_args(argv)
     n, fps = record(args.out, args.screenshot, args.seconds, args.gif_fps)
     print(f"{args.out}: {n} frames, {args.out.stat().st_size / 1e6:.2f} MB; the app served {fps:.1f} frames/s")
