@@ -118,6 +118,26 @@ def test_dropping_bounds_latency_under_a_burst(studio, frames) -> None:
     assert len(dropped) >= 1
 
 
+def test_on_a_gpu_frames_go_through_ui_gpu_as_pickles(studio, frames, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where there is a GPU (ZeroGPU: a worker process) a frame goes to ``ui.gpu.predict_on_device`` as a plain array
+    and its prediction comes back as a pickle."""
+    import pickle
+
+    from ui import gpu
+
+    real, sent = gpu.predict_on_device, []
+
+    def across(path: str, images: list[np.ndarray]) -> list:
+        sent.append(pickle.loads(pickle.dumps((path, images))))
+        return pickle.loads(pickle.dumps(real(path, images)))
+
+    monkeypatch.setattr(gpu, "has_gpu", lambda: True)
+    monkeypatch.setattr(gpu, "predict_on_device", across)
+    _, score, verdict, _, _ = _live().live_frame(frames["hole"], LIVE_CKPT, 0.5, 0.5, "jet", None)
+    assert verdict == "anomalous" and score >= 0.5
+    assert len(sent) == 1 and isinstance(sent[0][0], str) and sent[0][1][0].shape == (256, 256, 3)
+
+
 @pytest.mark.parametrize(("args", "text"), [
     ((float("nan"), 0.5, "jet"), "threshold"),
     ((0.5, 2.0, "jet"), "opacity"),
