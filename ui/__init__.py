@@ -12,7 +12,7 @@ import torch
 
 from ikd_core.errors import IKDError
 
-from . import gif_tab, gpu, inspect_tab, model_tab
+from . import gif_tab, gpu, inspect_tab, live_tab, model_tab
 from . import state as S
 from .state import checkpoint_names, ensure_demo_data, example_gallery, initial_checkpoint, say, workspace
 
@@ -75,9 +75,11 @@ def build_demo() -> gr.Blocks:
                 model = model_tab.build()
             with gr.Tab("Inspect", id="inspect"):
                 insp = inspect_tab.build()
+            with gr.Tab("Live", id="live"):
+                live = live_tab.build()
             with gr.Tab("Export GIF", id="gif"):
                 gif = gif_tab.build()
-        u = SimpleNamespace(**vars(model), **vars(insp), **vars(gif))
+        u = SimpleNamespace(**vars(model), **vars(insp), **vars(gif), **vars(live))
         insp_inputs = [u.insp_files, u.ckpt_dd, u.threshold, u.opacity, u.cmap, u.insp_index, u.tile]
         insp_outputs = [
             u.out_image,
@@ -252,6 +254,8 @@ def build_demo() -> gr.Blocks:
             concurrency_id="gif",
             api_name="export_gif",
         )
+
+        live_tab.wire(u)
 
         demo.load(
             on_load, None, [u.ckpt_dd, u.ckpt_info, u.active_md, u.examples, u.example_paths], api_visibility="private"
