@@ -176,6 +176,17 @@ def test_threshold_moves_verdict_and_colormap_by_role(studio, ui: Page) -> None:
     _choose(ui, "Colormap", "jet")
 
 
+def test_snapshot_source_is_inspected(studio, ui: Page, tmp_path: Path) -> None:
+    """The camera / paste / drop image beside the file upload is inspected like an uploaded file (here through its
+    upload source; the webcam source is the same component, fed by Chromium's fake camera in test_live_browser)."""
+    _tab(ui, "Inspect")
+    snap = tmp_path / "zz_snapshot.png"
+    snap.write_bytes(sorted((studio.demo / "demo_texture" / "test" / "good").glob("*.png"))[1].read_bytes())
+    ui.locator("#ikd-snapshot input[type=file]").set_input_files(str(snap))
+    expect(ui.locator("#ikd-table")).to_contain_text("zz_snapshot")
+    expect(ui.locator("#ikd-verdict textarea")).not_to_have_value("")
+
+
 def test_model_change_reinspects_with_the_new_model(studio, ui: Page) -> None:
     """Nothing shown belongs to another model than the active one: switching models re-inspects the image on
     screen, and the score and heatmap equal the new model's own."""
@@ -215,6 +226,8 @@ def test_example_gallery_runs_inspection(studio, ui: Page, tmp_path: Path) -> No
     marker.write_bytes(sorted((studio.demo / "demo_texture" / "test" / "good").glob("*.png"))[0].read_bytes())
     ui.locator("#ikd-inspect-files input[type=file]").set_input_files(str(marker))
     expect(ui.locator("#ikd-table")).to_contain_text("zz_marker")
+    # examples carry captions: their defect type (test sub-folder) and file name
+    expect(ui.locator("#ikd-examples")).to_contain_text("good/")
     ui.locator("#ikd-examples button.thumbnail-item").first.click()
     expect(ui.locator("#ikd-table")).not_to_contain_text("zz_marker")
     expect(ui.locator("#ikd-table")).to_contain_text(".png")

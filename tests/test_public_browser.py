@@ -348,10 +348,11 @@ def test_training_never_shadows_a_shipped_checkpoint(studio, visitors) -> None:
     _choose(a, "Category", "demo_texture")  # the default category, the one of the shipped checkpoint
     _set_number(a, "#ikd-image-size input[type=number]", 64)
     a.locator("#ikd-epochs input").fill("1")
-    _run_training(a, "saved and active")
+    _run_training(a, "saved; the active model is still")
     expect(a.locator("#ikd-progress")).to_contain_text("Done")
     name = re.search(r"Checkpoint (\S+\.safetensors) saved", a.locator("#ikd-progress").inner_text()).group(1)
     assert name != Path(A_TRAINED).name, "this run's checkpoint"
+    a.locator("#ikd-use-new").click()
     expect(a.get_by_role("combobox", name=CKPT_BOX)).to_have_value(name)
     options = _checkpoint_options(a)
     assert _shipped(studio) == {CKPT}, "the shipped folder is never written"

@@ -14,7 +14,15 @@ from ikd_core.errors import IKDError
 
 from . import gif_tab, gpu, inspect_tab, live_tab, model_tab
 from . import state as S
-from .state import checkpoint_names, ensure_demo_data, example_gallery, initial_checkpoint, say, workspace
+from .state import (
+    checkpoint_names,
+    ensure_demo_data,
+    example_gallery,
+    file_list,
+    initial_checkpoint,
+    say,
+    workspace,
+)
 
 CSS = """
 .ikd-bar { height: 10px; background: var(--neutral-200); border-radius: 5px; overflow: hidden; }
@@ -97,7 +105,10 @@ def build_demo() -> gr.Blocks:
         ]
         # Many inspect requests may run at once: their images take turns at the fair per-image gate (two at a
         # time), so one visitor's large request never holds a whole queue slot that another's single image needs.
-        u.insp_files.change(lambda: 0, None, u.insp_index, api_visibility="private", queue=False).then(
+        u.insp_files.change(  # the details show the newest image (an upload is added after those on screen)
+            lambda files: max(0, len(file_list(files)) - 1), u.insp_files, u.insp_index, api_visibility="private",
+            queue=False,
+        ).then(
             inspect_tab.inspect_images,
             insp_inputs,
             insp_outputs,
