@@ -12,7 +12,6 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import io  # noqa: E402
 import zipfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
@@ -20,23 +19,17 @@ from urllib.parse import urlparse  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, dropdown_options  # noqa: E402
+from browser import choose as _choose  # noqa: E402
+from browser import fetch_png as _fetch_png  # noqa: E402
+from browser import set_number as _set_number  # noqa: E402
+from browser import tab as _tab  # noqa: E402
+from conftest import STUDIO_CKPT as CKPT  # noqa: E402
+from conftest import run_studio  # noqa: E402
 from PIL import Image  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"browser tests need Debian chromium at {CHROMIUM} (apt-get install chromium)",
-                allow_module_level=True)
-
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
-from conftest import STUDIO_CKPT as CKPT  # noqa: E402
-from conftest import run_studio  # noqa: E402
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run"]
-TIMEOUT_MS = 90_000
 
 
 @pytest.fixture(scope="module")
@@ -74,61 +67,8 @@ def ui(browser_page, request: pytest.FixtureRequest) -> Page:
         browser_page.page.screenshot(path=str(ARTIFACTS / f"failed-{request.node.name}.png"), full_page=True)
 
 
-def _tab(page: Page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
-
-
-def _set_number(page: Page, selector: str, value: float) -> None:
-    """Type ``value`` into a slider's number box and wait until the slider itself has it. Typed again if the
-    value was lost (a box typed into while a freshly shown tab still mounts keeps its old value)."""
-    box = page.locator(selector)
-    slider = page.locator(selector.replace("input[type=number]", "input[type=range]"))
-    for attempt in range(3):
-        box.fill(str(value))
-        box.press("Enter")
-        if not slider.count():
-            return
-        try:
-            expect(slider).to_have_value(str(value), timeout=10_000)
-            return
-        except AssertionError:
-            if attempt == 2:
-                raise
-
-
-def _fetch_png(page: Page, selector: str) -> np.ndarray:
-    src = page.locator(selector).get_attribute("src")
-    body = page.request.get(src).body()
-    img = Image.open(io.BytesIO(body))
-    assert img.format == "PNG"
-    return np.asarray(img.convert("RGB"))
-
-
-def _open(page: Page, combobox: str) -> None:
-    """Open the option list of the dropdown labelled ``combobox`` (found by its ARIA role)."""
-    box = page.get_by_role("combobox", name=combobox)
-    box.blur()  # the list opens on focus: start from an unfocused box
-    box.click()
-    try:
-        expect(page.get_by_role("option").first).to_be_visible(timeout=3000)
-    except AssertionError:
-        box.press("ArrowDown")
-        expect(page.get_by_role("option").first).to_be_visible()
-
-
-def _choose(page: Page, combobox: str, option: str) -> None:
-    """Pick ``option`` in the dropdown labelled ``combobox``, by ARIA roles (combobox, option)."""
-    _open(page, combobox)
-    page.get_by_role("option", name=option, exact=True).click()
-    expect(page.get_by_role("combobox", name=combobox)).to_have_value(option)
-
-
 def _checkpoint_options(page: Page) -> list[str]:
-    _open(page, "Checkpoint (in pretrained/)")
-    names = [o.get_attribute("aria-label") for o in page.get_by_role("option").all()]
-    page.get_by_role("combobox", name="Checkpoint (in pretrained/)").press("Escape")
-    page.get_by_role("combobox", name="Checkpoint (in pretrained/)").blur()
-    return names
+    return dropdown_options(page, "Checkpoint (in pretrained/)")
 
 
 # ------------------------------------------------------------------------------------------ tests

@@ -22,19 +22,13 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"browser tests need Debian chromium at {CHROMIUM} (apt-get install chromium)",
-                allow_module_level=True)
-
+from browser import ARTIFACTS, CHROMIUM, TIMEOUT_MS  # noqa: E402
 from conftest import STUDIO_CKPT as CKPT  # noqa: E402
 from conftest import run_studio  # noqa: E402
+from PIL import Image  # noqa: E402
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
 SHIPPED = REPO / "pretrained" / "demo_texture-efficientnet_lite0.safetensors"
 sys.path.insert(0, str(REPO / "scripts"))
 from live_gif import write_y4m  # noqa: E402
@@ -45,7 +39,6 @@ CLIP_FPS, HOLD_S = 10, 2
 READ_JS = """() => ({verdict: document.querySelector('#ikd-live-verdict textarea').value,
   score: document.querySelector('#ikd-live-score input').value,
   src: document.querySelector('#ikd-live-overlay img')?.getAttribute('src')})"""
-TIMEOUT_MS = 90_000
 
 
 def clip_frames(tmp: Path) -> list[np.ndarray]:

@@ -28,12 +28,10 @@ from types import SimpleNamespace  # noqa: E402
 from urllib.parse import urlparse  # noqa: E402
 
 import pytest  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"browser tests need Debian chromium at {CHROMIUM} (apt-get install chromium)",
-                allow_module_level=True)
-
+from browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, dropdown_options  # noqa: E402
+from browser import choose as _choose  # noqa: E402
+from browser import set_number as _set_number  # noqa: E402
+from browser import tab as _tab  # noqa: E402
 from conftest import STUDIO_CKPT as CKPT  # noqa: E402
 from conftest import run_studio  # noqa: E402
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
@@ -41,10 +39,6 @@ from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 from ikd_core.checkpoint import save_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run"]
-TIMEOUT_MS = 90_000
 CKPT_BOX = "Checkpoint (the shipped ones and yours)"  # the dropdown's label in public mode
 
 #: Visitor A's things. The trained checkpoint is of the demo_object category: no shipped checkpoint has its name.
@@ -119,51 +113,9 @@ def visitors(studio):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _tab(page: Page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
-
-
-def _set_number(page: Page, selector: str, value: float) -> None:
-    """Type ``value`` into a slider's number box and wait until the slider itself has it (typed again if a freshly
-    shown tab was still mounting and lost it)."""
-    box = page.locator(selector)
-    slider = page.locator(selector.replace("input[type=number]", "input[type=range]"))
-    for attempt in range(3):
-        box.fill(str(value))
-        box.press("Enter")
-        try:
-            expect(slider).to_have_value(str(value), timeout=10_000)
-            return
-        except AssertionError:
-            if attempt == 2:
-                raise
-
-
-def _open(page: Page, combobox: str) -> None:
-    box = page.get_by_role("combobox", name=combobox)
-    box.blur()  # the list opens on focus: start from an unfocused box
-    box.click()
-    try:
-        expect(page.get_by_role("option").first).to_be_visible(timeout=3000)
-    except AssertionError:
-        box.press("ArrowDown")
-        expect(page.get_by_role("option").first).to_be_visible()
-
-
-def _choose(page: Page, combobox: str, option: str) -> None:
-    _open(page, combobox)
-    page.get_by_role("option", name=option, exact=True).click()
-    expect(page.get_by_role("combobox", name=combobox)).to_have_value(option)
-
-
 def _checkpoint_options(page: Page) -> list[str]:
     _tab(page, "Model")
-    _open(page, CKPT_BOX)
-    names = [o.get_attribute("aria-label") for o in page.get_by_role("option").all()]
-    box = page.get_by_role("combobox", name=CKPT_BOX)
-    box.press("Escape")
-    box.blur()
-    return names
+    return dropdown_options(page, CKPT_BOX)
 
 
 def _refresh_list(page: Page) -> list[str]:
