@@ -243,27 +243,6 @@ def load_and_predict(ckpt_path: Path, paths: list[str], tile: bool = False) -> l
     return out
 
 
-def predictions_for(ckpt_path: Path, paths: list[str], loaded: list[Any] | None = None) -> list[Any]:
-    """Predictions of image files (``loaded``: the images already decoded by :func:`decode`)."""
-    if loaded is None:
-        return [pred for _, _, pred in load_and_predict(ckpt_path, paths)]
-    keys = _keys(ckpt_path, paths)
-    preds = [PREDICTIONS.get(k) for k in keys]
-    missing = [i for i, p in enumerate(preds) if p is None]
-    if missing:
-        new = gpu.predict_on_device(str(ckpt_path), [np.asarray(loaded[i]) for i in missing])
-        for i, pred in zip(missing, new, strict=True):
-            PREDICTIONS.put(keys[i], pred)
-            preds[i] = pred
-    return preds
-
-
-def load_image_capped(path: str) -> tuple[Any, str | None]:
-    """:func:`decode` in a turn of :data:`IMAGE_GATE`."""
-    with IMAGE_GATE.turn():
-        return decode(path)
-
-
 def file_list(files: Any) -> list[str]:
     if files is None:
         return []
