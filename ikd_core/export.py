@@ -14,6 +14,7 @@ import io
 import json
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,48 @@ def cached_onnx(checkpoint: str | os.PathLike[str], model: IKDModel, meta: dict[
     key = hashlib.sha256("\n".join([digest, model.teacher_fingerprint, str(model.teacher_source), EXPORT_FORMAT,
                                     __version__, str(OPSET), onnx.__version__]).encode()).hexdigest()[:20]
     path = cache_dir() / f"{Path(checkpoint).stem}-{key}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(model, meta, path, digest)
+    if path.is_file():
+        with contextlib.suppress(OSError):
+            os.utime(path)  # mark as recently used (eviction goes oldest first)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, meta, path, digest)
+    evict_cache(keep=path)
     return path
+
+
+def cache_limit_bytes() -> int:
+    """Size cap of the export cache: ``$IKD_ONNX_CACHE_MB`` megabytes (default 1024; 0 = no cap)."""
+    raw = os.environ.get("IKD_ONNX_CACHE_MB", "1024")
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise IKDError(f"IKD_ONNX_CACHE_MB must be a number of megabytes, not {raw!r}") from None
+    return max(0, int(mb * 1024 * 1024))
+
+
+def evict_cache(keep: Path | None = None, limit: int | None = None, min_age_s: float = 60.0) -> list[Path]:
+    """Remove the least recently used exports from :func:`cache_dir` until it fits ``limit`` bytes
+    (default :func:`cache_limit_bytes`). ``keep`` and files used in the last ``min_age_s`` seconds (another
+    process may be about to load them) stay. Returns the removed files."""
+    limit = cache_limit_bytes() if limit is None else limit
+    if limit <= 0:
+        return []
+    entries = []
+    for f in cache_dir().glob("*.onnx"):
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            entries.append((st.st_mtime, st.st_size, f))
+    total = sum(size for _, size, _ in entries)
+    now = time.time()
+    removed: list[Path] = []
+    for mtime, size, f in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if (keep is not None and f == keep) or now - mtime < min_age_s:
+            continue
+        with contextlib.suppress(OSError):
+            f.unlink()
+            total -= size
+            removed.append(f)
+    return removed

@@ -149,6 +149,31 @@ def test_predictor_auto_backend_exports_once_into_the_cache(checkpoints, demo_ro
         assert p.is_anomalous() == q.is_anomalous()
 
 
+def test_export_cache_evicts_least_recently_used_beyond_its_cap(tmp_path, monkeypatch) -> None:
+    import time
+
+    import ikd_core.export as export_mod
+
+    monkeypatch.setenv("IKD_CACHE_DIR", str(tmp_path))
+    folder = export_mod.cache_dir()
+    folder.mkdir(parents=True)
+    now = time.time()
+    files = {}
+    for name, age in [("old", 4000), ("mid", 3000), ("new", 2000), ("fresh", 10), ("kept", 5000)]:
+        f = folder / f"{name}.onnx"
+        f.write_bytes(b"x" * 1000)
+        os.utime(f, (now - age, now - age))
+        files[name] = f
+    removed = export_mod.evict_cache(keep=files["kept"], limit=3500)
+    # 5000 bytes, cap 3500: the two oldest go (the kept file is skipped); the one used seconds ago stays
+    assert sorted(f.name for f in removed) == ["mid.onnx", "old.onnx"]
+    assert sorted(f.name for f in folder.glob("*.onnx")) == ["fresh.onnx", "kept.onnx", "new.onnx"]
+    assert export_mod.evict_cache(limit=0) == []  # 0 = no cap
+    monkeypatch.setenv("IKD_ONNX_CACHE_MB", "lots")
+    with pytest.raises(IKDError, match="IKD_ONNX_CACHE_MB"):
+        export_mod.cache_limit_bytes()
+
+
 def test_auto_backend_falls_back_to_torch_without_onnxruntime(checkpoints, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
     ck = checkpoints["tiny-64px"]
