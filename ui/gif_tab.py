@@ -43,41 +43,42 @@ def export_gif(
     come from the prediction cache or the model; the frames are drawn on the CPU."""
     from ikd_core.gif import make_gif, pick_samples
 
-    try:
-        n = int(service.number(n, "number of images", 1, S.MAX_GIF_IMAGES, integer=True))
-        fps = float(service.number(fps, "frames per second", 0.1, 30.0))
-        width = int(service.number(width, "frame width", 64, 1600, integer=True))
-        threshold, alpha, cmap = checked_display(threshold, alpha, cmap)
-        ws = workspace(request)
-        path, predictor = predictor_for(ckpt, ws)
-        images, masks = file_list(files)[:n], None
-        what = f"{len(images)} of your images"
-        if not images:
-            samples, _ = test_set(path, predictor.metadata)
-            if not samples:
-                raise gr.Error("this model's data has no test set here: upload images in the Inspect tab first")
-            picked = pick_samples(samples, n, seed=0)
-            images, masks = [s.path for s in picked], [s.mask_path for s in picked]
-            what = f"{len(images)} test images of {md(predictor.metadata.get('category'))}"
-        done = load_and_predict(path, images)
-        loaded, preds = [img for img, _, _ in done], [pred for _, _, pred in done]
-        out = ws.exports / f"{path.stem}-{uuid.uuid4().hex[:8]}.gif"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        service.prune_files(out.parent, keep=S.MAX_KEPT_EXPORTS - 1)
-        make_gif(
-            None,
-            [np.asarray(im) for im in loaded],
-            out,
-            masks=masks,
-            fps=fps,
-            size=width,
-            norm_threshold=threshold,
-            alpha=alpha,
-            cmap=cmap,
-            predictions=preds,
-        )
-    except Exception as exc:  # noqa: BLE001
-        raise err(exc) from exc
+    with S.TRIMMER.request():
+        try:
+            n = int(service.number(n, "number of images", 1, S.MAX_GIF_IMAGES, integer=True))
+            fps = float(service.number(fps, "frames per second", 0.1, 30.0))
+            width = int(service.number(width, "frame width", 64, 1600, integer=True))
+            threshold, alpha, cmap = checked_display(threshold, alpha, cmap)
+            ws = workspace(request)
+            path, predictor = predictor_for(ckpt, ws)
+            images, masks = file_list(files)[:n], None
+            what = f"{len(images)} of your images"
+            if not images:
+                samples, _ = test_set(path, predictor.metadata)
+                if not samples:
+                    raise gr.Error("this model's data has no test set here: upload images in the Inspect tab first")
+                picked = pick_samples(samples, n, seed=0)
+                images, masks = [s.path for s in picked], [s.mask_path for s in picked]
+                what = f"{len(images)} test images of {md(predictor.metadata.get('category'))}"
+            done = load_and_predict(path, images)
+            loaded, preds = [img for img, _, _ in done], [pred for _, _, pred in done]
+            out = ws.exports / f"{path.stem}-{uuid.uuid4().hex[:8]}.gif"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            service.prune_files(out.parent, keep=S.MAX_KEPT_EXPORTS - 1)
+            make_gif(
+                None,
+                [np.asarray(im) for im in loaded],
+                out,
+                masks=masks,
+                fps=fps,
+                size=width,
+                norm_threshold=threshold,
+                alpha=alpha,
+                cmap=cmap,
+                predictions=preds,
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise err(exc) from exc
     return str(out), str(out), f"{len(images)} frames ({what}), {fps:g} fps, {width} px wide"
 
 

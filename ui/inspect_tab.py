@@ -84,44 +84,45 @@ def inspect_images(
     paths = file_list(files)
     if not paths or not ckpt:
         return _empty()
-    try:
-        threshold, alpha, cmap = checked_display(threshold, alpha, cmap)
-        if len(paths) > S.MAX_INSPECT_IMAGES:
-            gr.Warning(f"{len(paths)} images uploaded; showing the first {S.MAX_INSPECT_IMAGES}")
-            paths = paths[: S.MAX_INSPECT_IMAGES]
-        ws = workspace(request)
-        ckpt_path, predictor = predictor_for(ckpt, ws)
-        images, preds = [], []
-        if tile and not predictor.tile_calibrated:
-            raise gr.Error("this model has no threshold fitted on tiles (it was trained before tiling was "
-                           "calibrated): train it again to inspect in tiles")
-        for img, note, pred in load_and_predict(ckpt_path, paths, bool(tile)):
-            if note:
-                gr.Info(say(note))
-            images.append(img)
-            preds.append(pred)
-        rows, gallery, records = [], [], []
-        for p, img, pred in zip(paths, images, preds, strict=True):
-            bad = pred.is_anomalous(threshold)
-            score = round(pred.relative_score, 4)
-            rows.append([Path(p).name, score, verdict_text(bad)])
-            records.append({"file": Path(p).name, "score": score,
-                            "times_threshold": round(pred.relative_score / threshold, 4) if threshold > 0 else None,
-                            "verdict": verdict_text(bad), "threshold": threshold, "model": ckpt_path.name})
-            over = render(img, pred, threshold, alpha, cmap)["overlay"]
-            gallery.append((over, f"{Path(p).name}: {score:.3f} {verdict_text(bad)}"))
-        i = min(max(int(service.number(index or 0, "index", 0, 10**6, integer=True)), 0), len(paths) - 1)
-        pics = render(images[i], preds[i], threshold, alpha, cmap)
-        _, sample_index = test_set(ckpt_path, predictor.metadata)
-        sample = sample_index.lookup(paths[i])
-        gt = None
-        if sample is not None and sample.mask_path:
-            gt = load_mask(sample.mask_path).astype(np.uint8) * 255
-        score = round(preds[i].relative_score, 4)
-        verdict = verdict_text(preds[i].is_anomalous(threshold))
-        csv_file, json_file = write_results(records, ws.exports)
-    except Exception as exc:  # noqa: BLE001 - shown to the user, the server keeps serving
-        raise err(exc) from exc
+    with S.TRIMMER.request():
+        try:
+            threshold, alpha, cmap = checked_display(threshold, alpha, cmap)
+            if len(paths) > S.MAX_INSPECT_IMAGES:
+                gr.Warning(f"{len(paths)} images uploaded; showing the first {S.MAX_INSPECT_IMAGES}")
+                paths = paths[: S.MAX_INSPECT_IMAGES]
+            ws = workspace(request)
+            ckpt_path, predictor = predictor_for(ckpt, ws)
+            images, preds = [], []
+            if tile and not predictor.tile_calibrated:
+                raise gr.Error("this model has no threshold fitted on tiles (it was trained before tiling was "
+                               "calibrated): train it again to inspect in tiles")
+            for img, note, pred in load_and_predict(ckpt_path, paths, bool(tile)):
+                if note:
+                    gr.Info(say(note))
+                images.append(img)
+                preds.append(pred)
+            rows, gallery, records = [], [], []
+            for p, img, pred in zip(paths, images, preds, strict=True):
+                bad = pred.is_anomalous(threshold)
+                score = round(pred.relative_score, 4)
+                rows.append([Path(p).name, score, verdict_text(bad)])
+                records.append({"file": Path(p).name, "score": score,
+                                "times_threshold": round(pred.relative_score / threshold, 4) if threshold > 0 else None,
+                                "verdict": verdict_text(bad), "threshold": threshold, "model": ckpt_path.name})
+                over = render(img, pred, threshold, alpha, cmap)["overlay"]
+                gallery.append((over, f"{Path(p).name}: {score:.3f} {verdict_text(bad)}"))
+            i = min(max(int(service.number(index or 0, "index", 0, 10**6, integer=True)), 0), len(paths) - 1)
+            pics = render(images[i], preds[i], threshold, alpha, cmap)
+            _, sample_index = test_set(ckpt_path, predictor.metadata)
+            sample = sample_index.lookup(paths[i])
+            gt = None
+            if sample is not None and sample.mask_path:
+                gt = load_mask(sample.mask_path).astype(np.uint8) * 255
+            score = round(preds[i].relative_score, 4)
+            verdict = verdict_text(preds[i].is_anomalous(threshold))
+            csv_file, json_file = write_results(records, ws.exports)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, the server keeps serving
+            raise err(exc) from exc
     gt_update = gr.Image(value=gt, visible=gt is not None)
     return (pics["image"], pics["heatmap"], pics["overlay"], gt_update, score, verdict, rows, gallery, pics["mask"],
             ratio_text(preds[i].relative_score, threshold), csv_file, json_file)

@@ -85,6 +85,8 @@ assert {v for _, v in BACKBONE_CHOICES} <= set(BACKBONES)
 JOBS = service.JobRegistry()
 #: Maps of inspected images, by checkpoint and file (bounded in bytes: ``IKD_PREDICTION_CACHE_MB``, default 256).
 PREDICTIONS = service.PredictionCache(int(os.environ.get("IKD_PREDICTION_CACHE_MB", "256")) * 1024**2)
+#: Inspect and GIF requests; when the last one of a burst ends, freed memory goes back to the OS.
+TRIMMER = service.Trimmer()
 _DATA_LOCK = threading.Lock()
 _TEST_SETS: dict[str, tuple[list[Sample], service.SampleIndex]] = {}
 

@@ -36,6 +36,7 @@ from .jobs import (
     curves_from_outputs,
     stream_training,
 )
+from .memory import Trimmer, release_memory
 from .paths import DATA_ENV, PRETRAINED_ENV, SHIPPED_PRETRAINED, STORAGE_ENV, WORK_ENV, StudioPaths, sanitize_name
 from .predictors import PredictionCache, PredictorCache
 from .testsets import SampleIndex, check_training_data, mvtec_missing
@@ -64,10 +65,11 @@ __all__ = [
     "MAX_SIDECAR_BYTES", "MAX_UPLOAD_FILES", "MAX_UPLOAD_FILE_BYTES", "MAX_UPLOAD_PIXELS", "MAX_UPLOAD_TOTAL_BYTES",
     "MAX_UPLOAD_TOTAL_PIXELS", "MAX_ZIP_ENTRIES", "PRETRAINED_ENV", "PUBLIC_ENV", "PredictionCache",
     "PredictorCache", "Quota", "QuotaError", "SHIPPED_PRETRAINED", "STORAGE_ENV", "SampleIndex", "StopFile",
-    "StudioPaths", "TrainingJob", "TrainingUpdate", "WORK_ENV", "Workspace", "WorkspaceManager",
+    "StudioPaths", "TrainingJob", "TrainingUpdate", "Trimmer", "WORK_ENV", "Workspace", "WorkspaceManager",
     "check_checkpoint_name", "check_training_data", "checkpoint_info", "curves_from_outputs", "default_checkpoint",
     "discard_upload", "escape_markdown", "extract_images", "file_digest", "import_checkpoint", "list_checkpoints",
     "load_inspect_image", "mvtec_missing", "number", "prune_files", "public_message", "public_mode",
-    "release_checkpoint_path", "reserve_checkpoint_path", "resolve_checkpoint", "sanitize_name", "seed_checkpoints",
+    "release_checkpoint_path", "release_memory", "reserve_checkpoint_path", "resolve_checkpoint", "sanitize_name",
+    "seed_checkpoints",
     "stream_training", "unique_path", "uploaded_data_spec", "zip_directory_size",
 ]
