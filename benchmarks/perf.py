@@ -767,7 +767,8 @@ def split_report(text: str) -> tuple[str, dict[str, str]]:
         if ln.startswith("```"):
             in_code = not in_code
         if not in_code and ln.startswith("## "):
-            key = next((k for k in SECTION_ORDER if ln.startswith(k)), ln)
+            # the longest known heading it starts with ("## Training step breakdown" is not "## Training step")
+            key = max((k for k in SECTION_ORDER if ln.startswith(k)), key=len, default=ln)
             current = sections.setdefault(key, [])
         (pre if current is None else current).append(ln)
     return "\n".join(pre).rstrip() + "\n", {k: "\n".join(v).rstrip() + "\n" for k, v in sections.items()}

@@ -196,6 +196,10 @@ def test_perf_report_keeps_unmeasured_sections(tmp_path: Path) -> None:
     assert text.index("## Training step") < text.index(perf.LOAD_TEST_HEADING) < text.index("## GPU")
     _, sections = perf.split_report(text)
     assert set(sections) == {"## Training step", perf.LOAD_TEST_HEADING, perf.GPU_HEADING}
+    # a heading that extends another ("## Training step breakdown") is its own section, kept in place
+    _, sections = perf.split_report(f"# r\n\n## Training step\n\nsteps\n\n{perf.BREAKDOWN_HEADING}\n\nphases\n")
+    assert sections == {"## Training step": "## Training step\n\nsteps\n",
+                        perf.BREAKDOWN_HEADING: f"{perf.BREAKDOWN_HEADING}\n\nphases\n"}
 
 
 def test_perf_train_step_pairs_both_forms_and_reports_a_reference_that_cannot_run() -> None:
