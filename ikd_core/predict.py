@@ -183,9 +183,12 @@ class Predictor:
             maps = self._maps(torch.stack([image_to_tensor(im, self.image_size) for im in chunk]))
             for img, m in zip(chunk, maps, strict=True):
                 score = float(m.max())
-                full = F.interpolate(m[None, None], size=(img.height, img.width), mode="bilinear",
-                                     align_corners=False)[0, 0]
-                results.append(Prediction(full.numpy(), score, self.threshold, self.lo))
+                if m.shape == (img.height, img.width):  # bilinear at the same size is the identity: skip it
+                    m = m.clone()  # not a view that would keep the whole batch alive
+                else:
+                    m = F.interpolate(m[None, None], size=(img.height, img.width), mode="bilinear",
+                                      align_corners=False)[0, 0]
+                results.append(Prediction(m.numpy(), score, self.threshold, self.lo))
         return results
 
 

@@ -182,7 +182,8 @@ class OnnxPredictor:
             chunk = pils[i : i + batch_size]
             maps = self.maps(np.stack([image_to_array(im, self.image_size) for im in chunk]))
             for img, m in zip(chunk, maps, strict=True):
-                full = resize_bilinear(m, img.height, img.width)
+                same = m.shape == (img.height, img.width)  # no resampling (and no view of the whole batch)
+                full = m.copy() if same else resize_bilinear(m, img.height, img.width)
                 results.append(Prediction(full, float(m.max()), self.threshold, self.lo))
         return results
 
