@@ -107,6 +107,20 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def load_note(rows: list[dict[str, Any]]) -> str:
+    """How busy the machine was: a run's own torch threads keep the 1-minute load average near the core count."""
+    cores = os.cpu_count() or 1
+    loads = [float(r["load_before"].split()[0]) for r in rows if r.get("load_before", "-") != "-"]
+    peak = max(loads, default=0.0)
+    if peak > cores + 0.5:
+        return (f"- **Load caveat**: the 1-minute load average reached {peak:.2f} on {cores} cores before a run, so "
+                "other work shared the cores; a time-budgeted run gets fewer steps under load, so every row records "
+                "the load average before and after it and the epochs it reached. Compare the two schedules within "
+                "a row pair, which ran back to back.")
+    return (f"- Load: the 1-minute load average before each run was at most {peak:.2f} on {cores} cores (the "
+            "previous run's own training threads): no other heavy work ran. Every row records it before and after.")
+
+
 def report(rows: list[dict[str, Any]], command: str, started: str, ablation_minutes: float,
            ablation_schedule: str, png: Path, missing: list[str] | None = None) -> str:
     from ikd_core.benchmark import machine_info, machine_lines
@@ -122,10 +136,7 @@ def report(rows: list[dict[str, Any]], command: str, started: str, ablation_minu
         "- Each run: `python -m ikd_core train` with the CPU recipe's settings (256 px, efficientnet_lite0, "
         "batch 8, lr 1e-2), `--max-minutes B` and no `--epochs` (it trains until the budget is spent), then "
         "fits the threshold and evaluates on the test set (wall time includes both).",
-        "- **Load caveat**: the machine's 2 cores were shared with other engineers' tests and benchmarks while "
-        "these ran; a time-budgeted run gets fewer steps under load, so every row records the load average "
-        "before and after it and the epochs it reached. Compare the two schedules within a row pair, which ran "
-        "back to back.",
+        load_note(rows),
         "",
         "## Budget curves: constant lr (paper) vs budget-aware cosine decay",
         "",

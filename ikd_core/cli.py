@@ -282,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=0, help="evaluate every N epochs")
     p.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
     p.add_argument("--schedule", choices=SCHEDULES, default=TRAIN_DEFAULTS.schedule,
-                   help="learning rate: constant (paper) or cosine / linear decay to 0 at the end of the run "
-                        "(the time budget, or the planned steps)")
+                   help="learning rate: constant (paper, default) or cosine / linear decay to 0 at the end of the "
+                        "run (the time budget, or the planned steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
