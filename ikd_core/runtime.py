@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_array, load_image
+from .data.transforms import image_to_array, load_image, normalize_array
 from .errors import IKDError
 from .prediction import Prediction
 
@@ -114,6 +114,38 @@ def tiled_map(x: np.ndarray, size: int, maps: Callable[[np.ndarray], np.ndarray]
     return resize_bilinear(full, h, w) if (hh, ww) != (h, w) else full
 
 
+def predict_images(maps: Callable[[np.ndarray], np.ndarray], images: Sequence[Image.Image], size: int,
+                   threshold: float, lo: float, batch_size: int = 16) -> list[Prediction]:
+    """Whole-image predictions with numpy alone: ``maps`` turns a normalised (B, 3, size, size) batch into
+    (B, size, size) maps, which are resized (bilinear) to each image's resolution; score = max at model size."""
+    results: list[Prediction] = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i : i + batch_size]
+        out = maps(np.stack([image_to_array(im, size) for im in chunk]))
+        for img, m in zip(chunk, out, strict=True):
+            same = m.shape == (img.height, img.width)  # no resampling (and no view of the whole batch)
+            full = m.copy() if same else resize_bilinear(m, img.height, img.width)
+            results.append(Prediction(full, float(m.max()), threshold, lo))
+    return results
+
+
+def predict_tiles(maps: Callable[[np.ndarray], np.ndarray], images: Sequence[Image.Image], size: int,
+                  threshold: float, lo: float) -> list[Prediction]:
+    """Predictions at each image's own resolution from overlapping ``size`` px tiles (:func:`tiled_map`)."""
+    results = []
+    for img in images:
+        full = tiled_map(normalize_array(img), size, maps)
+        results.append(Prediction(full, float(full.max()), threshold, lo))
+    return results
+
+
+def score_norm(metadata: dict[str, Any], tiled: bool) -> tuple[float, float]:
+    """(threshold, lo) for whole images, or for tiles when ``tiled`` and the model was calibrated on tiles."""
+    tn = metadata.get("tile_normalization")
+    norm = tn if tiled and isinstance(tn, dict) else metadata["score_normalization"]
+    return float(norm["threshold"]), float(norm["lo"])
+
+
 class OnnxEngine:
     """An onnxruntime session of an IKD export: normalised (B, 3, S, S) float32 -> maps (B, S, S)."""
 
@@ -169,23 +201,9 @@ class OnnxPredictor:
         if not isinstance(images, (list, tuple)):
             images = [images]
         pils = [load_image(im) for im in images]
-        results: list[Prediction] = []
         if self.tile:
-            mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(3, 1, 1)
-            std = np.asarray(IMAGENET_STD, np.float32).reshape(3, 1, 1)
-            for img in pils:
-                x = (np.asarray(img, np.float32) / np.float32(255.0)).transpose(2, 0, 1)
-                full = tiled_map((x - mean) / std, self.image_size, self.maps)
-                results.append(Prediction(full, float(full.max()), self.threshold, self.lo))
-            return results
-        for i in range(0, len(pils), batch_size):
-            chunk = pils[i : i + batch_size]
-            maps = self.maps(np.stack([image_to_array(im, self.image_size) for im in chunk]))
-            for img, m in zip(chunk, maps, strict=True):
-                same = m.shape == (img.height, img.width)  # no resampling (and no view of the whole batch)
-                full = m.copy() if same else resize_bilinear(m, img.height, img.width)
-                results.append(Prediction(full, float(m.max()), self.threshold, self.lo))
-        return results
+            return predict_tiles(self.maps, pils, self.image_size, *score_norm(self.metadata, tiled=True))
+        return predict_images(self.maps, pils, self.image_size, self.threshold, self.lo, batch_size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

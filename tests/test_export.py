@@ -110,12 +110,17 @@ def test_tiled_prediction_matches_torch(exported, checkpoints, demo_root) -> Non
     onnx_pred = OnnxPredictor(exported["tiny-64px"], tile=True)
     from PIL import Image
 
+    auto_pred = Predictor.from_checkpoint(checkpoints["tiny-64px"], "cpu", backend="onnx", tile=True)
     big = Image.open(_test_images(demo_root)[-1]).convert("RGB").resize((150, 100))
     small = big.resize((40, 30))
+    tiles = torch_pred.metadata["tile_normalization"]
     for im in (big, small):
-        p, q = torch_pred.predict(im)[0], onnx_pred.predict(im)[0]
-        assert q.anomaly_map.shape == p.anomaly_map.shape == (im.height, im.width)
+        p, q, r = torch_pred.predict(im)[0], onnx_pred.predict(im)[0], auto_pred.predict(im)[0]
+        assert q.anomaly_map.shape == p.anomaly_map.shape == r.anomaly_map.shape == (im.height, im.width)
         assert np.abs(q.anomaly_map - p.anomaly_map).max() <= 1e-3 * (p.threshold - p.lo)
+        assert np.abs(r.anomaly_map - p.anomaly_map).max() <= 1e-3 * (p.threshold - p.lo)
+        # every backend judges tiles against the threshold fitted on held-out tiles
+        assert (p.threshold, p.lo) == (q.threshold, q.lo) == (r.threshold, r.lo) == (tiles["threshold"], tiles["lo"])
 
 
 def test_resize_bilinear_matches_torch_interpolate() -> None:

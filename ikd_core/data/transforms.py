@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_PIXEL_SCALE = (1.0 / (255.0 * np.asarray(IMAGENET_STD, dtype=np.float64))).astype(np.float32).reshape(3, 1, 1)
+_PIXEL_SHIFT = (-np.asarray(IMAGENET_MEAN, dtype=np.float64) / np.asarray(IMAGENET_STD)).astype(np.float32).reshape(3, 1, 1)
 
 #: File extensions treated as images when scanning folders (compared lower-case).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -269,10 +271,16 @@ def image_to_array(img: ImageSource, size: int) -> np.ndarray:
         img = load_image(img)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
-    arr = (np.asarray(img, dtype=np.float32) / np.float32(255.0)).transpose(2, 0, 1)
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
-    return np.ascontiguousarray((arr - mean) / std)
+    return normalize_array(img)
+
+
+def normalize_array(img: Image.Image) -> np.ndarray:
+    """An RGB image ImageNet-normalised at its own size -> (3, H, W) float32."""
+    # (x / 255 - mean) / std as one in-place multiply-add per channel plane of a (3, H, W) copy
+    arr = np.asarray(img).transpose(2, 0, 1).astype(np.float32, order="C")
+    arr *= _PIXEL_SCALE
+    arr += _PIXEL_SHIFT
+    return arr
 
 
 def image_to_tensor(img: ImageSource, size: int) -> torch.Tensor:
