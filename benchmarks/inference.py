@@ -178,6 +178,18 @@ def versions() -> str:
     return ", ".join(parts)
 
 
+def l2_cache_bytes() -> int:
+    """Size of one core's L2 cache (Linux sysfs), 0 if unknown."""
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                return int(size.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
 def batch_effect(prof: list[dict], ms: Callable[[str, int], float | None]) -> str:
     """Why eager slows down per image at batch 16, from the profile: the convolutions and the separate
     elementwise passes (batch norm, ReLU6 clamp) over activations that no longer fit the L2 cache."""
@@ -187,14 +199,14 @@ def batch_effect(prof: list[dict], ms: Callable[[str, int], float | None]) -> st
 
     conv = [op(r, "mkldnn_convolution", "_slow_conv2d_forward", "_convolution") for r in prof]
     elem = [op(r, "native_batch_norm", "clamp", "hardtanh") for r in prof]
-    l2 = os.sysconf("SC_LEVEL2_CACHE_SIZE") if "SC_LEVEL2_CACHE_SIZE" in os.sysconf_names else 0
+    l2 = l2_cache_bytes()
     act = 16 * 96 * 128 * 128 * 4 / 2**20  # efficientnet_lite0's largest activation at 256 px (96 x 128 x 128)
     parts = [
         f"Batch effect of torch eager: in the 1-thread profile the convolutions take {conv[0]:.0f} -> {conv[1]:.0f} ms "
         f"and the separate batch-norm and clamp (ReLU6) passes {elem[0]:.0f} -> {elem[1]:.0f} ms per image from "
         f"batch 1 to 16. These ops are memory-bound: the largest activation is {act / 16:.1f} MB per image, "
         f"{act:.0f} MB at batch 16"
-        + (f", against an L2 cache of {l2 / 2**20:.0f} MiB" if l2 else "")
+        + (f", against an L2 cache of {l2 / 2**20:g} MiB per core" if l2 else "")
         + ", so at batch 16 every pass streams from main memory."
     ]
     whole1, whole16, auto1, auto16 = ms("ort", 1), ms("ort", 16), ms("predict_auto", 1), ms("predict_auto", 16)
