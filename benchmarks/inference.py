@@ -41,7 +41,7 @@ CASES: tuple[tuple[str, str, str], ...] = (
     ("teacher", "teacher alone, torch eager", "one network, for the batch effect"),
     ("channels_last", "torch eager, channels_last", "model and input in channels_last"),
     ("compile", "torch.compile (inductor)", "default mode, static shapes; compile time excluded"),
-    ("ort", "onnxruntime, whole batch in one run", "the `export` graph, CPU provider, no spinning"),
+    ("ort", "onnxruntime, whole batch in one run", "the `export` graph, CPU provider (`OnnxEngine` session options)"),
     ("ort_mb1", "onnxruntime, one image per run", "`OnnxEngine` default (micro-batch 1)"),
     ("openvino", "OpenVINO, f32", "IR from the ONNX export; precision hint f32 (its CPU default may be bf16)"),
     ("predict_torch", "`Predictor.predict`, backend torch", "end to end: PIL images in, `Prediction`s out"),
@@ -240,7 +240,8 @@ def section(results: dict[tuple[str, int], dict], export: dict, command: str, th
         f"- Load average (1 min) before / after the run: {load[0]:.2f} / {load[1]:.2f} (other processes on "
         "the cores slow every engine; torch eager most)",
         f"- {versions()}; {threads} threads for every engine (torch `set_num_threads`, onnxruntime "
-        "`intra_op_num_threads` with `session.intra_op.allow_spinning` = 0, OpenVINO `INFERENCE_NUM_THREADS`)",
+        "`intra_op_num_threads`, threads spinning within a run and stopped at its end "
+        "(`session.force_spinning_stop`), OpenVINO `INFERENCE_NUM_THREADS`)",
         f"- Model: `{Path(checkpoint).name}` (efficientnet_lite0 teacher + student + anomaly map + blur), "
         f"{results.get(('eager', 1), {}).get('image_size', 256)} px; export to ONNX "
         f"{export.get('onnx_s', float('nan')):.1f} s, OpenVINO {export.get('openvino_s', float('nan')):.1f} s",

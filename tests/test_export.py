@@ -154,6 +154,29 @@ def test_predictor_auto_backend_exports_once_into_the_cache(checkpoints, demo_ro
         assert p.is_anomalous() == q.is_anomalous()
 
 
+def test_onnxruntime_threads_stop_spinning_when_a_run_ends(exported) -> None:
+    """Between runs the engine's threads must not burn the cores (they would slow torch training, rendering and
+    other requests on a 2-core machine): the process uses next to no CPU while it sleeps after a run."""
+    import resource
+    import time
+
+    engine = OnnxEngine(exported["tiny-64px"], threads=2)
+    x = np.zeros((1, 3, 64, 64), np.float32)
+
+    def cpu_s() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    engine.maps(x)
+    idle = 0.0
+    for _ in range(10):
+        engine.maps(x)
+        c0 = cpu_s()
+        time.sleep(0.05)
+        idle += cpu_s() - c0
+    assert idle / 10 < 0.005, f"{idle / 10 * 1000:.1f} ms of CPU per 50 ms asleep: onnxruntime threads still spin"
+
+
 def test_export_cache_evicts_least_recently_used_beyond_its_cap(tmp_path, monkeypatch) -> None:
     import time
 
