@@ -181,7 +181,9 @@ class Predictor:
         if self.engine is not None:
             # numpy only: a torch op here would wake torch's OpenMP threads, whose spin-wait after it takes the
             # cores from the next onnxruntime run (~2 ms an image on 2 cores)
-            return predict_images(self.engine.maps, pils, self.image_size, self.threshold, self.lo, batch_size)
+            # as many images at a time as the engine runs (one: each is read, run and resized while in cache)
+            return predict_images(self.engine.maps, pils, self.image_size, self.threshold, self.lo,
+                                  min(batch_size, self.engine.micro_batch))
         for i in range(0, len(pils), batch_size):
             chunk = pils[i : i + batch_size]
             maps = self._maps(torch.stack([image_to_tensor(im, self.image_size) for im in chunk]))

@@ -206,7 +206,8 @@ class OnnxPredictor:
         pils = [load_image(im) for im in images]
         if self.tile:
             return predict_tiles(self.maps, pils, self.image_size, *score_norm(self.metadata, tiled=True))
-        return predict_images(self.maps, pils, self.image_size, self.threshold, self.lo, batch_size)
+        return predict_images(self.maps, pils, self.image_size, self.threshold, self.lo,
+                              min(batch_size, self.engine.micro_batch))  # one image read, run, resized at a time
 
 
 def main(argv: Sequence[str] | None = None) -> int:
