@@ -148,8 +148,7 @@ class Predictor:
 
     @torch.no_grad()
     def _maps(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.engine is not None:
-            return torch.from_numpy(self.engine.maps(batch.cpu().numpy()))
+        """Torch maps (B, S, S); the onnxruntime engine is used through :mod:`ikd_core.runtime` instead."""
         return self.model(batch.to(self.device))[:, 0].float().cpu()
 
     def _tiled_map(self, img: Image.Image) -> tuple[np.ndarray, float]:
@@ -170,20 +169,20 @@ class Predictor:
             images = [images]
         pils = [load_image(im) for im in images]
         results: list[Prediction] = []
-        if self.tile and self.engine is not None:  # numpy only (see below)
-            return predict_tiles(self.engine.maps, pils, self.image_size, *self._norm(tiled=True))
+        if self.engine is not None:
+            # numpy only: a torch op between runs would wake torch's OpenMP threads, whose spin-wait takes the
+            # cores from the next onnxruntime run (~2 ms an image on 2 cores). Whole images go as many at a time
+            # as the engine runs (one: each is read, run and resized while it is in cache).
+            if self.tile:
+                return predict_tiles(self.engine.maps, pils, self.image_size, *self._norm(tiled=True))
+            return predict_images(self.engine.maps, pils, self.image_size, self.threshold, self.lo,
+                                  min(batch_size, self.engine.micro_batch))
         if self.tile:
             threshold, lo = self._norm(tiled=True)
             for img in pils:
                 amap, score = self._tiled_map(img)
                 results.append(Prediction(amap, score, threshold, lo))
             return results
-        if self.engine is not None:
-            # numpy only: a torch op here would wake torch's OpenMP threads, whose spin-wait after it takes the
-            # cores from the next onnxruntime run (~2 ms an image on 2 cores)
-            # as many images at a time as the engine runs (one: each is read, run and resized while in cache)
-            return predict_images(self.engine.maps, pils, self.image_size, self.threshold, self.lo,
-                                  min(batch_size, self.engine.micro_batch))
         for i in range(0, len(pils), batch_size):
             chunk = pils[i : i + batch_size]
             maps = self._maps(torch.stack([image_to_tensor(im, self.image_size) for im in chunk]))
