@@ -50,6 +50,10 @@ CASES: tuple[tuple[str, str, str], ...] = (
 
 
 # --------------------------------------------------------------------------- one case (in a subprocess)
+CONV_OPS = {"mkldnn_convolution", "_slow_conv2d_forward", "_convolution", "convolution"}
+ELEMENTWISE_OPS = {"native_batch_norm", "clamp", "clamp_", "hardtanh", "hardtanh_"}
+
+
 def _inputs(batch: int, size: int, seed: int = 0) -> Any:
     """Normalised synthetic demo-texture images, good and defective (``ikd_core.export.sample_batch``)."""
     from ikd_core.export import sample_batch
@@ -84,13 +88,24 @@ def run_case(case: str, batch: int, checkpoint: str, onnx_path: str, ov_path: st
     if case == "profile":  # where eager's time goes (1 thread: no scheduling noise from barriers)
         from torch.profiler import profile
 
+        largest = [0]
+
+        def record(_module: Any, _inputs: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                largest[0] = max(largest[0], out.numel() * out.element_size() // batch)
+
+        hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
         with torch.no_grad():
             model(x)
+            for h in hooks:
+                h.remove()
             with profile() as prof:
                 model(x)
-        ops = {e.key: e.self_cpu_time_total / 1000 / batch for e in prof.key_averages()}
+        ops = {e.key.removeprefix("aten::"): e.self_cpu_time_total / 1000 / batch for e in prof.key_averages()}
         return {"case": case, "batch": batch, "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])[:4]),
-                "total": sum(ops.values())}
+                "total": sum(ops.values()), "largest_activation_bytes": largest[0],
+                "conv": sum(v for k, v in ops.items() if k in CONV_OPS),
+                "elementwise": sum(v for k, v in ops.items() if k in ELEMENTWISE_OPS)}
     maps: Callable[[], Any]
     if case in ("eager", "eager_1t", "channels_last", "compile", "teacher"):
         net: Callable[[torch.Tensor], Any] = model
@@ -194,27 +209,24 @@ def batch_effect(prof: list[dict], ms: Callable[[str, int], float | None]) -> st
     """Why eager slows down per image at batch 16, from the profile: the convolutions and the separate
     elementwise passes (batch norm, ReLU6 clamp) over activations that no longer fit the L2 cache."""
 
-    def op(r: dict, *names: str) -> float:
-        return sum(v for k, v in r["ops"].items() if k.removeprefix("aten::") in names)
-
-    conv = [op(r, "mkldnn_convolution", "_slow_conv2d_forward", "_convolution") for r in prof]
-    elem = [op(r, "native_batch_norm", "clamp", "hardtanh") for r in prof]
+    conv = [r["conv"] for r in prof]
+    elem = [r["elementwise"] for r in prof]
     l2 = l2_cache_bytes()
-    act = 16 * 96 * 128 * 128 * 4 / 2**20  # efficientnet_lite0's largest activation at 256 px (96 x 128 x 128)
+    act = prof[0]["largest_activation_bytes"] / 2**20  # per image, measured by forward hooks
     parts = [
         f"Batch effect of torch eager: in the 1-thread profile the convolutions take {conv[0]:.0f} -> {conv[1]:.0f} ms "
         f"and the separate batch-norm and clamp (ReLU6) passes {elem[0]:.0f} -> {elem[1]:.0f} ms per image from "
-        f"batch 1 to 16. These ops are memory-bound: the largest activation is {act / 16:.1f} MB per image, "
-        f"{act:.0f} MB at batch 16"
+        f"batch 1 to {prof[1]['batch']}. These ops are memory-bound: the largest activation is {act:.1f} MB per "
+        f"image, {act * prof[1]['batch']:.0f} MB at batch {prof[1]['batch']}"
         + (f", against an L2 cache of {l2 / 2**20:g} MiB per core" if l2 else "")
-        + ", so at batch 16 every pass streams from main memory."
+        + f", so at batch {prof[1]['batch']} every pass streams from main memory."
     ]
     whole1, whole16, auto1, auto16 = ms("ort", 1), ms("ort", 16), ms("predict_auto", 1), ms("predict_auto", 16)
     if whole1 and whole16:
         parts.append(f"The exported graph folds batch norm and ReLU6 into the convolutions (onnxruntime on the "
-                     f"whole batch: b16 / b1 = {whole16 / whole1:.2f})")
+                     f"whole batch: b16 / b1 = {whole16 / whole1:.2f}).")
     if auto1 and auto16:
-        parts.append(f"and the default path runs one image per call (b16 / b1 = {auto16 / auto1:.2f}).")
+        parts.append(f"The default path runs one image per call (b16 / b1 = {auto16 / auto1:.2f}).")
     return " ".join(parts)
 
 

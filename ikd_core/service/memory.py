@@ -45,7 +45,6 @@ class Trimmer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._active = 0
-        self.trims = 0
 
     @contextmanager
     def request(self) -> Iterator[None]:
@@ -60,4 +59,3 @@ class Trimmer:
                 last = self._active == 0
             if last:
                 release_memory()
-                self.trims += 1
