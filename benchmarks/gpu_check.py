@@ -209,10 +209,13 @@ def amp_training_section(device: str, image_size: int, minutes: float) -> str:
 
     from torch.utils.data import DataLoader, Subset
 
+    from ikd_core.calibration import fit_normalization
     from ikd_core.checkpoint import load_student_state
+    from ikd_core.data.batching import split_holdout
     from ikd_core.data.sources import DataSpec, build_datasets
     from ikd_core.data.synthetic import generate_demo_dataset
-    from ikd_core.train import TrainConfig, fit_normalization, predict_maps, split_holdout, train
+    from ikd_core.evaluation import evaluate_model
+    from ikd_core.train import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:
         root = generate_demo_dataset(Path(tmp) / "demo", categories=("demo_texture",), image_size=image_size, seed=0)
@@ -227,9 +230,9 @@ def amp_training_section(device: str, image_size: int, minutes: float) -> str:
         model = res.model
         model.student.load_state_dict(load_student_state(res.checkpoint))  # the saved checkpoint, in fp32
         model.float().eval()
-        ref = predict_maps(model, DataLoader(test_ds, batch_size=8), dev)
+        ref = evaluate_model(model, test_ds, dev).outputs
         _, hold_idx = split_holdout(len(train_ds), cfg.holdout_fraction, cfg.seed)
-        hold = predict_maps(model, DataLoader(Subset(train_ds, hold_idx), batch_size=8), dev)
+        hold = evaluate_model(model, Subset(train_ds, hold_idx), dev).outputs
         norm = res.metadata["score_normalization"]
         refit = fit_normalization(hold["maps"], cfg.threshold_k)
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):

@@ -79,7 +79,8 @@ def run_case(case: str, batch: int, checkpoint: str, onnx_path: str, ov_path: st
     import torch
 
     torch.set_num_threads(1 if case in ("eager_1t", "profile") else threads)
-    from ikd_core.predict import Predictor, load_model
+    from ikd_core.loading import load_model
+    from ikd_core.predict import Predictor
 
     model, meta = load_model(checkpoint, "cpu")
     size = int(meta["image_size"])

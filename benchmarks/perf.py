@@ -214,9 +214,9 @@ def train_step_case(backbone: str, batch: int, device: str = "cpu", steps: int =
     the reason, where its |H| x |H| matrices (~20 |H|^2 bytes) would not fit in ``naive_max_gb``.
     """
     import ikd_core.loss as loss_mod
+    from ikd_core.device import training_autocast as _autocast
     from ikd_core.loss import IKDLoss
     from ikd_core.torch_model import IKDModel
-    from ikd_core.train import _autocast
 
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -325,8 +325,8 @@ def train_step_case(backbone: str, batch: int, device: str = "cpu", steps: int =
 def inference_case(backbone: str, batch: int, device: str = "cpu", repeats: int = 5, warmup: int = 1,
                    amp: bool = False, image_size: int = IMAGE_SIZE) -> dict:
     """ms per image of the full model (teacher + student + anomaly map) and of one teacher forward."""
+    from ikd_core.device import training_autocast as _autocast
     from ikd_core.torch_model import IKDModel
-    from ikd_core.train import _autocast
 
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -607,10 +607,10 @@ def step_breakdown_case(data_root: str, steps: int = 6, batch: int = 8, image_si
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, Subset
 
+    from ikd_core.data.batching import CachedDataset, collate_images, normalize_uint8
     from ikd_core.data.sources import DataSpec, build_datasets
     from ikd_core.loss import IKDLoss
     from ikd_core.torch_model import IKDModel
-    from ikd_core.train import CachedDataset, collate_images, normalize_uint8
 
     train_ds, _ = build_datasets(DataSpec("demo", "demo_texture", data_root), image_size)
     idx = list(range(min(len(train_ds), 6 * batch)))

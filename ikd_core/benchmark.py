@@ -32,18 +32,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from . import __version__
 from .checkpoint import save_checkpoint
 from .data.mvtec import MVTEC_CATEGORIES
 from .data.sources import DataSpec, build_datasets, default_checkpoint_name
 from .data.synthetic import DEMO_CATEGORIES
+from .device import select_device
 from .errors import IKDError
+from .evaluation import Curves, compute_curves, evaluate_model
 from .gif import make_gif, pick_samples
-from .metrics import image_roc_curve, pixel_roc_curve, pro_curve
-from .predict import Predictor, load_model
-from .train import TrainConfig, compute_metrics, predict_maps, select_device, train
+from .loading import load_model
+from .predict import Predictor
+from .train import TrainConfig, train
 from .visualize import figure_to_png, plot_pro, plot_roc
 
 #: Column order of the tables (the seed README's).
@@ -198,26 +199,23 @@ def canonical_command(**kw: Any) -> str:
 
 
 # --------------------------------------------------------------------------- one category
-def _save_curves(res: dict[str, torch.Tensor], metrics: dict[str, float], out_dir: Path, category: str,
-                 title: str) -> dict[str, str]:
+def _save_curves(curves: Curves, out_dir: Path, category: str, title: str) -> dict[str, str]:
+    """ROC (image and pixel) and PRO plots of one category, as PNG files; their paths by kind."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    known = res["labels"] >= 0
-    scores, labels = res["scores"][known], res["labels"][known]
-    maps, masks = res["maps"][known], res["masks"][known]
+    metrics = curves.metrics
     paths: dict[str, str] = {}
-
-    fpr, tpr, _ = image_roc_curve(scores, labels)
+    fpr, tpr = curves.image_roc
     fig = plot_roc(fpr, tpr, metrics.get("image_auroc", math.nan), title=f"ROC: {title}")
     ax = fig.axes[0]
     ax.lines[-1].set_label(f"image AUROC = {_pct(metrics.get('image_auroc'))}")
-    pfpr, ptpr, _ = pixel_roc_curve(maps, masks)
+    pfpr, ptpr = curves.pixel_roc
     ax.plot(pfpr, ptpr, linewidth=2, label=f"pixel AUROC = {_pct(metrics.get('pixel_auroc'))}")
     ax.legend(loc="lower right")
     roc = out_dir / f"{category}_roc.png"
     roc.write_bytes(figure_to_png(fig))
     paths["roc"] = str(roc)
 
-    f, p = pro_curve(maps, masks)
+    f, p = curves.pro
     pro = out_dir / f"{category}_pro.png"
     pro.write_bytes(figure_to_png(plot_pro(f, p, metrics.get("au_pro", math.nan), title=f"PRO: {title}")))
     paths["pro"] = str(pro)
@@ -269,10 +267,10 @@ def run_category(
         r.notes.append(f"training stopped early after {r.epochs_completed} epochs")
 
     t_eval = time.perf_counter()
-    res = predict_maps(model, DataLoader(test_ds, batch_size=8, shuffle=False), device)
-    r.metrics = compute_metrics(res)
+    evaluation = evaluate_model(model, test_ds, device)
+    r.metrics = evaluation.metrics
     r.eval_seconds = round(time.perf_counter() - t_eval, 2)
-    r.n_test = int(res["labels"].numel())
+    r.n_test = int(evaluation.outputs["labels"].numel())
     if not r.metrics:
         raise IKDError(f"{category}: the test set has no labelled images")
     if r.trained:
@@ -280,7 +278,7 @@ def run_category(
         save_checkpoint(checkpoint, model.student.state_dict(), meta)
 
     title = f"{category} ({meta.get('backbone', cfg.backbone)})"
-    r.curves = _save_curves(res, r.metrics, curves_dir, category, title)
+    r.curves = _save_curves(compute_curves(evaluation.outputs, r.metrics), curves_dir, category, title)
 
     predictor = Predictor(model, meta)
     picked = pick_samples(test_ds.samples, GIF_FRAMES, seed=0)

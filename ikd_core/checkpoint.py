@@ -6,11 +6,9 @@ complete, and mirrored in a ``.json`` sidecar for people and tools. Nothing is e
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from torch import Tensor
 
 from . import __version__
 from .errors import CheckpointError
+from .fileio import atomic_write_bytes
 
 FORMAT = "ikd-studio-checkpoint/1"
 META_KEY = "ikd"
@@ -38,24 +37,6 @@ MAX_METADATA_STRING = 10_000
 MAX_CATEGORY_CHARS = 100
 MAX_METADATA_DEPTH = 16
 DATA_KINDS = ("demo", "mvtec", "folder")
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:

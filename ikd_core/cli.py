@@ -80,9 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .data.sources import build_datasets, default_checkpoint_name
+    from .device import select_device
     from .distributed import init_from_env, is_distributed_env
     from .metrics import format_metrics_table
-    from .train import select_device, train
+    from .train import train
 
     spec = _data_spec(args)
     cfg = _train_config(args)
@@ -122,12 +123,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
     from .data.sources import build_datasets
+    from .device import select_device
+    from .evaluation import evaluate_model
+    from .loading import load_model
     from .metrics import format_metrics_table
-    from .predict import load_model
-    from .train import compute_metrics, predict_maps, select_device
 
     device = select_device(args.device)
     model, meta = load_model(args.checkpoint, device)
@@ -135,8 +135,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _, test_ds = build_datasets(spec, int(meta["image_size"]))
     if test_ds is None:
         raise IKDError("this data has no test set to evaluate on (give --test-dir)")
-    res = predict_maps(model, DataLoader(test_ds, batch_size=args.batch_size), device)
-    metrics = compute_metrics(res)
+    metrics = evaluate_model(model, test_ds, device, batch_size=args.batch_size).metrics
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -152,8 +151,8 @@ def _predictor(args: argparse.Namespace):
         if args.backend == "torch":
             raise IKDError("--backend torch needs --checkpoint; an exported --model runs with onnxruntime")
         return OnnxPredictor(args.model, tile=args.tile)
+    from .device import select_device
     from .predict import Predictor
-    from .train import select_device
 
     return Predictor.from_checkpoint(args.checkpoint, select_device(args.device), tile=args.tile,
                                      backend=args.backend)
@@ -193,9 +192,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_gif(args: argparse.Namespace) -> int:
     from .data.sources import build_datasets
+    from .device import select_device
     from .gif import make_gif, pick_samples
     from .predict import Predictor
-    from .train import select_device
 
     predictor = Predictor.from_checkpoint(args.checkpoint, select_device(args.device))
     if args.images:

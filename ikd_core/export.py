@@ -2,19 +2,17 @@
 
 The graph takes a normalised image batch ``image`` (B, 3, S, S), B dynamic, and returns ``anomaly_map``
 (B, 1, S, S). The checkpoint's metadata travels inside the file (ONNX ``metadata_props``; OpenVINO
-``rt_info``), so :mod:`ikd_core.runtime` needs nothing else. :func:`cached_onnx` keeps one export per
-checkpoint content in a cache folder, for :class:`~ikd_core.predict.Predictor`'s ``auto`` backend.
+``rt_info``), so :mod:`ikd_core.runtime` needs nothing else. :mod:`ikd_core.export_cache` keeps one export per
+checkpoint content for :class:`~ikd_core.predict.Predictor`'s ``auto`` backend.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,10 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import atomic_write_bytes
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import IKDError
+from .fileio import atomic_write_bytes, file_digest
+from .loading import load_model
 from .runtime import EXPORT_FORMAT, INPUT_NAME, META_JSON_KEY, OUTPUT_NAME, OnnxEngine
 from .torch_model import IKDModel
 
@@ -48,15 +48,6 @@ class _MapGraph(nn.Module):
         return self.model(x)
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """SHA-256 hex digest of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def metadata_props(meta: dict[str, Any], checkpoint_sha256: str | None = None) -> dict[str, str]:
     """String key/values embedded in the export: the full checkpoint metadata (``ikd``, JSON) plus the
     fields a runtime needs, flat."""
@@ -65,8 +56,8 @@ def metadata_props(meta: dict[str, Any], checkpoint_sha256: str | None = None) -
         "format": EXPORT_FORMAT,
         META_JSON_KEY: json.dumps(meta, sort_keys=True, allow_nan=True),
         "image_size": str(int(meta["image_size"])),
-        "mean": json.dumps([0.485, 0.456, 0.406]),
-        "std": json.dumps([0.229, 0.224, 0.225]),
+        "mean": json.dumps(list(IMAGENET_MEAN)),
+        "std": json.dumps(list(IMAGENET_STD)),
         "threshold": repr(float(norm["threshold"])),
         "lo": repr(float(norm["lo"])),
         "backbone": str(meta["backbone"]),
@@ -168,8 +159,6 @@ def export_openvino(model: IKDModel, meta: dict[str, Any], out: str | os.PathLik
 def export_checkpoint(checkpoint: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str],
                       teacher_weights: str | os.PathLike[str] | None = None) -> Path:
     """Load a checkpoint (checked as for prediction) and export it to ``out`` in ``fmt`` (onnx / openvino)."""
-    from .predict import load_model
-
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     model, meta = load_model(checkpoint, "cpu", teacher_weights=teacher_weights)
@@ -179,64 +168,3 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], fmt: str, out: str | o
     return export_onnx(model, meta, out, digest)
 
 
-def cache_dir() -> Path:
-    """Folder of cached exports: ``$IKD_CACHE_DIR/onnx``, else ``~/.cache/ikd_studio/onnx``."""
-    root = os.environ.get("IKD_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "ikd_studio"
-    return base / "onnx"
-
-
-def cached_onnx(checkpoint: str | os.PathLike[str], model: IKDModel, meta: dict[str, Any]) -> Path:
-    """The ONNX export of a loaded checkpoint, made (and checked against torch) once and kept in
-    :func:`cache_dir`, keyed by the checkpoint's content, its teacher and the export format."""
-    import onnx
-
-    digest = file_digest(checkpoint)
-    key = hashlib.sha256("\n".join([digest, model.teacher_fingerprint, str(model.teacher_source), EXPORT_FORMAT,
-                                    __version__, str(OPSET), onnx.__version__]).encode()).hexdigest()[:20]
-    path = cache_dir() / f"{Path(checkpoint).stem}-{key}.onnx"
-    if path.is_file():
-        with contextlib.suppress(OSError):
-            os.utime(path)  # mark as recently used (eviction goes oldest first)
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, meta, path, digest)
-    evict_cache(keep=path)
-    return path
-
-
-def cache_limit_bytes() -> int:
-    """Size cap of the export cache: ``$IKD_ONNX_CACHE_MB`` megabytes (default 1024; 0 = no cap)."""
-    raw = os.environ.get("IKD_ONNX_CACHE_MB", "1024")
-    try:
-        mb = float(raw)
-    except ValueError:
-        raise IKDError(f"IKD_ONNX_CACHE_MB must be a number of megabytes, not {raw!r}") from None
-    return max(0, int(mb * 1024 * 1024))
-
-
-def evict_cache(keep: Path | None = None, limit: int | None = None, min_age_s: float = 60.0) -> list[Path]:
-    """Remove the least recently used exports from :func:`cache_dir` until it fits ``limit`` bytes
-    (default :func:`cache_limit_bytes`). ``keep`` and files used in the last ``min_age_s`` seconds (another
-    process may be about to load them) stay. Returns the removed files."""
-    limit = cache_limit_bytes() if limit is None else limit
-    if limit <= 0:
-        return []
-    entries = []
-    for f in cache_dir().glob("*.onnx"):
-        with contextlib.suppress(OSError):
-            st = f.stat()
-            entries.append((st.st_mtime, st.st_size, f))
-    total = sum(size for _, size, _ in entries)
-    now = time.time()
-    removed: list[Path] = []
-    for mtime, size, f in sorted(entries, key=lambda e: e[0]):
-        if total <= limit:
-            break
-        if (keep is not None and f == keep) or now - mtime < min_age_s:
-            continue
-        with contextlib.suppress(OSError):
-            f.unlink()
-            total -= size
-            removed.append(f)
-    return removed

@@ -10,7 +10,8 @@ import numpy as np
 
 from .data.mvtec import Sample
 from .data.transforms import load_image, load_mask
-from .predict import Prediction, Predictor
+from .predict import Predictor
+from .predictor_base import Prediction
 from .visualize import make_panel, save_gif
 
 

@@ -2,8 +2,9 @@
 
     python -m ikd_core.runtime model.onnx image.png [more.png ...] [--save-maps maps.npz] [--json]
 
-:class:`OnnxPredictor` has the :class:`~ikd_core.predict.Predictor` interface (``predict(images) ->
-list[Prediction]``, ``metadata``, ``image_size``, ``threshold``, ``lo``), so callers can swap it in.
+:class:`OnnxPredictor` and the torch :class:`~ikd_core.predict.Predictor` share one base,
+:class:`~ikd_core.predictor_base.MapPredictor` (``predict(images) -> list[Prediction]``, ``metadata``, ``image_size``,
+``threshold``, ``lo``), so callers can swap them.
 This module must stay importable without torch: it only imports ``ikd_core`` modules that do not import it.
 """
 
@@ -13,18 +14,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from .data.transforms import image_to_array, load_image, normalize_array
 from .errors import IKDError
-from .prediction import Prediction
-
-ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
+from .predictor_base import MapPredictor
 
 #: ``metadata_props`` keys written by :mod:`ikd_core.export`; ``ikd`` holds the checkpoint's full metadata (JSON).
 META_JSON_KEY = "ikd"
@@ -76,79 +73,6 @@ def parse_metadata(props: dict[str, str], name: str) -> dict[str, Any]:
     return meta
 
 
-def resize_bilinear(a: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of the last two axes, half-pixel centres, no antialiasing (as torch's
-    ``F.interpolate(mode="bilinear", align_corners=False)``)."""
-
-    def taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, (src - i0).astype(a.dtype)
-
-    if a.shape[-2:] == (height, width):
-        return a.copy()
-    y0, y1, wy = taps(a.shape[-2], height)
-    x0, x1, wx = taps(a.shape[-1], width)
-    rows = a[..., y0, :] * (1 - wy)[:, None] + a[..., y1, :] * wy[:, None]
-    return rows[..., x0] * (1 - wx) + rows[..., x1] * wx
-
-
-def tiled_map(x: np.ndarray, size: int, maps: Callable[[np.ndarray], np.ndarray],
-              chunk: int = 16) -> np.ndarray:
-    """Map of a normalised (3, H, W) image from overlapping ``size`` tiles (stride size / 2), averaged."""
-    _, h, w = x.shape
-    if h < size or w < size:
-        x = resize_bilinear(x, max(h, size), max(w, size))
-    _, hh, ww = x.shape
-    stride = size // 2
-    ys = sorted(set(range(0, hh - size + 1, stride)) | {hh - size})
-    xs = sorted(set(range(0, ww - size + 1, stride)) | {ww - size})
-    acc = np.zeros((hh, ww), np.float32)
-    cnt = np.zeros((hh, ww), np.float32)
-    tiles = [(y, x0) for y in ys for x0 in xs]
-    for i in range(0, len(tiles), chunk):
-        part = tiles[i : i + chunk]
-        out = maps(np.stack([x[:, y : y + size, x0 : x0 + size] for y, x0 in part]))
-        for (y, x0), m in zip(part, out, strict=True):
-            acc[y : y + size, x0 : x0 + size] += m
-            cnt[y : y + size, x0 : x0 + size] += 1
-    full = acc / cnt
-    return resize_bilinear(full, h, w) if (hh, ww) != (h, w) else full
-
-
-def predict_images(maps: Callable[[np.ndarray], np.ndarray], images: Sequence[Image.Image], size: int,
-                   threshold: float, lo: float, batch_size: int = 16) -> list[Prediction]:
-    """Whole-image predictions with numpy alone: ``maps`` turns a normalised (B, 3, size, size) batch into
-    (B, size, size) maps, which are resized (bilinear) to each image's resolution; score = max at model size."""
-    results: list[Prediction] = []
-    for i in range(0, len(images), batch_size):
-        chunk = images[i : i + batch_size]
-        out = maps(np.stack([image_to_array(im, size) for im in chunk]))
-        for img, m in zip(chunk, out, strict=True):
-            same = m.shape == (img.height, img.width)  # no resampling (and no view of the whole batch)
-            full = m.copy() if same else resize_bilinear(m, img.height, img.width)
-            results.append(Prediction(full, float(m.max()), threshold, lo))
-    return results
-
-
-def predict_tiles(maps: Callable[[np.ndarray], np.ndarray], images: Sequence[Image.Image], size: int,
-                  threshold: float, lo: float) -> list[Prediction]:
-    """Predictions at each image's own resolution from overlapping ``size`` px tiles (:func:`tiled_map`)."""
-    results = []
-    for img in images:
-        full = tiled_map(normalize_array(img), size, maps)
-        results.append(Prediction(full, float(full.max()), threshold, lo))
-    return results
-
-
-def score_norm(metadata: dict[str, Any], tiled: bool) -> tuple[float, float]:
-    """(threshold, lo) for whole images, or for tiles when ``tiled`` and the model was calibrated on tiles."""
-    tn = metadata.get("tile_normalization")
-    norm = tn if tiled and isinstance(tn, dict) else metadata["score_normalization"]
-    return float(norm["threshold"]), float(norm["lo"])
-
-
 class OnnxEngine:
     """An onnxruntime session of an IKD export: normalised (B, 3, S, S) float32 -> maps (B, S, S)."""
 
@@ -180,34 +104,28 @@ class OnnxEngine:
         return np.concatenate(outs)[:, 0]
 
 
-class OnnxPredictor:
-    """Predictor for an exported ``.onnx`` file (same interface as :class:`ikd_core.predict.Predictor`)."""
+class OnnxPredictor(MapPredictor):
+    """Predictor for an exported ``.onnx`` file (the interface of :class:`~ikd_core.predictor_base.MapPredictor`).
+
+    Args:
+        path: the ``.onnx`` file made by ``python -m ikd_core export``.
+        tile: score images in tiles at native resolution.
+        threads: onnxruntime intra-op threads (default: the usable cores).
+        providers: onnxruntime execution providers (default CPU).
+        micro_batch: images per onnxruntime run.
+    """
 
     backend = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike[str], tile: bool = False, threads: int | None = None,
                  providers: Sequence[str] | None = None, micro_batch: int = 1) -> None:
         self.engine = OnnxEngine(path, threads=threads, providers=providers, micro_batch=micro_batch)
-        self.metadata = self.engine.metadata
-        self.image_size = int(self.metadata["image_size"])
-        norm = self.metadata["score_normalization"]
-        self.threshold = float(norm["threshold"])
-        self.lo = float(norm["lo"])
-        self.tile = tile
+        super().__init__(self.engine.metadata, tile=tile)
+        self.micro_batch = self.engine.micro_batch  # one image read, run, resized at a time
 
     def maps(self, batch: np.ndarray) -> np.ndarray:
         """Raw maps (B, S, S) at model resolution of a normalised (B, 3, S, S) batch."""
         return self.engine.maps(batch)
-
-    def predict(self, images: Sequence[ImageInput] | ImageInput, batch_size: int = 16) -> list[Prediction]:
-        """Anomaly maps (at each image's resolution), raw scores and thresholds."""
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        pils = [load_image(im) for im in images]
-        if self.tile:
-            return predict_tiles(self.maps, pils, self.image_size, *score_norm(self.metadata, tiled=True))
-        return predict_images(self.maps, pils, self.image_size, self.threshold, self.lo,
-                              min(batch_size, self.engine.micro_batch))  # one image read, run, resized at a time
 
 
 def main(argv: Sequence[str] | None = None) -> int:

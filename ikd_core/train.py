@@ -1,4 +1,9 @@
-"""Training the IKD student, fitting the score normalisation, evaluation and checkpointing."""
+"""The training loop: set up a run, train the student on good images, then calibrate, evaluate and save.
+
+:func:`train` is three steps, each on a screen: :func:`_setup` (data, model, loss, optimiser), :func:`_train_steps`
+(epochs until the planned steps, the time budget or a stop) and :func:`_finish` (threshold fits, test metrics,
+metadata, checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -20,12 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import __version__
+from .calibration import fit_normalization, fit_tile_normalization
 from .checkpoint import save_checkpoint
+from .data.batching import CachedDataset, collate_images, normalize_uint8, split_holdout
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .device import select_device, training_autocast
 from .distributed import EpochSampler, all_reduce_sum, convert_batch_norm, distributed_sampler
 from .errors import IKDError
-from .loss import AllReduce, IKDLoss
-from .metrics import evaluate
+from .evaluation import EVAL_BATCH_SIZE, evaluate_model, predict_maps
+from .loss import IKDLoss
 from .torch_model import IKDModel
 
 
@@ -141,163 +149,216 @@ class TrainResult:
     test_outputs: dict[str, Tensor] | None = None  # maps, scores, labels, masks of the test set
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA, then Apple MPS, then CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+class _Run:
+    """The state of one training run: what :func:`_setup` builds and :func:`_train_steps` advances."""
+
+    def __init__(self, train_ds: Dataset, cfg: TrainConfig, device: torch.device | None) -> None:
+        self.cfg = cfg
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.device = device or select_device(cfg.device)
+        n = len(train_ds)  # type: ignore[arg-type]
+        self.train_idx, self.hold_idx = split_holdout(n, cfg.holdout_fraction, cfg.seed)
+        self.fit_ds: Dataset = CachedDataset(Subset(train_ds, self.train_idx), keys=("image",), uint8=True)
+        self.hold_ds: Dataset = Subset(train_ds, self.hold_idx or self.train_idx)
+        self.history: list[dict[str, float]] = []
+        self.seen = 0
+        self.epoch = 0
+        self.last_loss = float("nan")
+        self.lr_now = cfg.lr
+        self.stopped_early = False
+        self.stopped_by_user = False
+        self.t_train = 0.0
+        self.train_seconds = 0.0
+
+    def report(self, callback: Callable[[Progress], None] | None, step: int, phase: str) -> None:
+        """Send a :class:`Progress` of the current epoch's ``step`` to ``callback``."""
+        if callback is None:
+            return
+        elapsed = _clock() - self.t_train
+        done = (self.epoch - 1) * self.steps + step
+        etas = []
+        if self.planned_steps is not None and done:
+            etas.append(elapsed / done * (self.planned_steps - done))
+        if self.budget_s is not None:
+            etas.append(max(0.0, self.budget_s - elapsed))
+        callback(Progress(self.epoch, self.cfg.epochs or 0, step, self.steps, self.last_loss,
+                          self.seen / elapsed if elapsed > 0 else 0.0, elapsed, min(etas) if etas else float("nan"),
+                          phase, self.lr_now, min(1.0, elapsed / self.budget_s) if self.budget_s else None))
+
+    def time_state(self, now: float, prev: float | None) -> tuple[bool, float]:
+        """(out of time, run progress at the end of the coming step) from this rank's clock, one decision for all
+        ranks. The coming step is assumed to take as long as the last one, so the lr reaches its end on the step that
+        ends at the deadline (and on the last planned step)."""
+        done = len(self.history)
+        elapsed = now - self.t_train
+        step_s = now - prev if prev is not None else 0.0
+        progress = (done + 1) / self.planned_steps if self.planned_steps is not None else 0.0
+        over = False
+        if self.budget_s is not None:
+            over = bool(done) and elapsed >= self.budget_s
+            progress = max(progress, (elapsed + step_s) / self.budget_s)
+        if self.distributed and (self.budget_s is not None or self.cfg.schedule != "constant"):
+            flag = torch.tensor([float(over), progress], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            over, progress = bool(flag[0].item()), float(flag[1].item())
+        return over, min(progress, 1.0)
+
+    def step(self, batch: dict[str, Tensor], progress: float, step: int) -> None:
+        """One optimisation step at run ``progress`` (sets the scheduled learning rate first)."""
+        cfg = self.cfg
+        self.lr_now = cfg.lr * lr_factor(cfg.schedule, progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_now
+        x = batch["image"].to(self.device, non_blocking=True)
+        x = normalize_uint8(x, self.fmt) if x.dtype == torch.uint8 else x.contiguous(memory_format=self.fmt)
+        with training_autocast(self.device, self.use_amp):
+            t_feats, s_feats = self.net(x)
+        loss = self.criterion(t_feats, s_feats, **self.reduce_kwargs)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss.item()} at epoch {self.epoch}, step {step}; training stopped and "
+                "no checkpoint was written (try a lower learning rate or check the images)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.seen += x.shape[0]
+        self.last_loss = loss.item()
+        self.history.append({"epoch": self.epoch, "step": (self.epoch - 1) * self.steps + step,
+                             "loss": self.last_loss, "lr": self.lr_now})
 
 
-_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+def _setup(train_ds: Dataset, cfg: TrainConfig, device: torch.device | None) -> _Run:
+    """Seed, split off the held-out images, build model, loss, optimiser and loader."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    run = _Run(train_ds, cfg, device)
+    model = IKDModel(cfg.backbone, cfg.teacher_weights, cfg.combine, cfg.sigma, cfg.feature_pool).to(run.device)
+    # channels_last only on one process: under DDP (gloo, CPU) it made the two-process run drift from the
+    # one-process run on the same global batch (tests/test_distributed.py), so DDP keeps the default layout.
+    run.fmt = torch.channels_last if cfg.channels_last and not run.distributed else torch.contiguous_format
+    run.model = model.to(memory_format=run.fmt)
+    run.weights = cfg.level_weights or model.default_level_weights
+    run.criterion = IKDLoss(len(model.student.channels), run.weights, cfg.gamma, cfg.hard_mining, cfg.alpha,
+                            cfg.beta).to(run.device)
+    run.net = model
+    run.reduce_kwargs = {}
+    if run.distributed:
+        convert_batch_norm(model.student)
+        run.reduce_kwargs = {"all_reduce": all_reduce_sum}
+        run.net = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+                                          find_unused_parameters=cfg.backbone.startswith("hrnet"))
+    run.optimizer = torch.optim.AdamW(model.student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run.use_amp = cfg.amp and run.device.type == "cuda"
+    run.scaler = torch.amp.GradScaler("cuda", enabled=run.use_amp and not torch.cuda.is_bf16_supported())
+    n_fit = len(run.fit_ds)  # type: ignore[arg-type]
+    run.sampler = distributed_sampler(run.fit_ds, cfg.seed) if run.distributed else EpochSampler(n_fit, cfg.seed)
+    run.loader = DataLoader(run.fit_ds, batch_size=cfg.batch_size, sampler=run.sampler, num_workers=cfg.num_workers,
+                            drop_last=n_fit > cfg.batch_size, persistent_workers=cfg.num_workers > 0,
+                            collate_fn=collate_images)
+    run.steps = max(1, len(run.loader))
+    run.budget_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
+    run.planned_steps = cfg.epochs * run.steps if cfg.epochs is not None else None
+    return run
 
 
-def to_uint8(image: Tensor) -> Tensor | None:
-    """The 8-bit pixels of an ImageNet-normalised (3, H, W) image, or None where the image is not exactly 8-bit
-    pixels (then only a float copy keeps it): uint8 holds the same image in a quarter of the memory."""
-    u8 = (image.unsqueeze(0).float() * _STD + _MEAN).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
-    if not torch.allclose(normalize_uint8(u8), image.unsqueeze(0).float(), rtol=0.0, atol=1e-4):
-        return None
-    return u8[0]
+def _train_steps(run: _Run, test_ds: Dataset | None, callback: Callable[[Progress], None] | None,
+                 should_stop: Callable[[], bool] | None, keep: Callable[[], bool]) -> bool:
+    """Train until the planned epochs, the time budget or a stop. Returns False when a stop cancels the run (nothing
+    is kept), True otherwise (``run.stopped_early`` / ``stopped_by_user`` say why it ended)."""
+    cfg = run.cfg
+    run.t_train = _clock()
+    prev_now: float | None = None
+    while cfg.epochs is None or run.epoch < cfg.epochs:
+        run.epoch += 1
+        run.sampler.set_epoch(run.epoch)
+        run.net.train()
+        for step, batch in enumerate(run.loader, start=1):
+            now = _clock()
+            over, progress = run.time_state(now, prev_now)
+            prev_now = now
+            if over:
+                run.stopped_early = True
+                break
+            if should_stop is not None and should_stop():
+                if not keep():
+                    return False
+                run.stopped_early = run.stopped_by_user = True
+                break
+            run.step(batch, progress, step)
+            run.report(callback, step, "train")
+        if run.stopped_by_user:
+            break
+        if (test_ds is not None and cfg.val_every and run.epoch % cfg.val_every == 0
+                and (cfg.epochs is None or run.epoch < cfg.epochs)):
+            run.report(callback, run.steps, "validate")
+            val = evaluate_model(run.model, test_ds, run.device, num_workers=cfg.num_workers)
+            run.history[-1].update({f"val_{k}": v for k, v in val.metrics.items()})
+        if run.stopped_early:
+            break
+    run.train_seconds = _clock() - run.t_train
+    return True
 
 
-def normalize_uint8(batch: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
-    """ImageNet-normalise a (B, 3, H, W) uint8 batch -> float32, vectorised (``(x / 255 - mean) / std``)."""
-    mean, std = _MEAN.to(batch.device), _STD.to(batch.device)
-    x = batch.to(dtype=torch.float32, memory_format=memory_format)
-    return x.div_(255.0).sub_(mean).div_(std)
+def _calibrate(run: _Run, train_ds: Dataset) -> tuple[dict[str, Any], dict[str, float] | None]:
+    """Whole-image and (for data sets of files) tile normalisation fitted on the held-out good images."""
+    cfg = run.cfg
+    loader = DataLoader(run.hold_ds, batch_size=EVAL_BATCH_SIZE, shuffle=False, num_workers=cfg.num_workers)
+    hold = predict_maps(run.model, loader, run.device)
+    norm: dict[str, Any] = fit_normalization(hold["maps"], cfg.threshold_k)
+    norm["holdout_is_train"] = not run.hold_idx
+    samples = getattr(train_ds, "samples", None)
+    if samples is None:
+        return norm, None
+    # the same held-out images, scored in tiles at native resolution (predict --tile)
+    paths = [samples[i].path for i in (run.hold_idx or run.train_idx)]
+    return norm, fit_tile_normalization(run.model, paths, cfg.image_size, run.device, cfg.threshold_k)
 
 
-class CachedDataset(Dataset):
-    """Keeps decoded, resized items in memory: every epoch after the first skips image decoding.
-
-    ``keys``: the item fields kept (default all). ``uint8``: images that are exactly 8-bit pixels are held as
-    uint8 (a quarter of float32's memory); the training loop normalises the batch with :func:`normalize_uint8`.
-    """
-
-    def __init__(self, base: Dataset, keys: tuple[str, ...] | None = None, uint8: bool = False) -> None:
-        self.base = base
-        self.keys = keys
-        self.uint8 = uint8
-        self._cache: dict[int, dict[str, Any]] = {}
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, idx: int) -> dict[str, Any]:
-        if idx not in self._cache:
-            item = self.base[idx]
-            if self.keys is not None:
-                item = {k: item[k] for k in self.keys}
-            if self.uint8 and isinstance(item.get("image"), Tensor) and item["image"].dtype != torch.uint8:
-                u8 = to_uint8(item["image"])
-                if u8 is not None:
-                    item = {**item, "image": u8}
-            self._cache[idx] = item
-        return self._cache[idx]
-
-
-def collate_images(items: list[dict[str, Any]]) -> dict[str, Tensor]:
-    """Training batch ``{"image": (B, 3, H, W)}``: uint8 when every item is uint8 (normalised later, on the
-    batch), else float32 (uint8 items normalised first)."""
-    images = [it["image"] for it in items]
-    if all(im.dtype == torch.uint8 for im in images):
-        return {"image": torch.stack(images)}
-    return {"image": torch.stack([normalize_uint8(im[None])[0] if im.dtype == torch.uint8 else im.float()
-                                  for im in images])}
-
-
-def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded split of ``n`` good training images into (train, held-out) indices."""
-    n_hold = int(round(n * fraction)) if n >= 5 else 0
-    n_hold = min(max(n_hold, 1 if fraction > 0 and n >= 5 else 0), n - 1)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(perm[n_hold:]), sorted(perm[:n_hold])
-
-
-def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    dtype = torch.bfloat16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled and device.type == "cuda")
-
-
-@torch.no_grad()
-def predict_maps(model: IKDModel, loader: DataLoader, device: torch.device) -> dict[str, Tensor]:
-    """Run the model over a loader: maps (N,H,W), scores (N,), labels (N,), masks (N,H,W).
-
-    Always float32 with autocast off, whatever the caller's context: the threshold fit, the metrics and
-    :class:`~ikd_core.predict.Predictor` must all see the same maps (mixed precision is for training steps).
-    """
-    model.eval()
-    maps, labels, masks = [], [], []
-    for batch in loader:
-        with torch.autocast(device_type=device.type, enabled=False):
-            m = model(batch["image"].to(device, non_blocking=True))
-        maps.append(m.float()[:, 0].cpu())
-        labels.append(torch.as_tensor(batch["label"]))
-        masks.append(batch["mask"][:, 0])
-    out = {"maps": torch.cat(maps), "labels": torch.cat(labels), "masks": torch.cat(masks)}
-    out["scores"] = out["maps"].flatten(1).amax(dim=1)
-    return out
-
-
-def fit_normalization(maps: Tensor | list[Tensor], k: float = 3.0) -> dict[str, float]:
-    """Threshold and colour scale from held-out good maps.
-
-    threshold = max(mean + k * std, max) of the image scores (max of each map), so no held-out good
-    image is above it; ``lo`` = median good pixel.
-    The normalised score 0.5 * (x - lo) / (threshold - lo) puts the threshold at 0.5.
-    """
-    if isinstance(maps, (list, tuple)):  # maps of different sizes (e.g. tiled at native resolution)
-        scores = torch.stack([m.max() for m in maps]).double()
-        flat = torch.cat([m.flatten() for m in maps])
-    else:
-        scores = maps.flatten(1).amax(dim=1).double()
-        flat = maps.flatten()
-    mean = scores.mean().item()
-    std = scores.std().item() if scores.numel() > 1 else 0.0
-    if flat.numel() > 1_000_000:
-        flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
-    lo = flat.double().median().item()
-    threshold = max(mean + k * std, scores.max().item())
-    if threshold <= lo:
-        threshold = lo + 1e-12
-    return {
-        "threshold": threshold,
-        "lo": lo,
-        "holdout_score_mean": mean,
-        "holdout_score_std": std,
-        "holdout_score_max": scores.max().item(),
-        "n_holdout": int(scores.numel()),
+def _metadata(run: _Run, category: str, data_info: dict[str, Any] | None, norm: dict[str, Any],
+              tile_norm: dict[str, float] | None, metrics: dict[str, float]) -> dict[str, Any]:
+    """The checkpoint's metadata: what was trained, how, on what, and what it measured."""
+    cfg, model, history = run.cfg, run.model, run.history
+    cfg_dict = cfg.to_dict()
+    cfg_dict["level_weights"] = list(run.weights)
+    epochs_done = sorted({h["epoch"] for h in history})
+    meta: dict[str, Any] = {
+        "backbone": cfg.backbone,
+        "levels": list(model.student.spec.out_indices),
+        "channels": model.student.channels,
+        "image_size": cfg.image_size,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "teacher": {"source": model.teacher_source, "fingerprint": model.teacher_fingerprint},
+        "category": category,
+        "data": data_info or {},
+        "train_config": cfg_dict,
+        "score_normalization": norm,
+        **({"tile_normalization": tile_norm} if tile_norm is not None else {}),
+        "margins": [float(m.margin) for m in run.criterion.margins],
+        "metrics": metrics,
+        "epochs_completed": round(len(history) / run.steps, 2),
+        "stopped_early": run.stopped_early,
+        "stopped_by_user": run.stopped_by_user,
+        "train_seconds": round(run.train_seconds, 2),
+        "images_per_sec": round(run.seen / run.train_seconds, 3) if run.train_seconds > 0 else None,
+        "final_loss": run.last_loss,
+        "loss_per_epoch": [float(np.mean([h["loss"] for h in history if h["epoch"] == e])) for e in epochs_done],
+        "n_train": len(run.train_idx),
+        "device": str(run.device),
+        "world_size": dist.get_world_size() if run.distributed else 1,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} / {platform.processor() or platform.system()}",
+        "torch": torch.__version__,
+        "ikd_core": __version__,
     }
-
-
-@torch.no_grad()
-def fit_tile_normalization(model: IKDModel, paths: list[str], image_size: int, device: torch.device,
-                           k: float = 3.0) -> dict[str, float]:
-    """Threshold and colour scale for tile mode: the held-out good images scored in ``image_size`` tiles at their
-    native resolution (as ``Predictor(tile=True)`` does), fitted like :func:`fit_normalization`."""
-    from .data.transforms import load_image
-    from .predict import tiled_map
-
-    model.eval()
-
-    def maps_fn(batch: Tensor) -> Tensor:
-        with torch.autocast(device_type=device.type, enabled=False):
-            return model(batch.to(device))[:, 0].float().cpu()
-
-    maps = [torch.from_numpy(tiled_map(maps_fn, load_image(p), image_size)[0]) for p in paths]
-    return fit_normalization(maps, k)
-
-
-def _loader(ds: Dataset, batch_size: int, cfg: TrainConfig) -> DataLoader:
-    """An in-order evaluation loader."""
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg.num_workers)
+    if run.stopped_early:
+        why = "stopped by the user" if run.stopped_by_user else f"stopped at the time limit ({cfg.max_minutes:g} min)"
+        planned = f" of {cfg.epochs} planned" if cfg.epochs is not None else ""
+        meta["note"] = (f"{why} after {meta['epochs_completed']:g}{planned} epochs ({len(history)} steps); "
+                        "compare its metrics before relying on it")
+    return meta
 
 
 def train(
@@ -317,233 +378,61 @@ def train(
     Args:
         train_ds: good images (items with ``image``); a held-out part fits the threshold.
         test_ds: optional labelled test set for metrics.
+        config: the run's :class:`TrainConfig` (default: the paper's setting on the offline backbone).
         out_path: where to save the checkpoint (``None``: not saved).
+        category: the category name recorded in the metadata.
+        data_info: where the data came from (recorded in the metadata).
         callback: called with :class:`Progress` after every step and at each phase.
         should_stop: polled every step; when it returns True training ends and nothing is saved, unless
             ``keep_on_stop`` (a bool, or a callable asked at that moment) is true: then the model trained so far
             is still fitted, evaluated and saved, marked ``stopped_early`` / ``stopped_by_user`` with a ``note``
             (a stop before the first step keeps nothing).
+        device: where to train (default: ``config.device``).
+
+    Returns:
+        The :class:`TrainResult` (``cancelled`` when a stop kept nothing).
 
     Under torch.distributed (``torchrun``), each process trains on its share of every global batch
     with DDP, all batch statistics are global, and only rank 0 fits, evaluates and saves.
     """
     cfg = config or TrainConfig()
     start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    rank = dist.get_rank() if distributed else 0
-    device = device or select_device(cfg.device)
-    train_idx, hold_idx = split_holdout(len(train_ds), cfg.holdout_fraction, cfg.seed)  # type: ignore[arg-type]
-    fit_ds: Dataset = CachedDataset(Subset(train_ds, train_idx), keys=("image",), uint8=True)
-    hold_ds: Dataset = Subset(train_ds, hold_idx) if hold_idx else Subset(train_ds, train_idx)
-
-    model = IKDModel(cfg.backbone, cfg.teacher_weights, cfg.combine, cfg.sigma, cfg.feature_pool).to(device)
-    # channels_last only on one process: under DDP (gloo, CPU) it made the two-process run drift from the
-    # one-process run on the same global batch (tests/test_distributed.py), so DDP keeps the default layout.
-    fmt = torch.channels_last if cfg.channels_last and not distributed else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    weights = cfg.level_weights or model.default_level_weights
-    criterion = IKDLoss(len(model.student.channels), weights, cfg.gamma, cfg.hard_mining, cfg.alpha,
-                        cfg.beta).to(device)
-    net: torch.nn.Module = model
-    all_reduce: AllReduce | None = None
-    if distributed:
-        convert_batch_norm(model.student)
-        all_reduce = all_reduce_sum
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=cfg.backbone.startswith("hrnet"))
-    optimizer = torch.optim.AdamW(model.student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
-
-    sampler = distributed_sampler(fit_ds, cfg.seed) if distributed else EpochSampler(len(fit_ds), cfg.seed)
-    loader = DataLoader(fit_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        drop_last=len(fit_ds) > cfg.batch_size, persistent_workers=cfg.num_workers > 0,
-                        collate_fn=collate_images)
-    steps = max(1, len(loader))
-    budget_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
-    planned_steps = cfg.epochs * steps if cfg.epochs is not None else None
-    history: list[dict[str, float]] = []
-    reduce_kwargs = {"all_reduce": all_reduce} if all_reduce is not None else {}
-    seen = 0
-    t_train = _clock()
-    last_loss = float("nan")
-    lr_now = cfg.lr
-    stopped_early = False
-    stopped_by_user = False
+    run = _setup(train_ds, cfg, device)
 
     def keep() -> bool:
         """A user's stop keeps the partial model (at least one step trained, and ``keep_on_stop``)."""
-        return bool(history) and bool(keep_on_stop() if callable(keep_on_stop) else keep_on_stop)
+        return bool(run.history) and bool(keep_on_stop() if callable(keep_on_stop) else keep_on_stop)
 
-    def report(epoch: int, step: int, phase: str, now: float | None = None) -> None:
-        if callback is None:
-            return
-        elapsed = (_clock() if now is None else now) - t_train
-        rate = seen / elapsed if elapsed > 0 else 0.0
-        done = (epoch - 1) * steps + step
-        time_frac = min(1.0, elapsed / budget_s) if budget_s else None
-        etas = []
-        if planned_steps is not None and done:
-            etas.append(elapsed / done * (planned_steps - done))
-        if budget_s is not None:
-            etas.append(max(0.0, budget_s - elapsed))
-        eta = min(etas) if etas else float("nan")
-        callback(Progress(epoch, cfg.epochs or 0, step, steps, last_loss, rate, elapsed, eta, phase, lr_now,
-                          time_frac))
-
-    def time_state(now: float, prev: float | None, done: int) -> tuple[bool, float]:
-        """(out of time, run progress at the end of the coming step) from this rank's clock, one decision for
-        all ranks. The coming step is assumed to take as long as the last one, so the lr reaches its end on
-        the step that ends at the deadline (and on the last planned step)."""
-        elapsed = now - t_train
-        step_s = now - prev if prev is not None else 0.0
-        progress = (done + 1) / planned_steps if planned_steps is not None else 0.0
-        over = False
-        if budget_s is not None:
-            over = bool(done) and elapsed >= budget_s
-            progress = max(progress, (elapsed + step_s) / budget_s)
-        if distributed and (budget_s is not None or cfg.schedule != "constant"):
-            flag = torch.tensor([float(over), progress], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            over, progress = bool(flag[0].item()), float(flag[1].item())
-        return over, min(progress, 1.0)
-
-    prev_now: float | None = None
-    epoch = 0
-    while cfg.epochs is None or epoch < cfg.epochs:
-        epoch += 1
-        sampler.set_epoch(epoch)
-        net.train()
-        for step, batch in enumerate(loader, start=1):
-            now = _clock()
-            over, progress = time_state(now, prev_now, len(history))
-            prev_now = now
-            if over:
-                stopped_early = True
-                break
-            if should_stop is not None and should_stop():
-                if keep():
-                    stopped_early = stopped_by_user = True
-                    break
-                return TrainResult(model, {}, {}, history, None, cancelled=True,
-                                   seconds=time.perf_counter() - start)
-            lr_now = cfg.lr * lr_factor(cfg.schedule, progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
-            x = batch["image"].to(device, non_blocking=True)
-            x = normalize_uint8(x, fmt) if x.dtype == torch.uint8 else x.contiguous(memory_format=fmt)
-            with _autocast(device, use_amp):
-                t_feats, s_feats = net(x)
-            loss = criterion(t_feats, s_feats, **reduce_kwargs)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss.item()} at epoch {epoch}, step {step}; training stopped and "
-                    "no checkpoint was written (try a lower learning rate or check the images)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            seen += x.shape[0]
-            last_loss = loss.item()
-            history.append({"epoch": epoch, "step": (epoch - 1) * steps + step, "loss": last_loss, "lr": lr_now})
-            report(epoch, step, "train")
-        if stopped_by_user:
-            break
-        if (test_ds is not None and cfg.val_every and epoch % cfg.val_every == 0
-                and (cfg.epochs is None or epoch < cfg.epochs)):
-            report(epoch, steps, "validate")
-            res = predict_maps(model, _loader(test_ds, 8, cfg), device)
-            history[-1].update({f"val_{k}": v for k, v in compute_metrics(res).items()})
-        if stopped_early:
-            break
-    train_seconds = _clock() - t_train
+    finished = _train_steps(run, test_ds, callback, should_stop, keep)
     # Back to the default layout: the held-out fit, the test maps and the saved weights are then exactly those
     # of a model loaded from the checkpoint (Predictor).
-    model = model.to(memory_format=torch.contiguous_format)
-    if should_stop is not None and should_stop():
-        if not keep():
-            return TrainResult(model, {}, {}, history, None, cancelled=True, seconds=time.perf_counter() - start)
-        stopped_early = stopped_by_user = True
-    if rank != 0:  # rank 0 fits the threshold, evaluates and saves
-        return TrainResult(model, {}, {}, history, None, seconds=time.perf_counter() - start)
+    model = run.model = run.model.to(memory_format=torch.contiguous_format)
+    if finished and should_stop is not None and should_stop():
+        finished = keep()
+        run.stopped_early = run.stopped_by_user = True
+    if not finished:
+        return TrainResult(model, {}, {}, run.history, None, cancelled=True, seconds=time.perf_counter() - start)
+    if run.rank != 0:  # rank 0 fits the threshold, evaluates and saves
+        return TrainResult(model, {}, {}, run.history, None, seconds=time.perf_counter() - start)
+    return _finish(run, train_ds, test_ds, out_path, category, data_info, callback, start)
 
-    report(epoch, steps, "fit")
-    hold = predict_maps(model, _loader(hold_ds, 8, cfg), device)
-    norm = fit_normalization(hold["maps"], cfg.threshold_k)
-    norm["holdout_is_train"] = not hold_idx
-    samples = getattr(train_ds, "samples", None)
-    tile_norm = None
-    if samples is not None:  # the same held-out images, scored in tiles at native resolution (predict --tile)
-        tile_norm = fit_tile_normalization(model, [samples[i].path for i in (hold_idx or train_idx)],
-                                           cfg.image_size, device, cfg.threshold_k)
+
+def _finish(run: _Run, train_ds: Dataset, test_ds: Dataset | None, out_path: str | Path | None, category: str,
+            data_info: dict[str, Any] | None, callback: Callable[[Progress], None] | None,
+            start: float) -> TrainResult:
+    """Calibrate on the held-out images, evaluate on the test set, write the checkpoint."""
+    run.report(callback, run.steps, "fit")
+    norm, tile_norm = _calibrate(run, train_ds)
     metrics: dict[str, float] = {}
     test_outputs = None
     if test_ds is not None:
-        report(epoch, steps, "evaluate")
-        test_outputs = predict_maps(model, _loader(test_ds, 8, cfg), device)
-        metrics = compute_metrics(test_outputs)
-
-    cfg_dict = cfg.to_dict()
-    cfg_dict["level_weights"] = list(weights)
-    metadata: dict[str, Any] = {
-        "backbone": cfg.backbone,
-        "levels": list(model.student.spec.out_indices),
-        "channels": model.student.channels,
-        "image_size": cfg.image_size,
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "teacher": {"source": model.teacher_source, "fingerprint": model.teacher_fingerprint},
-        "category": category,
-        "data": data_info or {},
-        "train_config": cfg_dict,
-        "score_normalization": norm,
-        **({"tile_normalization": tile_norm} if tile_norm is not None else {}),
-        "margins": [float(m.margin) for m in criterion.margins],
-        "metrics": metrics,
-        "epochs_completed": round(len(history) / steps, 2),
-        "stopped_early": stopped_early,
-        "stopped_by_user": stopped_by_user,
-        "train_seconds": round(train_seconds, 2),
-        "images_per_sec": round(seen / train_seconds, 3) if train_seconds > 0 else None,
-        "final_loss": last_loss,
-        "loss_per_epoch": [
-            float(np.mean([h["loss"] for h in history if h["epoch"] == e]))
-            for e in sorted({h["epoch"] for h in history})
-        ],
-        "n_train": len(train_idx),
-        "device": str(device),
-        "world_size": dist.get_world_size() if distributed else 1,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} / {platform.processor() or platform.system()}",
-        "torch": torch.__version__,
-        "ikd_core": __version__,
-    }
-    if stopped_early:
-        why = "stopped by the user" if stopped_by_user else f"stopped at the time limit ({cfg.max_minutes:g} min)"
-        planned = f" of {cfg.epochs} planned" if cfg.epochs is not None else ""
-        metadata["note"] = (f"{why} after {metadata['epochs_completed']:g}{planned} epochs ({len(history)} steps); "
-                            "compare its metrics before relying on it")
+        run.report(callback, run.steps, "evaluate")
+        result = evaluate_model(run.model, test_ds, run.device, num_workers=run.cfg.num_workers)
+        test_outputs, metrics = result.outputs, result.metrics
+    metadata = _metadata(run, category, data_info, norm, tile_norm, metrics)
     ckpt = None
     if out_path is not None:
-        ckpt = save_checkpoint(out_path, model.student.state_dict(), metadata)
-    report(epoch, steps, "done")
-    return TrainResult(model, metadata, metrics, history, ckpt, seconds=time.perf_counter() - start,
+        ckpt = save_checkpoint(out_path, run.model.student.state_dict(), metadata)
+    run.report(callback, run.steps, "done")
+    return TrainResult(run.model, metadata, metrics, run.history, ckpt, seconds=time.perf_counter() - start,
                        test_outputs=test_outputs)
-
-
-def compute_metrics(res: dict[str, Tensor]) -> dict[str, float]:
-    """Metrics of :func:`predict_maps` outputs (unlabelled images, label -1, are left out)."""
-    labels = res["labels"]
-    known = labels >= 0
-    if not bool(known.any()):
-        return {}
-    has_masks = bool(res["masks"][known].sum() > 0)
-    return evaluate(
-        res["scores"][known],
-        labels[known],
-        res["maps"][known] if has_masks else None,
-        res["masks"][known] if has_masks else None,
-    )
-

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ikd_core.data.sources import DataSpec, build_datasets
-from ikd_core.predict import load_model
-from ikd_core.train import predict_maps
+from ikd_core.evaluation import predict_maps
+from ikd_core.loading import load_model
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained" / "demo_texture-efficientnet_lite0.safetensors"
 

@@ -108,7 +108,7 @@ def test_existing_checkpoint_is_evaluated_not_retrained(demo_run: dict, monkeypa
 def test_retrain_and_failed_category(demo_run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """--retrain trains although checkpoints exist; a category whose training raises is reported, the rest
     complete. (Training is faked with the fixture's checkpoints to keep the test fast.)"""
-    from ikd_core.predict import load_model
+    from ikd_core.loading import load_model
     from ikd_core.train import TrainResult
 
     work = demo_run["work"]

@@ -12,7 +12,8 @@ import torch
 
 from ikd_core.checkpoint import read_metadata, save_checkpoint, sidecar_path
 from ikd_core.errors import CheckpointError
-from ikd_core.predict import Predictor, load_model
+from ikd_core.loading import load_model
+from ikd_core.predict import Predictor
 
 MARKER = Path(os.environ.get("TMPDIR", "/tmp")) / "ikd_pickle_was_executed"
 

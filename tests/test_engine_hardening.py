@@ -109,7 +109,7 @@ def test_nan_metrics_mean_not_available(tiny_checkpoint) -> None:
 
 
 def test_load_model_uses_the_same_size_limit(tiny_checkpoint, tmp_path: Path) -> None:
-    from ikd_core.predict import load_model
+    from ikd_core.loading import load_model
 
     path = _with_meta(tiny_checkpoint, tmp_path, "big.safetensors", image_size=2048)
     with pytest.raises(CheckpointError, match="image size 2048"):

@@ -18,7 +18,8 @@ from ikd_core.cli import main
 from ikd_core.data.transforms import image_to_tensor, list_images
 from ikd_core.errors import IKDError
 from ikd_core.predict import Predictor
-from ikd_core.runtime import OnnxEngine, OnnxPredictor, resize_bilinear
+from ikd_core.runtime import OnnxEngine, OnnxPredictor
+from ikd_core.tiling import resize_bilinear
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CKPT = ROOT / "pretrained" / "demo_texture-efficientnet_lite0.safetensors"
@@ -131,7 +132,7 @@ def test_resize_bilinear_matches_torch_interpolate() -> None:
 
 
 def test_predictor_auto_backend_exports_once_into_the_cache(checkpoints, demo_root, tmp_path, monkeypatch) -> None:
-    import ikd_core.export as export_mod
+    import ikd_core.export_cache as export_mod
 
     monkeypatch.setenv("IKD_CACHE_DIR", str(tmp_path))
     ck = checkpoints["tiny-64px"]
@@ -180,7 +181,7 @@ def test_onnxruntime_threads_stop_spinning_when_a_run_ends(exported) -> None:
 def test_export_cache_evicts_least_recently_used_beyond_its_cap(tmp_path, monkeypatch) -> None:
     import time
 
-    import ikd_core.export as export_mod
+    import ikd_core.export_cache as export_mod
 
     monkeypatch.setenv("IKD_CACHE_DIR", str(tmp_path))
     folder = export_mod.cache_dir()

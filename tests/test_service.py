@@ -305,7 +305,7 @@ def test_storage_folder_and_seeding_the_shipped_checkpoints(tmp_path: Path, tiny
 def test_prediction_cache_is_bounded_in_bytes() -> None:
     import numpy as np
 
-    from ikd_core.predict import Prediction
+    from ikd_core.predictor_base import Prediction
 
     def pred(side: int) -> Prediction:
         return Prediction(np.zeros((side, side), np.float32), 1.0, 2.0, 0.0)

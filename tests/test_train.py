@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from ikd_core.calibration import fit_normalization
+from ikd_core.data.batching import split_holdout
 from ikd_core.data.sources import DataSpec, build_datasets
 from ikd_core.predict import Predictor, render
-from ikd_core.train import Progress, TrainConfig, TrainingError, fit_normalization, split_holdout, train
+from ikd_core.train import Progress, TrainConfig, TrainingError, train
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +194,7 @@ def test_epochs_optional_only_with_a_budget() -> None:
 
 
 def test_uint8_cache_gives_the_same_images(datasets) -> None:
-    from ikd_core.train import CachedDataset, collate_images, normalize_uint8, to_uint8
+    from ikd_core.data.batching import CachedDataset, collate_images, normalize_uint8, to_uint8
 
     base = datasets[0]
     cached = CachedDataset(base, keys=("image",), uint8=True)
@@ -238,7 +240,6 @@ def test_tile_threshold_is_fitted_on_held_out_tiles(tiny_checkpoint, demo_root: 
     the tiled predictor uses it (no held-out image is above it)."""
     from ikd_core.data.sources import DataSpec, build_datasets
     from ikd_core.predict import Predictor
-    from ikd_core.train import split_holdout
 
     meta = tiny_checkpoint.metadata
     tn = meta["tile_normalization"]

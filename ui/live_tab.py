@@ -26,7 +26,7 @@ import gradio as gr
 import numpy as np
 
 from ikd_core import service
-from ikd_core.prediction import Prediction
+from ikd_core.predictor_base import Prediction
 
 from . import gpu
 from . import state as S

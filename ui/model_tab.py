@@ -24,6 +24,7 @@ from ikd_core.data.mvtec import MVTEC_CATEGORIES, check_category_name, list_cate
 from ikd_core.data.sources import DataSpec, default_checkpoint_name
 from ikd_core.data.synthetic import DEMO_CATEGORIES
 from ikd_core.errors import IKDError
+from ikd_core.fileio import file_digest
 
 from . import gpu
 from . import state as S
@@ -458,20 +459,18 @@ def run_limits(epochs: Any, max_minutes: Any) -> tuple[int | None, float | None]
 
 
 def metrics_on_test_set(ckpt_path: Path, spec: DataSpec) -> dict[str, float]:
-    """Metrics of a checkpoint on ``spec``'s test set, computed as training computes them (``predict_maps`` +
-    ``compute_metrics`` at the checkpoint's own image size), so two models are compared on the same images."""
-    from torch.utils.data import DataLoader
-
+    """Metrics of a checkpoint on ``spec``'s test set, computed as training computes them
+    (:func:`~ikd_core.evaluation.evaluate_model` at the checkpoint's own image size), so two models are compared on
+    the same images."""
     from ikd_core.data.sources import build_datasets
-    from ikd_core.train import compute_metrics, predict_maps
+    from ikd_core.evaluation import evaluate_model
 
     device = "cpu" if gpu.ZERO_GPU else gpu.compute_device()  # on ZeroGPU the GPU exists only in GPU calls
     predictor = gpu.PREDICTORS.get(ckpt_path, device)
     _, test_ds = build_datasets(spec, predictor.image_size)
     if test_ds is None or not len(test_ds):  # type: ignore[arg-type]
         return {}
-    res = predict_maps(predictor.model, DataLoader(test_ds, batch_size=8), predictor.device)
-    return compute_metrics(res)
+    return evaluate_model(predictor.model, test_ds, predictor.device).metrics
 
 
 def comparison_markdown(
@@ -627,7 +626,7 @@ def _train_and_report(
     ckpt_path = Path(end.checkpoint or out)
     ckpt = ckpt_path.name
     if spec.kind != "demo" and record:  # so its test set is found again (never from metadata)
-        S.POLICY.known.record(service.file_digest(ckpt_path), spec)
+        S.POLICY.known.record(file_digest(ckpt_path), spec)
     meta = end.metadata
     active_path = None
     if active and active != ckpt:

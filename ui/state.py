@@ -20,6 +20,7 @@ from ikd_core.data.mvtec import Sample
 from ikd_core.data.sources import build_datasets, default_checkpoint_name
 from ikd_core.data.synthetic import DEMO_CATEGORIES, ensure_demo_dataset
 from ikd_core.errors import IKDError
+from ikd_core.fileio import file_digest
 from ikd_core.visualize import COLORMAPS
 
 from . import gpu
@@ -173,7 +174,7 @@ def ensure_demo_data() -> Path:
 def test_set(ckpt_path: Path, meta: dict[str, Any]) -> tuple[list[Sample], service.SampleIndex]:
     """Test samples of the data a checkpoint was trained on, from the operator's data or what this server recorded
     when it trained it (never a path from the checkpoint's metadata); empty when there is none here."""
-    spec = POLICY.test_spec(meta, service.file_digest(ckpt_path))
+    spec = POLICY.test_spec(meta, file_digest(ckpt_path))
     if spec is None or (spec.kind == "folder" and not spec.test_dir):
         return [], service.SampleIndex([])
     key = json.dumps(spec.to_dict(), sort_keys=True)
@@ -206,7 +207,7 @@ def example_gallery(paths: list[str]) -> list[tuple[str, str]]:
 def _keys(ckpt_path: Path, paths: list[str], tile: bool = False) -> list[tuple[Any, ...]]:
     ckpt_key = service.PredictorCache.key(ckpt_path, "cpu")
     # by content: the same image uploaded again (a new temporary file) is found too
-    return [(*ckpt_key, service.file_digest(image), INSPECT_MAX_SIDE, tile) for image in paths]
+    return [(*ckpt_key, file_digest(image), INSPECT_MAX_SIDE, tile) for image in paths]
 
 
 def decode(path: str) -> tuple[Any, str | None]:

@@ -8,6 +8,7 @@ Locations come from :class:`StudioPaths` (environment variables ``IKD_PRETRAINED
 and ``IKD_WORK_DIR``), so tests and deployments can point the app somewhere else than the repository.
 """
 
+from ..evaluation import Curves
 from .access import ALLOW_SERVER_PATHS_ENV, PUBLIC_ENV, AccessPolicy, KnownData, public_mode
 from .checkpoints import (
     CHECKPOINT_SUFFIX,
@@ -27,13 +28,11 @@ from .checkpoints import (
 )
 from .fair import BusyError, FairGate
 from .jobs import (
-    Curves,
     JobEvent,
     JobRegistry,
     StopFile,
     TrainingJob,
     TrainingUpdate,
-    curves_from_outputs,
     stream_training,
 )
 from .memory import Trimmer, release_memory
@@ -50,7 +49,6 @@ from .uploads import (
     MAX_ZIP_ENTRIES,
     discard_upload,
     extract_images,
-    file_digest,
     load_inspect_image,
     prune_files,
     uploaded_data_spec,
@@ -66,8 +64,8 @@ __all__ = [
     "MAX_UPLOAD_TOTAL_PIXELS", "MAX_ZIP_ENTRIES", "PRETRAINED_ENV", "PUBLIC_ENV", "PredictionCache",
     "PredictorCache", "Quota", "QuotaError", "SHIPPED_PRETRAINED", "STORAGE_ENV", "SampleIndex", "StopFile",
     "StudioPaths", "TrainingJob", "TrainingUpdate", "Trimmer", "WORK_ENV", "Workspace", "WorkspaceManager",
-    "check_checkpoint_name", "check_training_data", "checkpoint_info", "curves_from_outputs", "default_checkpoint",
-    "discard_upload", "escape_markdown", "extract_images", "file_digest", "import_checkpoint", "list_checkpoints",
+    "check_checkpoint_name", "check_training_data", "checkpoint_info", "default_checkpoint",
+    "discard_upload", "escape_markdown", "extract_images", "import_checkpoint", "list_checkpoints",
     "load_inspect_image", "mvtec_missing", "number", "prune_files", "public_message", "public_mode",
     "release_checkpoint_path", "release_memory", "reserve_checkpoint_path", "resolve_checkpoint", "sanitize_name",
     "seed_checkpoints",

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_bytes
 from ..data.mvtec import check_category_name
 from ..data.sources import DataSpec
 from ..data.synthetic import DEMO_CATEGORIES
 from ..errors import DataError, IKDError
+from ..fileio import atomic_write_bytes
 from .paths import StudioPaths
 
 PUBLIC_ENV = "IKD_PUBLIC"

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_bytes, read_metadata, sidecar_path
+from ..checkpoint import read_metadata, sidecar_path
 from ..errors import CheckpointError, IKDError
+from ..fileio import atomic_write_bytes
 from .paths import sanitize_name
 
 log = logging.getLogger(__name__)
@@ -298,7 +299,7 @@ def import_checkpoint(
         side_staged.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         meta = read_metadata(staged)  # the copy, as it will be used (the sidecar now mirrors the checked metadata)
         if validate_model:
-            from ..predict import load_model
+            from ..loading import load_model
 
             try:
                 load_model(staged, device)

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.sources import DataSpec
+from ..data.sources import DataSpec, build_datasets
 from ..errors import IKDError
+from ..evaluation import Curves, compute_curves
+from ..train import train
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +29,6 @@ class JobEvent:
     kind: str
     message: str = ""
     progress: Any = None  # ikd_core.train.Progress for kind == "progress"
-
-
-@dataclass
-class Curves:
-    """ROC / PRO curves of a trained model on its test set (empty arrays where undefined)."""
-
-    image_roc: tuple[Any, Any]
-    pixel_roc: tuple[Any, Any]
-    pro: tuple[Any, Any]
-    metrics: dict[str, float]
 
 
 class TrainingJob:
@@ -145,9 +137,6 @@ class TrainingJob:
 
     def _run(self) -> None:
         try:
-            from ..data.sources import build_datasets
-            from ..train import train
-
             self._status("preparing data")
             if self.datasets is not None:
                 train_ds, test_ds = self.datasets
@@ -170,7 +159,7 @@ class TrainingJob:
                 return
             if self.want_curves and result.test_outputs is not None and result.metrics:
                 self._status("computing ROC and PRO curves")
-                self.curves = curves_from_outputs(result.test_outputs)
+                self.curves = compute_curves(result.test_outputs, result.metrics)
             self.state = "finished"
         except IKDError as exc:
             self.error = str(exc)
@@ -188,24 +177,6 @@ class TrainingJob:
 
                 release_checkpoint_path(self.out_path)
             self.events.put(JobEvent("end", self.state))
-
-
-def curves_from_outputs(res: dict[str, Any]) -> Curves:
-    """Curves and metrics from :func:`ikd_core.train.predict_maps` outputs."""
-    from ..metrics import image_roc_curve, pixel_roc_curve, pro_curve
-    from ..train import compute_metrics
-
-    known = res["labels"] >= 0
-    scores, labels = res["scores"][known], res["labels"][known]
-    maps, masks = res["maps"][known], res["masks"][known]
-    fpr, tpr, _ = image_roc_curve(scores, labels)
-    has_masks = bool(masks.sum() > 0)
-    if has_masks:
-        pfpr, ptpr, _ = pixel_roc_curve(maps, masks)
-        ofpr, opro = pro_curve(maps, masks)
-    else:
-        pfpr = ptpr = ofpr = opro = []
-    return Curves((fpr, tpr), (pfpr, ptpr), (ofpr, opro), compute_metrics(res))
 
 
 class JobRegistry:

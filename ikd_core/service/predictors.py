@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from ..predict import Predictor
 
 
 class PredictorCache:
@@ -59,8 +60,6 @@ class PredictorCache:
     def _load(self, path: Path, device: str) -> Any:
         if self._loader is not None:
             return self._loader(path, device)
-        from ..predict import Predictor
-
         if str(device) == "cpu":
             return Predictor.from_checkpoint(path, "cpu", backend=self.backend)
         # A GPU copy of the CPU predictor: the checkpoint is read and checked once, on the CPU, and on ZeroGPU

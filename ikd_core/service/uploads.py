@@ -3,7 +3,6 @@ clean-up of what the studio wrote for them."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -282,9 +281,3 @@ def prune_files(folder: str | os.PathLike[str], keep: int) -> None:
     files = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for old in files[keep:]:
         old.unlink(missing_ok=True)
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """A content hash of a file (BLAKE2b), to recognise the same image uploaded twice."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "blake2b").hexdigest()
