@@ -1,17 +1,22 @@
-"""Calibration: the threshold and colour scale fitted on held-out good images, for whole images and for tiles."""
+"""Calibration on held-out good images: the threshold and colour scale (whole images and tiles), and the per-level
+map normalisation."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
+from .anomaly_map import LEVEL_QUANTILES
 from .data.transforms import load_image, normalize_array
 from .device import full_precision
+from .scoring import image_scores, top_k_for
 from .tiling import tiled_map
 
 
-def fit_normalization(maps: Tensor | list[Tensor], k: float = 3.0) -> dict[str, float]:
+def fit_normalization(maps: Tensor | list[Tensor], k: float = 3.0, score_topk: int = 1,
+                      image_size: int | None = None) -> dict[str, float]:
     """Threshold and colour scale from held-out good maps.
 
     threshold = max(mean + k * std, max) of the image scores (max of each map), so no held-out good image is above
@@ -20,15 +25,22 @@ def fit_normalization(maps: Tensor | list[Tensor], k: float = 3.0) -> dict[str, 
     Args:
         maps: (N, H, W) maps, or a list of maps of different sizes (e.g. tiled at native resolution).
         k: standard deviations above the mean good score.
+        score_topk: how image scores are taken (:func:`~ikd_core.scoring.image_scores`), at model resolution.
+        image_size: the model's input size, to scale ``score_topk`` on maps of another size (tiles); default: the
+            maps' own size.
 
     Returns:
         ``threshold``, ``lo`` and the held-out score statistics (``holdout_score_mean/std/max``, ``n_holdout``).
     """
+    def score(m: Tensor) -> Tensor:
+        size = image_size or max(m.shape[-2:])
+        return image_scores(m.reshape(-1, *m.shape[-2:]), top_k_for(m.shape[-2], m.shape[-1], size, score_topk))
+
     if isinstance(maps, (list, tuple)):
-        scores = torch.stack([m.max() for m in maps]).double()
+        scores = torch.cat([score(m) for m in maps]).double()
         flat = torch.cat([m.flatten() for m in maps])
     else:
-        scores = maps.flatten(1).amax(dim=1).double()
+        scores = score(maps).double()
         flat = maps.flatten()
     mean = scores.mean().item()
     std = scores.std().item() if scores.numel() > 1 else 0.0
@@ -50,7 +62,7 @@ def fit_normalization(maps: Tensor | list[Tensor], k: float = 3.0) -> dict[str, 
 
 @torch.no_grad()
 def fit_tile_normalization(model: nn.Module, paths: list[str], image_size: int, device: torch.device,
-                           k: float = 3.0) -> dict[str, float]:
+                           k: float = 3.0, score_topk: int = 1) -> dict[str, float]:
     """Threshold and colour scale for tile mode.
 
     Args:
@@ -60,6 +72,7 @@ def fit_tile_normalization(model: nn.Module, paths: list[str], image_size: int, 
         image_size: the model's input size (the tile side).
         device: where the model is.
         k: as in :func:`fit_normalization`.
+        score_topk: as in :func:`fit_normalization`.
 
     Returns:
         As :func:`fit_normalization`.
@@ -71,4 +84,35 @@ def fit_tile_normalization(model: nn.Module, paths: list[str], image_size: int, 
             return model(torch.from_numpy(batch).to(device))[:, 0].float().cpu().numpy()
 
     maps = [torch.from_numpy(tiled_map(normalize_array(load_image(p)), image_size, maps_fn)) for p in paths]
-    return fit_normalization(maps, k)
+    return fit_normalization(maps, k, score_topk, image_size)
+
+
+@torch.no_grad()
+def fit_level_normalization(model: nn.Module, loader: DataLoader, device: torch.device,
+                            quantiles: tuple[float, float] = LEVEL_QUANTILES,
+                            max_pixels: int = 1_000_000) -> dict[str, list[float]]:
+    """Each level's quantiles of its raw map over held-out good images (EfficientAD's map normalisation).
+
+    Args:
+        model: an :class:`~ikd_core.torch_model.IKDModel`.
+        loader: the held-out good images (items with ``image``).
+        device: where the model is.
+        quantiles: the quantiles that go to 0 and 0.1.
+        max_pixels: pixels per level used for the quantiles (a seeded random subset beyond that).
+
+    Returns:
+        ``lo`` and ``hi`` (one value per level) and the ``quantiles`` they are.
+    """
+    model.eval()
+    levels = []
+    for batch in loader:
+        x = batch["image"].to(device)
+        with full_precision(device):
+            t, s = model.features(x)
+            levels.append(model.anomaly_map.level_maps(t, s, (x.shape[-2], x.shape[-1])).cpu())
+    per_level = torch.cat(levels).transpose(0, 1).flatten(1)  # (L, pixels)
+    if per_level.shape[1] > max_pixels:
+        keep = torch.randperm(per_level.shape[1], generator=torch.Generator().manual_seed(0))[:max_pixels]
+        per_level = per_level[:, keep]
+    q = torch.quantile(per_level.double(), torch.tensor(quantiles, dtype=torch.float64), dim=1)  # (2, L)
+    return {"lo": q[0].tolist(), "hi": q[1].tolist(), "quantiles": list(quantiles)}

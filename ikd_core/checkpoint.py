@@ -37,6 +37,8 @@ MAX_METADATA_STRING = 10_000
 MAX_CATEGORY_CHARS = 100
 MAX_METADATA_DEPTH = 16
 DATA_KINDS = ("demo", "mvtec", "folder")
+STUDENT_KINDS = ("forward", "reverse")
+MAX_SCORE_TOPK = 1_000_000
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
@@ -139,6 +141,27 @@ def _int_list(meta: dict[str, Any], key: str, name: str) -> None:
         raise CheckpointError(f"{name}: metadata {key} must be a list of whole numbers")
 
 
+def _check_train_config(tcfg: dict[str, Any], name: str) -> None:
+    """The training settings a loaded model is rebuilt from (the rest is only recorded)."""
+    topk = tcfg.get("score_topk", 1)
+    if not isinstance(topk, int) or isinstance(topk, bool) or not 1 <= topk <= MAX_SCORE_TOPK:
+        raise CheckpointError(f"{name}: metadata train_config.score_topk must be a whole number in 1-{MAX_SCORE_TOPK}")
+    for key, allowed in (("student", STUDENT_KINDS), ("combine", ("product", "sum"))):
+        if key in tcfg and tcfg[key] not in allowed:
+            raise CheckpointError(f"{name}: metadata train_config.{key} must be one of {', '.join(allowed)}")
+
+
+def _check_level_normalization(value: object, name: str) -> None:
+    """``level_normalization``: ``lo`` and ``hi`` lists of finite numbers of one length (one per level)."""
+    if value is None:
+        return
+    ok = isinstance(value, dict) and all(
+        isinstance(value.get(k), list) and 0 < len(value[k]) <= 16
+        and all(_is_number(x) and math.isfinite(x) for x in value[k]) for k in ("lo", "hi"))
+    if not ok or len(value["lo"]) != len(value["hi"]):  # type: ignore[index]
+        raise CheckpointError(f"{name}: metadata level_normalization must hold lo and hi lists of finite numbers")
+
+
 def validate_metadata(meta: dict[str, Any], name: str, max_image_size: int | None = None) -> dict[str, Any]:
     """Check checkpoint metadata against the schema IKD Studio writes; return it unchanged.
 
@@ -203,7 +226,8 @@ def validate_metadata(meta: dict[str, Any], name: str, max_image_size: int | Non
         raise CheckpointError(f"{name}: metadata data.kind must be one of {', '.join(DATA_KINDS)}")
     if not all(v is None or isinstance(v, str) for v in data.values()):
         raise CheckpointError(f"{name}: metadata data values must be text")
-    _flat_dict(meta, "train_config", name)
+    _check_train_config(_flat_dict(meta, "train_config", name), name)
+    _check_level_normalization(meta.get("level_normalization"), name)
     _flat_dict(meta, "teacher", name)
     _int_list(meta, "levels", name)
     _int_list(meta, "channels", name)

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .device import full_precision
 from .metrics import evaluate, image_roc_curve, pixel_roc_curve, pro_curve
+from .scoring import image_scores
 
 EVAL_BATCH_SIZE = 8
 
@@ -64,7 +65,8 @@ def predict_maps(model: nn.Module, loader: DataLoader, device: torch.device) -> 
         device: where the model is.
 
     Returns:
-        ``maps`` (N, H, W), ``scores`` (N,) = max of each map, ``labels`` (N,), ``masks`` (N, H, W); on the CPU.
+        ``maps`` (N, H, W), ``scores`` (N,) (the max of each map, or the mean of its ``model.score_topk`` highest
+        pixels), ``labels`` (N,), ``masks`` (N, H, W); on the CPU.
     """
     model.eval()
     maps, labels, masks = [], [], []
@@ -75,7 +77,7 @@ def predict_maps(model: nn.Module, loader: DataLoader, device: torch.device) -> 
         labels.append(torch.as_tensor(batch["label"]))
         masks.append(batch["mask"][:, 0])
     out = {"maps": torch.cat(maps), "labels": torch.cat(labels), "masks": torch.cat(masks)}
-    out["scores"] = out["maps"].flatten(1).amax(dim=1)
+    out["scores"] = image_scores(out["maps"], getattr(model, "score_topk", 1))
     return out
 
 

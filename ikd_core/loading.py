@@ -72,7 +72,11 @@ def load_model(
         sigma=float(tcfg.get("sigma", 4.0)),
         feature_pool=bool(tcfg.get("feature_pool", False)),
         student=student,
+        score_topk=int(tcfg.get("score_topk", 1)),
     )
+    level_norm = meta.get("level_normalization")
+    if level_norm is not None:
+        model.anomaly_map.set_level_normalization(level_norm["lo"], level_norm["hi"])
     want = (meta.get("teacher") or {}).get("fingerprint")
     if want and want != model.teacher_fingerprint:
         raise CheckpointError(

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .data.transforms import image_to_array, load_image, normalize_array
+from .scoring import image_score, top_k_for
 from .tiling import MapsFn, resize_bilinear, tiled_map
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
@@ -73,7 +74,7 @@ def score_norm(metadata: dict[str, Any], tiled: bool) -> tuple[float, float]:
 
 
 def predict_images(maps: MapsFn, images: Sequence[Image.Image], size: int, threshold: float, lo: float,
-                   batch_size: int = 16) -> list[Prediction]:
+                   batch_size: int = 16, score_topk: int = 1) -> list[Prediction]:
     """Whole-image predictions.
 
     Args:
@@ -83,10 +84,11 @@ def predict_images(maps: MapsFn, images: Sequence[Image.Image], size: int, thres
         threshold: raw score at the fitted threshold.
         lo: raw score shown as 0 on the normalised scale.
         batch_size: images per call of ``maps``.
+        score_topk: image score = max (1) or mean of the k highest pixels of the map at model size.
 
     Returns:
-        One :class:`Prediction` per image, its map resized (bilinear) to the image's resolution; the score is the
-        max of the map at model size.
+        One :class:`Prediction` per image, its map resized (bilinear) to the image's resolution; the score is taken
+        on the map at model size.
     """
     results: list[Prediction] = []
     for i in range(0, len(images), batch_size):
@@ -95,18 +97,20 @@ def predict_images(maps: MapsFn, images: Sequence[Image.Image], size: int, thres
         for img, m in zip(chunk, out, strict=True):
             same = m.shape == (img.height, img.width)  # no resampling (and no view of the whole batch)
             full = m.copy() if same else resize_bilinear(m, img.height, img.width)
-            results.append(Prediction(full, float(m.max()), threshold, lo))
+            results.append(Prediction(full, image_score(m, score_topk), threshold, lo))
     return results
 
 
 def predict_tiles(maps: MapsFn, images: Sequence[Image.Image], size: int, threshold: float,
-                  lo: float) -> list[Prediction]:
+                  lo: float, score_topk: int = 1) -> list[Prediction]:
     """Predictions at each image's own resolution from overlapping ``size`` px tiles
-    (:func:`~ikd_core.tiling.tiled_map`); the score is the max of the whole map."""
+    (:func:`~ikd_core.tiling.tiled_map`); the score is taken on the whole map (``score_topk`` scaled to its
+    area)."""
     results = []
     for img in images:
         full = tiled_map(normalize_array(img), size, maps)
-        results.append(Prediction(full, float(full.max()), threshold, lo))
+        k = top_k_for(full.shape[0], full.shape[1], size, score_topk)
+        results.append(Prediction(full, image_score(full, k), threshold, lo))
     return results
 
 
@@ -128,6 +132,7 @@ class MapPredictor:
         self.image_size = int(metadata["image_size"])
         self.threshold, self.lo = score_norm(metadata, tiled=False)
         self.tile = tile
+        self.score_topk = int((metadata.get("train_config") or {}).get("score_topk", 1))
 
     def maps(self, batch: np.ndarray) -> np.ndarray:
         """Raw anomaly maps (B, S, S) float32 at model resolution of a normalised (B, 3, S, S) float32 batch."""
@@ -152,7 +157,8 @@ class MapPredictor:
             images = [images]
         pils = [load_image(im) for im in images]
         if self.tile:
-            return predict_tiles(self.maps, pils, self.image_size, *score_norm(self.metadata, tiled=True))
+            return predict_tiles(self.maps, pils, self.image_size, *score_norm(self.metadata, tiled=True),
+                                 score_topk=self.score_topk)
         if self.micro_batch is not None:
             batch_size = min(batch_size, self.micro_batch)
-        return predict_images(self.maps, pils, self.image_size, self.threshold, self.lo, batch_size)
+        return predict_images(self.maps, pils, self.image_size, self.threshold, self.lo, batch_size, self.score_topk)

@@ -22,6 +22,15 @@ class IKDModel(nn.Module):
 
     ``forward`` returns normalised (teacher, student) feature lists in training mode and anomaly
     maps (B, 1, H, W) in eval mode. The teacher always stays in eval mode.
+
+    Args:
+        backbone: a key of :data:`~ikd_core.backbones.BACKBONES`.
+        teacher_weights: a local weights file (default: the hub when online, else packaged weights).
+        combine: how the levels' maps are fused (``product``, the paper's, or ``sum``).
+        sigma: Gaussian blur of the map.
+        feature_pool: 3x3 average pooling of both feature sets.
+        student: a ready student (default: a randomly initialised copy of the teacher's architecture).
+        score_topk: image score = max of the map (1) or mean of its ``score_topk`` highest pixels.
     """
 
     def __init__(
@@ -32,13 +41,15 @@ class IKDModel(nn.Module):
         sigma: float = 4.0,
         feature_pool: bool = False,
         student: FeatureExtractor | None = None,
+        score_topk: int = 1,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.teacher, self.teacher_source, self.teacher_fingerprint = build_teacher(backbone, teacher_weights)
         self.student = student if student is not None else build_student(backbone)
         self.feature_pool = feature_pool
-        self.anomaly_map = AnomalyMapGenerator(combine=combine, sigma=sigma)
+        self.anomaly_map = AnomalyMapGenerator(combine=combine, sigma=sigma, num_levels=len(self.teacher.channels))
+        self.score_topk = int(score_topk)  # image score: max (1) or mean of the top k pixels at model resolution
 
     @property
     def default_level_weights(self) -> tuple[float, ...]:

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import __version__
-from .calibration import fit_normalization, fit_tile_normalization
+from .calibration import fit_level_normalization, fit_normalization, fit_tile_normalization
 from .checkpoint import save_checkpoint
 from .data.batching import CachedDataset, collate_images, normalize_uint8, split_holdout
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -74,6 +74,10 @@ class TrainConfig:
     # Default constant: higher mean AU-PRO than cosine over the budget cells of results/quality.md (idle machine).
     schedule: str = "constant"
     channels_last: bool = True  # NHWC layout for teacher and student (faster convolutions; one process only)
+    # Score side: per-level map normalisation fitted on the held-out images (EfficientAD quantiles 0.9 -> 0,
+    # 0.995 -> 0.1) before the levels are combined; image score = max (1) or mean of the top k pixels.
+    level_norm: bool = False
+    score_topk: int = 1
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -82,6 +86,8 @@ class TrainConfig:
             raise ValueError("epochs may only be left out (None) when max_minutes is set")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.score_topk < 1:
+            raise ValueError(f"score_topk must be >= 1, got {self.score_topk}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -170,6 +176,7 @@ class _Run:
         self.stopped_by_user = False
         self.t_train = 0.0
         self.train_seconds = 0.0
+        self.level_norm: dict[str, list[float]] | None = None
 
     def report(self, callback: Callable[[Progress], None] | None, step: int, phase: str) -> None:
         """Send a :class:`Progress` of the current epoch's ``step`` to ``callback``."""
@@ -235,7 +242,8 @@ def _setup(train_ds: Dataset, cfg: TrainConfig, device: torch.device | None) -> 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     run = _Run(train_ds, cfg, device)
-    model = IKDModel(cfg.backbone, cfg.teacher_weights, cfg.combine, cfg.sigma, cfg.feature_pool).to(run.device)
+    model = IKDModel(cfg.backbone, cfg.teacher_weights, cfg.combine, cfg.sigma, cfg.feature_pool,
+                     score_topk=cfg.score_topk).to(run.device)
     # channels_last only on one process: under DDP (gloo, CPU) it made the two-process run drift from the
     # one-process run on the same global batch (tests/test_distributed.py), so DDP keeps the default layout.
     run.fmt = torch.channels_last if cfg.channels_last and not run.distributed else torch.contiguous_format
@@ -303,18 +311,23 @@ def _train_steps(run: _Run, test_ds: Dataset | None, callback: Callable[[Progres
 
 
 def _calibrate(run: _Run, train_ds: Dataset) -> tuple[dict[str, Any], dict[str, float] | None]:
-    """Whole-image and (for data sets of files) tile normalisation fitted on the held-out good images."""
+    """Per-level map normalisation (when asked for), then whole-image and (for data sets of files) tile
+    normalisation, all fitted on the held-out good images."""
     cfg = run.cfg
     loader = DataLoader(run.hold_ds, batch_size=EVAL_BATCH_SIZE, shuffle=False, num_workers=cfg.num_workers)
+    if cfg.level_norm:
+        run.level_norm = fit_level_normalization(run.model, loader, run.device)
+        run.model.anomaly_map.set_level_normalization(run.level_norm["lo"], run.level_norm["hi"])
     hold = predict_maps(run.model, loader, run.device)
-    norm: dict[str, Any] = fit_normalization(hold["maps"], cfg.threshold_k)
+    norm: dict[str, Any] = fit_normalization(hold["maps"], cfg.threshold_k, cfg.score_topk)
     norm["holdout_is_train"] = not run.hold_idx
     samples = getattr(train_ds, "samples", None)
     if samples is None:
         return norm, None
     # the same held-out images, scored in tiles at native resolution (predict --tile)
     paths = [samples[i].path for i in (run.hold_idx or run.train_idx)]
-    return norm, fit_tile_normalization(run.model, paths, cfg.image_size, run.device, cfg.threshold_k)
+    return norm, fit_tile_normalization(run.model, paths, cfg.image_size, run.device, cfg.threshold_k,
+                                        cfg.score_topk)
 
 
 def _metadata(run: _Run, category: str, data_info: dict[str, Any] | None, norm: dict[str, Any],
@@ -336,6 +349,7 @@ def _metadata(run: _Run, category: str, data_info: dict[str, Any] | None, norm: 
         "train_config": cfg_dict,
         "score_normalization": norm,
         **({"tile_normalization": tile_norm} if tile_norm is not None else {}),
+        **({"level_normalization": run.level_norm} if run.level_norm is not None else {}),
         "margins": [float(m.margin) for m in run.criterion.margins],
         "metrics": metrics,
         "epochs_completed": round(len(history) / run.steps, 2),

@@ -1,0 +1,100 @@
+"""Issue 16's levers as train options: per-level map normalisation, additive fusion and top-k image scores (score
+side), recorded in the metadata, reproduced by a loaded checkpoint, its ONNX export and the torch-free runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ikd_core.checkpoint import read_metadata, save_checkpoint, validate_metadata
+from ikd_core.cli import main
+from ikd_core.data.sources import DataSpec, build_datasets
+from ikd_core.errors import CheckpointError
+from ikd_core.evaluation import evaluate_model
+from ikd_core.loading import load_model
+from ikd_core.predict import Predictor
+from ikd_core.runtime import OnnxPredictor
+from ikd_core.scoring import image_scores, top_k_for
+from ikd_core.train import TrainConfig, train
+
+
+def test_image_scores_max_and_top_k_agree_in_torch_and_numpy() -> None:
+    rng = np.random.default_rng(0)
+    maps = rng.random((3, 16, 16)).astype(np.float32)
+    assert np.allclose(image_scores(maps, 1), maps.reshape(3, -1).max(1))
+    want = np.sort(maps.reshape(3, -1), axis=1)[:, -7:].mean(1)
+    assert np.allclose(image_scores(maps, 7), want)
+    assert torch.allclose(image_scores(torch.from_numpy(maps), 7), torch.from_numpy(want))
+    assert np.allclose(image_scores(maps, 10_000), maps.reshape(3, -1).mean(1))  # k capped at the pixel count
+    assert top_k_for(512, 256, 256, 10) == 20 and top_k_for(64, 64, 256, 1) == 1
+
+
+@pytest.fixture(scope="module")
+def lever_run(demo_root, tmp_path_factory: pytest.TempPathFactory):
+    spec = DataSpec("demo", "demo_texture", str(demo_root))
+    train_ds, test_ds = build_datasets(spec, 64)
+    out = tmp_path_factory.mktemp("levers") / "levers.safetensors"
+    cfg = TrainConfig(image_size=64, epochs=1, batch_size=4, lr=1e-3, level_norm=True, combine="sum", score_topk=10)
+    return train(train_ds, test_ds, cfg, out_path=out, category="demo_texture", data_info=spec.to_dict()), test_ds
+
+
+def test_level_normalisation_maps_the_held_out_quantiles_to_0_and_0_1(lever_run) -> None:
+    result, _ = lever_run
+    ln = result.metadata["level_normalization"]
+    assert len(ln["lo"]) == len(ln["hi"]) == 3 and all(h > lo for lo, h in zip(ln["lo"], ln["hi"], strict=True))
+    assert ln["quantiles"] == [0.9, 0.995]
+    gen = result.model.anomaly_map
+    assert gen.level_norm and torch.allclose(gen.level_lo, torch.tensor(ln["lo"], dtype=torch.float32))
+    # normalised levels of a raw level map: lo -> 0, hi -> 0.1
+    for raw, want in ((ln["hi"], 0.1), (ln["lo"], 0.0)):
+        levels = torch.tensor(raw, dtype=torch.float32).view(1, -1, 1, 1).expand(1, 3, 4, 4)
+        lo = gen.level_lo.view(1, -1, 1, 1)
+        norm = 0.1 * (levels - lo) / (gen.level_hi.view(1, -1, 1, 1) - lo)
+        assert torch.allclose(norm, torch.full_like(norm, want), atol=1e-6)
+
+
+def test_top_k_scores_are_used_by_evaluation_and_recorded(lever_run) -> None:
+    result, test_ds = lever_run
+    assert result.metadata["train_config"]["score_topk"] == 10
+    assert result.metadata["train_config"]["combine"] == "sum"
+    maps = result.test_outputs["maps"]
+    assert torch.allclose(result.test_outputs["scores"], maps.flatten(1).topk(10, dim=1).values.mean(1))
+    assert not torch.allclose(result.test_outputs["scores"], maps.flatten(1).amax(1))
+
+
+def test_a_loaded_checkpoint_its_export_and_the_runtime_reproduce_the_levers(lever_run, demo_root, tmp_path) -> None:
+    result, test_ds = lever_run
+    model, meta = load_model(result.checkpoint)
+    assert model.anomaly_map.level_norm and model.score_topk == 10
+    again = evaluate_model(model, test_ds, torch.device("cpu")).outputs
+    assert torch.allclose(again["maps"], result.test_outputs["maps"], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(again["scores"], result.test_outputs["scores"], rtol=1e-4, atol=1e-6)
+    images = sorted((Path(demo_root) / "demo_texture" / "test").rglob("*.png"))[:4]
+    torch_preds = Predictor(model, meta).predict(images)
+    onnx_file = tmp_path / "levers.onnx"
+    assert main(["export", "--checkpoint", str(result.checkpoint), "--out", str(onnx_file)]) == 0
+    rt_preds = OnnxPredictor(onnx_file).predict(images)
+    scale = meta["score_normalization"]["threshold"] - meta["score_normalization"]["lo"]
+    for a, b in zip(torch_preds, rt_preds, strict=True):
+        assert np.abs(a.anomaly_map - b.anomaly_map).max() / scale < 1e-3
+        assert abs(a.score - b.score) / scale < 1e-3
+        k = top_k_for(*a.anomaly_map.shape, 64, 10)
+        assert a.score == pytest.approx(float(np.sort(a.anomaly_map.ravel())[-k:].mean()), rel=1e-4)
+
+
+def test_bad_lever_metadata_is_refused(lever_run, tmp_path) -> None:
+    result, _ = lever_run
+    meta = read_metadata(result.checkpoint)
+    for bad in ({"level_normalization": {"lo": [0.1], "hi": [0.2, 0.3]}},
+                {"level_normalization": {"lo": ["x"], "hi": [1.0]}},
+                {"train_config": {**meta["train_config"], "score_topk": 0}},
+                {"train_config": {**meta["train_config"], "student": "sideways"}}):
+        with pytest.raises(CheckpointError):
+            validate_metadata({**meta, **bad}, "bad.safetensors")
+    state = result.model.student.state_dict()
+    path = save_checkpoint(tmp_path / "bad.safetensors", state, {**meta, "level_normalization": {"lo": [1.0]}})
+    with pytest.raises(CheckpointError, match="level_normalization"):
+        load_model(path)
