@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import IKDError
 
@@ -61,17 +62,22 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
+    from .recipes import recipe_settings
     from .train import TrainConfig
 
-    epochs = args.epochs if args.epochs is not None else (None if args.max_minutes is not None else 50)
+    settings = recipe_settings(
+        args.recipe, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        schedule=args.schedule, student=args.student, loss=args.loss, denoise=args.denoise or None,
+        level_norm=args.level_norm or None, combine=args.combine, score_topk=args.score_topk)
+    if args.epochs is None and args.max_minutes is not None:
+        settings["epochs"] = None  # until the time limit
     return TrainConfig(
-        backbone=args.backbone, image_size=args.image_size, epochs=epochs, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, gamma=0.0 if args.no_csl else args.gamma,
+        backbone=args.backbone, weight_decay=args.weight_decay, gamma=0.0 if args.no_csl else args.gamma,
         hard_mining=not args.no_ahsm, level_weights=tuple(args.level_weights) if args.level_weights else None,
-        combine=args.combine, sigma=args.sigma, feature_pool=args.feature_pool, seed=args.seed, device=args.device,
+        sigma=args.sigma, feature_pool=args.feature_pool, seed=args.seed, device=args.device,
         amp=not args.no_amp, num_workers=args.num_workers, val_every=args.val_every,
         teacher_weights=args.teacher_weights, max_minutes=args.max_minutes,
-        holdout_fraction=args.holdout_fraction, schedule=args.schedule, channels_last=not args.no_channels_last,
+        holdout_fraction=args.holdout_fraction, channels_last=not args.no_channels_last, **settings,
     )
 
 
@@ -231,48 +237,38 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_train_parser(sub: Any) -> None:
     from .backbones import BACKBONES
-
-    parser = argparse.ArgumentParser(
-        prog="python -m ikd_core",
-        description="IKD Studio: unsupervised anomaly segmentation with Informative Knowledge Distillation.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("demo-data", help="generate the synthetic demo set (MVTec layout) offline")
-    p.add_argument("--out", default="data/demo", help="output root (default data/demo)")
-    p.add_argument("--categories", help="comma-separated demo categories (default: all)")
-    p.add_argument("--n-train", type=int, default=60)
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo_data)
-
-    p = sub.add_parser("download", help="download and extract MVTec AD (or extract a local archive)")
-    p.add_argument("--data-root", default="data/mvtec")
-    p.add_argument("--archive", help="an already-downloaded mvtec_anomaly_detection.tar.xz")
-    p.add_argument("--url", help="archive URL (the official link moves from time to time)")
-    p.add_argument("--sha256", help="expected SHA-256 of the archive")
-    p.set_defaults(func=cmd_download)
-
-    from .train import SCHEDULES
-    from .train import TrainConfig as TRAIN_DEFAULTS
+    from .recipes import RECIPES
+    from .train import LOSSES, SCHEDULES, STUDENTS
 
     p = sub.add_parser("train", help="train a student; writes pretrained/<category>-<backbone>.safetensors")
     _add_data_args(p)
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
+                   help="settings for what is not given: paper (AdamW 5e-5, batch 2, 50 epochs, the paper's loss "
+                        "and map; default) or cpu (batch 8, lr 1e-2, 60 epochs)")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet_lite0")
     p.add_argument("--teacher-weights", help="local teacher weights file, or hub / packaged (default: auto)")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--epochs", type=int, help="default 50; optional with --max-minutes (then: until the time is up)")
-    p.add_argument("--batch-size", type=int, default=2, help="per process (torchrun: global = N x this)")
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--epochs", type=int, help="recipe's by default; optional with --max-minutes (then: until the "
+                                              "time is up)")
+    p.add_argument("--batch-size", type=int, help="per process (torchrun: global = N x this)")
+    p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--gamma", type=float, default=1.0, help="context similarity loss weight")
     p.add_argument("--no-csl", action="store_true", help="ablation: context similarity loss off")
     p.add_argument("--no-ahsm", action="store_true", help="ablation: hard sample mining off")
     p.add_argument("--level-weights", type=float, nargs="+", help="one weight per feature level")
-    p.add_argument("--combine", choices=("product", "sum"), default="product")
+    p.add_argument("--student", choices=STUDENTS, help="forward (paper) or reverse (RD4AD decoder from a one-class "
+                                                       "bottleneck of the teacher's levels)")
+    p.add_argument("--loss", choices=LOSSES, help="ikd (AHSM + CSL) or cosine (RD4AD's per-level 1 - cos)")
+    p.add_argument("--denoise", action="store_true",
+                   help="denoising student: it sees a synthetic anomaly and must output the clean image's features")
+    p.add_argument("--combine", choices=("product", "sum"), help="fusion of the levels' maps")
+    p.add_argument("--level-norm", action="store_true",
+                   help="normalise each level's map on held-out images (0.9 quantile -> 0, 0.995 -> 0.1) before "
+                        "fusion")
+    p.add_argument("--score-topk", type=int, help="image score: max (1) or mean of the k highest pixels")
     p.add_argument("--feature-pool", action="store_true", help="3x3 average pooling of features")
     p.add_argument("--sigma", type=float, default=4.0,
                    help="Gaussian blur of the anomaly map in px (ours; the official code has none: 0)")
@@ -280,9 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="good training images kept aside to fit the threshold")
     p.add_argument("--val-every", type=int, default=0, help="evaluate every N epochs")
     p.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
-    p.add_argument("--schedule", choices=SCHEDULES, default=TRAIN_DEFAULTS.schedule,
-                   help="learning rate: constant (paper, default) or cosine / linear decay to 0 at the end of the "
-                        "run (the time budget, or the planned steps)")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help="learning rate: constant (paper, recipes' default) or cosine / linear decay to 0 at the end "
+                        "of the run (the time budget, or the planned steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
@@ -293,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
+
+def _add_model_parsers(sub: Any) -> None:
+    """eval, predict, export and gif: the commands that use a trained checkpoint."""
     p = sub.add_parser("eval", help="evaluate a checkpoint on a test set and print the metrics")
     p.add_argument("--checkpoint", required=True)
     _add_data_args(p, required=False)
@@ -338,6 +337,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_gif)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backbones import BACKBONES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ikd_core",
+        description="IKD Studio: unsupervised anomaly segmentation with Informative Knowledge Distillation.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-data", help="generate the synthetic demo set (MVTec layout) offline")
+    p.add_argument("--out", default="data/demo", help="output root (default data/demo)")
+    p.add_argument("--categories", help="comma-separated demo categories (default: all)")
+    p.add_argument("--n-train", type=int, default=60)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("download", help="download and extract MVTec AD (or extract a local archive)")
+    p.add_argument("--data-root", default="data/mvtec")
+    p.add_argument("--archive", help="an already-downloaded mvtec_anomaly_detection.tar.xz")
+    p.add_argument("--url", help="archive URL (the official link moves from time to time)")
+    p.add_argument("--sha256", help="expected SHA-256 of the archive")
+    p.set_defaults(func=cmd_download)
+
+    _add_train_parser(sub)
+
+    _add_model_parsers(sub)
 
     p = sub.add_parser("benchmark", help="train + evaluate categories; write results/<name>.md/.json, curves, GIFs")
     p.add_argument("--data-root", help="MVTec AD root (default data/mvtec) or demo root (default data/demo)")

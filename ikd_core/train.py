@@ -78,6 +78,13 @@ class TrainConfig:
     # 0.995 -> 0.1) before the levels are combined; image score = max (1) or mean of the top k pixels.
     level_norm: bool = False
     score_topk: int = 1
+    # Student side: "forward" (the paper's: the teacher's architecture on the image) or "reverse" (RD4AD: a decoder
+    # rebuilds the teacher's levels from a one-class bottleneck of them); loss "ikd" (AHSM + CSL) or "cosine" (RD's
+    # per-level 1 - cos); denoise: the student sees the image with a synthetic anomaly and must output the teacher's
+    # features of the clean image (DeSTSeg's first stage).
+    student: str = "forward"
+    loss: str = "ikd"
+    denoise: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -88,12 +95,17 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.score_topk < 1:
             raise ValueError(f"score_topk must be >= 1, got {self.score_topk}")
+        for key, allowed in (("student", STUDENTS), ("loss", LOSSES)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose one of: {', '.join(allowed)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 SCHEDULES = ("constant", "cosine", "linear")
+STUDENTS = ("forward", "reverse")
+LOSSES = ("ikd", "cosine")
 
 _clock = time.perf_counter
 """The training loop's clock (tests replace it with a fake one)."""
