@@ -172,3 +172,57 @@ class IKDLoss(nn.Module):
         )
         w = self.level_weights.to(losses.device)
         return (losses * w).sum() / w.sum()
+
+
+class CosineDistillationLoss(nn.Module):
+    """RD4AD loss: per level, the mean over positions p of 1 - cos(t(p), s(p)) (cosine along channels); the
+    total is the weighted mean over levels (float32).
+
+    Raw or normalised features give the same loss (cosine is scale-invariant). On L2-normalised features,
+    1 - cos(t, s) = |t - s|^2 / 2 = d / 2, so the loss is half IKD's pixel loss without hard mining. This is the
+    per-position loss of the RD4AD paper (Eq. 2); the official code takes one cosine per image over the flattened
+    (C*H*W) map instead. With unit weights it is RD4AD's sum over levels divided by the number of levels.
+
+    Args:
+        num_levels: number of feature levels.
+        level_weights: one weight per level; default all ones.
+        eps: lower bound of the feature norms.
+    """
+
+    def __init__(self, num_levels: int, level_weights: Sequence[float] | None = None, eps: float = 1e-8) -> None:
+        super().__init__()
+        weights = list(level_weights) if level_weights is not None else [1.0] * num_levels
+        if len(weights) != num_levels:
+            raise ValueError(f"expected {num_levels} level weights, got {len(weights)}")
+        self.register_buffer("level_weights", torch.tensor(weights, dtype=torch.float32))
+        self.eps = eps
+
+    def level_loss(self, t: Tensor, s: Tensor, all_reduce: AllReduce = _identity) -> Tensor:
+        """Mean of 1 - cos over the positions of one level (B, C, H, W), over all ranks."""
+        t = torch.nn.functional.normalize(t.float(), dim=1, eps=self.eps)
+        s = torch.nn.functional.normalize(s.float(), dim=1, eps=self.eps)
+        dist = 1.0 - (t * s).sum(dim=1)
+        n = all_reduce(torch.tensor(float(dist.numel()), device=dist.device)).clamp_min(1.0)
+        return all_reduce(dist.sum()) / n
+
+    def forward(
+        self,
+        teacher_feats: Sequence[Tensor],
+        student_feats: Sequence[Tensor],
+        all_reduce: AllReduce = _identity,
+    ) -> Tensor:
+        """Total loss: weighted mean over levels of mean_p (1 - cos(t(p), s(p))) (float32).
+
+        Args:
+            teacher_feats: teacher features per level, (B, C_k, H_k, W_k).
+            student_feats: student features of the same shapes.
+            all_reduce: sums a tensor over data-parallel ranks (sum and count of each level are reduced).
+
+        Returns:
+            Scalar loss.
+        """
+        losses = torch.stack(
+            [self.level_loss(t, s, all_reduce) for t, s in zip(teacher_feats, student_feats, strict=True)]
+        )
+        w = self.level_weights.to(losses.device)
+        return (losses * w).sum() / w.sum()
