@@ -12,7 +12,7 @@ from .backbones import build_student
 from .checkpoint import check_state_matches, load_student_state, read_metadata
 from .device import select_device
 from .errors import CheckpointError, IKDError
-from .torch_model import IKDModel
+from .torch_model import IKDModel, make_student
 
 
 def _teacher_source(meta: dict[str, Any], name: str, teacher_weights: str | os.PathLike[str] | None) -> str | None:
@@ -57,14 +57,16 @@ def load_model(
     tcfg = meta.get("train_config") or {}
     state = load_student_state(path)
     source = _teacher_source(meta, path.name, teacher_weights)
+    kind = tcfg.get("student", "forward")
     try:
-        student = build_student(backbone)  # cheap: check the tensors before fetching a teacher
+        arch = build_student(backbone)  # cheap: check the tensors before fetching a teacher
+        student = make_student(backbone, kind, arch) if kind != "forward" else arch
     except IKDError as exc:
         raise CheckpointError(f"{path.name}: {exc}") from exc
-    if meta.get("levels") is not None and list(meta["levels"]) != list(student.spec.out_indices):
+    if meta.get("levels") is not None and list(meta["levels"]) != list(arch.spec.out_indices):
         raise CheckpointError(f"{path.name}: levels {meta['levels']} do not match backbone {backbone}")
     check_state_matches(state, student.state_dict(), path.name,
-                        lambda: f"backbone {backbone}, image size {image_size}")
+                        lambda: f"backbone {backbone}, {kind} student, image size {image_size}")
     model = IKDModel(
         backbone,
         teacher_weights=source,
@@ -73,6 +75,7 @@ def load_model(
         feature_pool=bool(tcfg.get("feature_pool", False)),
         student=student,
         score_topk=int(tcfg.get("score_topk", 1)),
+        student_kind=kind,
     )
     level_norm = meta.get("level_normalization")
     if level_norm is not None:

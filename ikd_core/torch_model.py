@@ -10,6 +10,24 @@ from torch import Tensor, nn
 
 from .anomaly_map import AnomalyMapGenerator
 from .backbones import BACKBONES, FeatureExtractor, build_student, build_teacher
+from .reverse import ReverseStudent
+
+STUDENT_KINDS = ("forward", "reverse")
+
+
+def make_student(backbone: str, kind: str = "forward", teacher: FeatureExtractor | None = None) -> nn.Module:
+    """A randomly initialised student.
+
+    Args:
+        backbone: the teacher's backbone.
+        kind: ``forward`` (the teacher's architecture) or ``reverse`` (:class:`~ikd_core.reverse.ReverseStudent`
+            for the teacher's channels and strides).
+        teacher: the teacher, when built (its channels and strides); else read from an untrained copy.
+    """
+    if kind == "forward":
+        return build_student(backbone)
+    arch = teacher if teacher is not None else build_student(backbone)
+    return ReverseStudent(arch.channels, strides=arch.strides)
 
 
 def normalize_features(feats: list[Tensor]) -> list[Tensor]:
@@ -29,8 +47,10 @@ class IKDModel(nn.Module):
         combine: how the levels' maps are fused (``product``, the paper's, or ``sum``).
         sigma: Gaussian blur of the map.
         feature_pool: 3x3 average pooling of both feature sets.
-        student: a ready student (default: a randomly initialised copy of the teacher's architecture).
+        student: a ready student (default: :func:`make_student`).
         score_topk: image score = max of the map (1) or mean of its ``score_topk`` highest pixels.
+        student_kind: ``forward`` (paper: a randomly initialised copy of the teacher's architecture, fed the image)
+            or ``reverse`` (RD4AD: a decoder that rebuilds the teacher's levels from a one-class bottleneck of them).
     """
 
     def __init__(
@@ -40,13 +60,17 @@ class IKDModel(nn.Module):
         combine: str = "product",
         sigma: float = 4.0,
         feature_pool: bool = False,
-        student: FeatureExtractor | None = None,
+        student: nn.Module | None = None,
         score_topk: int = 1,
+        student_kind: str = "forward",
     ) -> None:
         super().__init__()
+        if student_kind not in STUDENT_KINDS:
+            raise ValueError(f"student_kind must be one of {', '.join(STUDENT_KINDS)}, not {student_kind!r}")
         self.backbone = backbone
+        self.student_kind = student_kind
         self.teacher, self.teacher_source, self.teacher_fingerprint = build_teacher(backbone, teacher_weights)
-        self.student = student if student is not None else build_student(backbone)
+        self.student = student if student is not None else make_student(backbone, student_kind, self.teacher)
         self.feature_pool = feature_pool
         self.anomaly_map = AnomalyMapGenerator(combine=combine, sigma=sigma, num_levels=len(self.teacher.channels))
         self.score_topk = int(score_topk)  # image score: max (1) or mean of the top k pixels at model resolution
@@ -65,15 +89,30 @@ class IKDModel(nn.Module):
             return feats
         return [F.avg_pool2d(f, kernel_size=3, stride=1, padding=1) for f in feats]
 
-    def features(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Normalised teacher and student features of a normalised image batch."""
-        with torch.no_grad():
-            t = self._pool(self.teacher(x))
-        s = self._pool(self.student(x))
-        return normalize_features(t), normalize_features(s)
+    def features(self, x: Tensor, x_student: Tensor | None = None) -> tuple[list[Tensor], list[Tensor]]:
+        """Normalised teacher and student features of a normalised image batch.
 
-    def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]] | Tensor:
-        t, s = self.features(x)
+        Args:
+            x: the image batch the teacher sees (the target).
+            x_student: what the student sees instead of ``x`` (denoising: ``x`` with synthetic anomalies); a reverse
+                student sees the teacher's features of it.
+        """
+        with torch.no_grad():
+            t_raw = self.teacher(x)
+            source = self.teacher(x_student) if self.student_kind == "reverse" and x_student is not None else t_raw
+        if self.student_kind == "reverse":
+            s = self.student(source)
+        else:
+            s = self.student(x if x_student is None else x_student)
+        return normalize_features(self._pool(t_raw)), normalize_features(self._pool(s))
+
+    @property
+    def levels(self) -> list[int]:
+        """The teacher's feature levels (timm indices)."""
+        return list(self.teacher.spec.out_indices)
+
+    def forward(self, x: Tensor, x_student: Tensor | None = None) -> tuple[list[Tensor], list[Tensor]] | Tensor:
+        t, s = self.features(x, x_student)
         if self.training:
             return t, s
         return self.anomaly_map(t, s, size=(x.shape[-2], x.shape[-1]))

@@ -33,7 +33,7 @@ from .device import select_device, training_autocast
 from .distributed import EpochSampler, all_reduce_sum, convert_batch_norm, distributed_sampler
 from .errors import IKDError
 from .evaluation import EVAL_BATCH_SIZE, evaluate_model, predict_maps
-from .loss import IKDLoss
+from .loss import CosineDistillationLoss, IKDLoss
 from .torch_model import IKDModel
 
 
@@ -255,14 +255,15 @@ def _setup(train_ds: Dataset, cfg: TrainConfig, device: torch.device | None) -> 
     np.random.seed(cfg.seed)
     run = _Run(train_ds, cfg, device)
     model = IKDModel(cfg.backbone, cfg.teacher_weights, cfg.combine, cfg.sigma, cfg.feature_pool,
-                     score_topk=cfg.score_topk).to(run.device)
+                     score_topk=cfg.score_topk, student_kind=cfg.student).to(run.device)
     # channels_last only on one process: under DDP (gloo, CPU) it made the two-process run drift from the
     # one-process run on the same global batch (tests/test_distributed.py), so DDP keeps the default layout.
     run.fmt = torch.channels_last if cfg.channels_last and not run.distributed else torch.contiguous_format
     run.model = model.to(memory_format=run.fmt)
     run.weights = cfg.level_weights or model.default_level_weights
-    run.criterion = IKDLoss(len(model.student.channels), run.weights, cfg.gamma, cfg.hard_mining, cfg.alpha,
-                            cfg.beta).to(run.device)
+    n_levels = len(model.levels)
+    run.criterion = (IKDLoss(n_levels, run.weights, cfg.gamma, cfg.hard_mining, cfg.alpha, cfg.beta)
+                     if cfg.loss == "ikd" else CosineDistillationLoss(n_levels, run.weights)).to(run.device)
     run.net = model
     run.reduce_kwargs = {}
     if run.distributed:
@@ -351,8 +352,8 @@ def _metadata(run: _Run, category: str, data_info: dict[str, Any] | None, norm: 
     epochs_done = sorted({h["epoch"] for h in history})
     meta: dict[str, Any] = {
         "backbone": cfg.backbone,
-        "levels": list(model.student.spec.out_indices),
-        "channels": model.student.channels,
+        "levels": model.levels,
+        "channels": list(model.teacher.channels),
         "image_size": cfg.image_size,
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "teacher": {"source": model.teacher_source, "fingerprint": model.teacher_fingerprint},
@@ -362,7 +363,7 @@ def _metadata(run: _Run, category: str, data_info: dict[str, Any] | None, norm: 
         "score_normalization": norm,
         **({"tile_normalization": tile_norm} if tile_norm is not None else {}),
         **({"level_normalization": run.level_norm} if run.level_norm is not None else {}),
-        "margins": [float(m.margin) for m in run.criterion.margins],
+        "margins": [float(m.margin) for m in getattr(run.criterion, "margins", [])],
         "metrics": metrics,
         "epochs_completed": round(len(history) / run.steps, 2),
         "stopped_early": run.stopped_early,

@@ -98,3 +98,35 @@ def test_bad_lever_metadata_is_refused(lever_run, tmp_path) -> None:
     path = save_checkpoint(tmp_path / "bad.safetensors", state, {**meta, "level_normalization": {"lo": [1.0]}})
     with pytest.raises(CheckpointError, match="level_normalization"):
         load_model(path)
+
+
+@pytest.mark.parametrize("loss", ["ikd", "cosine"])
+def test_reverse_student_trains_saves_loads_and_exports(demo_root, tmp_path, loss) -> None:
+    spec = DataSpec("demo", "demo_texture", str(demo_root))
+    train_ds, test_ds = build_datasets(spec, 64)
+    cfg = TrainConfig(image_size=64, epochs=1, batch_size=4, lr=1e-3, student="reverse", loss=loss)
+    result = train(train_ds, test_ds, cfg, out_path=tmp_path / "rd.safetensors", category="demo_texture",
+                   data_info=spec.to_dict())
+    assert result.metadata["train_config"]["student"] == "reverse"
+    assert result.metadata["train_config"]["loss"] == loss
+    assert result.metadata["levels"] == [1, 2, 3] and result.metadata["channels"] == [24, 40, 112]
+    assert np.isfinite(result.history[-1]["loss"])
+    model, meta = load_model(result.checkpoint)
+    assert model.student_kind == "reverse"
+    again = evaluate_model(model, test_ds, torch.device("cpu")).outputs
+    assert torch.allclose(again["maps"], result.test_outputs["maps"], rtol=1e-4, atol=1e-6)
+    onnx_file = tmp_path / "rd.onnx"
+    assert main(["export", "--checkpoint", str(result.checkpoint), "--out", str(onnx_file)]) == 0
+    images = sorted((Path(demo_root) / "demo_texture" / "test").rglob("*.png"))[:3]
+    scale = meta["score_normalization"]["threshold"] - meta["score_normalization"]["lo"]
+    for a, b in zip(Predictor(model, meta).predict(images), OnnxPredictor(onnx_file).predict(images), strict=True):
+        assert np.abs(a.anomaly_map - b.anomaly_map).max() / scale < 1e-3
+
+
+def test_a_forward_student_checkpoint_is_not_loaded_as_a_reverse_one(lever_run, tmp_path) -> None:
+    result, _ = lever_run
+    meta = read_metadata(result.checkpoint)
+    meta["train_config"] = {**meta["train_config"], "student": "reverse"}
+    path = save_checkpoint(tmp_path / "swapped.safetensors", result.model.student.state_dict(), meta)
+    with pytest.raises(CheckpointError, match="reverse student"):
+        load_model(path)
