@@ -12,7 +12,7 @@ Sources (nothing is fetched at run time; both come from PyPI packages):
   (the uncertain 1/3 and 2/3 cells are left out). There are NO pixel masks: every defective image gets an
   all-defect mask only so that the MVTec loader accepts it; ``bench.json`` marks these categories
   ``"pixel_masks": false`` and pixel metrics (pixel AUROC, AU-PRO) must be reported as n/a for them.
-  Not installed by ``requirements*.txt`` (a 91 MB wheel): ``pip install elpv-dataset``.
+  Not in CI's requirements (a 91 MB wheel): ``pip install -r requirements-bench.txt``.
 * ``skimage`` -- real texture photographs with planted defects. ``scikit-image``'s packaged images
   ``brick`` (CC0Textures Bricks25), ``grass`` (DeviantArt linolafett, CC0) and ``gravel`` (CC0Textures
   Gravel04), 512x512 grey, shipped inside the wheel. Categories ``real_skimage_<name>``. Five defect types,
