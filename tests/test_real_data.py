@@ -1,0 +1,142 @@
+"""The real-image bench writer (benchmarks/real_data.py): layout, exact masks, disjoint splits, determinism."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.real_data import (
+    REGIONS,
+    TEXTURE_DEFECTS,
+    BenchSizes,
+    build_real_bench,
+    has_pixel_masks,
+    plant_defect,
+    region_box,
+)
+from ikd_core.data.mvtec import MVTecDataset
+
+SIZES = BenchSizes(n_train=6, n_good=3, n_defect=5)
+
+
+def _fake_elpv(root: Path) -> Path:
+    """A tiny stand-in for the elpv-dataset package's data folder (labels.csv + images/)."""
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for i in range(80):
+        kind = "mono" if i % 2 else "poly"
+        prob = (1.0, 0.0, 0.0, 0.3333333333333333)[(i // 2) % 4]  # per kind: 10 defective, 20 good, 10 unsure
+        name = f"images/cell{i:04d}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / name)
+        lines.append(f"{name}  {prob}  {kind}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, np.ndarray]:
+    from skimage import data
+
+    return {"brick": data.brick()[::2, ::2], "gravel": data.gravel()[::2, ::2]}  # 256 px: fast
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory, photos) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("real")
+    elpv = _fake_elpv(tmp_path_factory.mktemp("elpv"))
+    cats = build_real_bench(root, seed=3, sizes=SIZES, crop=64, elpv_dir=elpv, photos=photos)
+    return root, cats
+
+
+def _digest(path: str | Path) -> str:
+    return hashlib.sha256(np.asarray(Image.open(path)).tobytes()).hexdigest()
+
+
+def test_layout_loads_with_mvtec_dataset(bench) -> None:
+    root, cats = bench
+    assert cats == ["real_elpv_mono", "real_elpv_poly", "real_skimage_brick", "real_skimage_gravel"]
+    for split_root in ("test", "dev"):
+        for cat in cats:
+            train = MVTecDataset(root / split_root, cat, "train", image_size=32)
+            test = MVTecDataset(root / split_root, cat, "test", image_size=32)
+            assert len(train) == SIZES.n_train
+            assert sum(s.label == 0 for s in test.samples) == SIZES.n_good
+            assert sum(s.label == 1 for s in test.samples) == SIZES.n_defect
+            item = test[len(test) - 1]
+            assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (1, 32, 32)
+    types = {s.defect_type for s in MVTecDataset(root / "test", "real_skimage_brick", "test").samples}
+    assert types == {"good", *TEXTURE_DEFECTS}
+    assert not has_pixel_masks(root, "real_elpv_mono") and has_pixel_masks(root, "real_skimage_brick")
+    assert "CC BY-NC-SA 4.0" in (root / "SOURCES.md").read_text()
+
+
+def test_train_shared_and_splits_disjoint(bench) -> None:
+    root, cats = bench
+    for cat in cats:
+        train = {_digest(p) for p in sorted((root / "test" / cat / "train" / "good").glob("*.png"))}
+        assert train == {_digest(p) for p in sorted((root / "dev" / cat / "train" / "good").glob("*.png"))}
+        test = {_digest(p) for p in (root / "test" / cat / "test").rglob("*.png")}
+        dev = {_digest(p) for p in (root / "dev" / cat / "test").rglob("*.png")}
+        assert not (train & test) and not (train & dev) and not (test & dev), cat
+    # Texture crops: each window lies inside its split's region, and the regions do not overlap.
+    with (root / "manifest.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["source"] == "skimage"]
+    assert rows
+    for r in rows:
+        subset = "train" if r["file"].startswith("train/") else r["root"]
+        y0, y1, x0, x1 = region_box((256, 256), subset)
+        y, x, w = int(r["y"]), int(r["x"]), int(r["window"])
+        assert y0 <= y and y + w <= y1 and x0 <= x and x + w <= x1, r
+    boxes = [region_box((256, 256), s) for s in REGIONS]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert min(a[1], b[1]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[2], b[2])
+    # ELPV: the cells of train / dev / test are different files.
+    with (root / "manifest.csv").open() as fh:
+        elpv = [r for r in csv.DictReader(fh) if r["source"] == "elpv" and r["category"] == "real_elpv_poly"]
+    by_subset: dict[str, set[str]] = {}
+    for r in elpv:
+        key = "train" if r["file"].startswith("train/") else r["root"]
+        by_subset.setdefault(key, set()).add(r["origin"])
+    assert not (by_subset["train"] & by_subset["test"]) and not (by_subset["test"] & by_subset["dev"])
+
+
+@pytest.mark.parametrize("kind", TEXTURE_DEFECTS)
+def test_masks_exact(kind: str, photos) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        img = photos["brick"][i * 40 : i * 40 + 96, 10:106].copy()
+        out, mask = plant_defect(kind, img, rng, photos["gravel"])
+        changed = out != img
+        assert mask.any() and changed.any()
+        assert not (changed & ~mask).any(), "pixels changed outside the mask"
+        assert changed[mask].mean() > 0.3, "the mask is much larger than the change"
+
+
+def test_written_masks_match_images(bench) -> None:
+    root, _ = bench
+    cat_dir = root / "test" / "real_skimage_gravel"
+    for kind in TEXTURE_DEFECTS:
+        for img_path in sorted((cat_dir / "test" / kind).glob("*.png")):
+            mask = np.asarray(Image.open(cat_dir / "ground_truth" / kind / f"{img_path.stem}_mask.png")) > 0
+            assert mask.shape == (64, 64) and 0 < mask.mean() < 0.5
+
+
+def test_deterministic_by_seed(tmp_path: Path, photos) -> None:
+    small = BenchSizes(n_train=3, n_good=2, n_defect=2)
+    one = {"brick": photos["brick"]}
+    build_real_bench(tmp_path / "a", seed=5, sources=["skimage"], sizes=small, crop=48, photos=one)
+    build_real_bench(tmp_path / "b", seed=5, sources=["skimage"], sizes=small, crop=48, photos=one)
+    build_real_bench(tmp_path / "c", seed=6, sources=["skimage"], sizes=small, crop=48, photos=one)
+
+    def digests(root: Path) -> list[tuple[str, str]]:
+        return [(p.relative_to(root).as_posix(), _digest(p)) for p in sorted(root.rglob("*.png"))]
+
+    assert digests(tmp_path / "a") == digests(tmp_path / "b")
+    assert digests(tmp_path / "a") != digests(tmp_path / "c")
