@@ -1,0 +1,172 @@
+"""Real-image development bench (issue 16): IKD, a plain STFPM loop, PatchCore and the levers, side by side, at the
+same wall-clock budget per category, with seeds, on real photographs (``benchmarks.real_data``).
+
+    python -m benchmarks.real_bench --out results/real_bench.md                       # the reported test split
+    python -m benchmarks.real_bench --split dev --out results/real_bench_dev.md       # tune here, never on test
+
+Every run is appended to the JSON beside the report as it finishes, and ``--resume`` skips runs already there, so an
+interrupted bench goes on where it stopped. The report is rebuilt from the JSON (``--report-only``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from benchmarks.real_data import build_real_bench, has_pixel_masks
+from ikd_core.backbones import build_teacher
+from ikd_core.data.mvtec import MVTecDataset
+from ikd_core.device import select_device
+from ikd_core.evaluation import evaluate_model
+from ikd_core.patchcore import PatchCore
+from ikd_core.recipes import recipe_settings
+from ikd_core.train import TrainConfig, train
+
+IMAGE_SIZE = 256
+#: Knowledge-distillation methods: TrainConfig overrides on the CPU recipe. ``patchcore`` is the other baseline.
+KD_METHODS: dict[str, dict[str, Any]] = {
+    "stfpm": {"hard_mining": False, "gamma": 0.0},
+    "ikd": {},
+    "ikd+score": {"level_norm": True, "combine": "sum", "score_topk": 10},
+    "ikd+reverse": {"student": "reverse"},
+    "rd": {"student": "reverse", "loss": "cosine", "hard_mining": False, "gamma": 0.0},
+    "ikd+denoise": {"denoise": True},
+    "ikd+all": {"student": "reverse", "denoise": True, "level_norm": True, "combine": "sum", "score_topk": 10},
+}
+METHODS = ("stfpm", "ikd", "patchcore", *[m for m in KD_METHODS if m not in ("stfpm", "ikd")])
+METRICS = ("image_auroc", "pixel_auroc", "au_pro")
+
+
+class _PatchCoreMaps(nn.Module):
+    """PatchCore as an eval-mode model: normalised batch -> (B, 1, S, S) maps (what evaluation expects)."""
+
+    def __init__(self, core: PatchCore) -> None:
+        super().__init__()
+        self.core = core
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.core.maps(x)[:, None]
+
+
+def run_one(root: Path, category: str, method: str, seed: int, minutes: float) -> dict[str, Any]:
+    """Train (or fit) one method on one category within ``minutes`` and evaluate it on ``root``'s test split."""
+    train_ds = MVTecDataset(root, category, "train", IMAGE_SIZE)
+    test_ds = MVTecDataset(root, category, "test", IMAGE_SIZE)
+    device = select_device("auto")
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"category": category, "method": method, "seed": seed, "minutes": minutes}
+    if method == "patchcore":
+        torch.manual_seed(seed)
+        core = PatchCore(build_teacher("efficientnet_lite0")[0].to(device), levels=(1, 2), seed=seed)
+        core.fit(DataLoader(train_ds, batch_size=8))
+        model: nn.Module = _PatchCoreMaps(core)
+        row.update(fit_seconds=round(core.fit_seconds, 1), epochs=1.0)
+    else:
+        settings = recipe_settings("cpu", image_size=IMAGE_SIZE)
+        cfg = replace(TrainConfig(**settings), epochs=None, max_minutes=minutes, seed=seed, **KD_METHODS[method])
+        result = train(train_ds, None, cfg, category=category, device=device)
+        model = result.model
+        row.update(fit_seconds=result.metadata["train_seconds"], epochs=result.metadata["epochs_completed"])
+    metrics = evaluate_model(model, test_ds, device).metrics
+    if not has_pixel_masks(root.parent, category):
+        metrics = {**metrics, "pixel_auroc": math.nan, "pixel_f1_max": math.nan, "au_pro": math.nan}
+    row.update({k: metrics.get(k, math.nan) for k in METRICS}, total_seconds=round(time.perf_counter() - t0, 1))
+    return row
+
+
+def _mean_std(values: list[float]) -> str:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+
+
+def build_report(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    """Markdown: per category and method, mean ± std over seeds of each metric, epochs reached; then the bench mean."""
+    cats = sorted({r["category"] for r in runs})
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    lines = [f"# Real-image bench ({info['split']} split)", "",
+             f"Command: `{info['command']}`. Budget {info['minutes']:g} min per run (training; PatchCore fits once), "
+             f"{IMAGE_SIZE} px, efficientnet_lite0 teacher, seeds {info['seeds']}.", "",
+             f"Machine: {info['machine']}; load average at the start {info['load']}. Pixel metrics are n/a where the "
+             "source has no pixel masks (ELPV).", ""]
+    lines += ["| category | method | image AUROC | pixel AUROC | AU-PRO | epochs | runs |",
+              "|---|---|---|---|---|---|---|"]
+    for cat in cats:
+        for m in methods:
+            rs = [r for r in runs if r["category"] == cat and r["method"] == m]
+            if rs:
+                cells = [_mean_std([r[k] for r in rs]) for k in METRICS]
+                epochs = statistics.mean(r["epochs"] or 0 for r in rs)
+                lines.append(f"| {cat} | {m} | {' | '.join(cells)} | {epochs:.1f} | {len(rs)} |")
+    lines += ["", "## Mean over the categories", "", "| method | image AUROC | pixel AUROC | AU-PRO | categories |",
+              "|---|---|---|---|---|"]
+    for m in methods:
+        per_cat = {}
+        for cat in cats:
+            rs = [r for r in runs if r["category"] == cat and r["method"] == m]
+            if rs:
+                per_cat[cat] = {k: statistics.mean(r[k] for r in rs) for k in METRICS}
+        cells = [_mean_std([v[k] for v in per_cat.values()]).split(" ± ")[0] for k in METRICS]
+        lines.append(f"| {m} | {' | '.join(cells)} | {len(per_cat)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.real_bench", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="results/real_bench.md")
+    p.add_argument("--data", default="data/real_bench", help="bench root (built by benchmarks.real_data if missing)")
+    p.add_argument("--split", choices=("test", "dev"), default="test")
+    p.add_argument("--minutes", type=float, default=3.0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--categories", nargs="+", help="default: all of the bench")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--resume", action="store_true", help="skip runs already in the JSON")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from the JSON")
+    args = p.parse_args(argv)
+    out, data = Path(args.out), Path(args.data)
+    store = out.with_suffix(".json")
+    saved = json.loads(store.read_text()) if store.is_file() and (args.resume or args.report_only) else {}
+    runs: list[dict[str, Any]] = saved.get("runs", [])
+    info = saved.get("info") or {
+        "split": args.split, "minutes": args.minutes, "seeds": args.seeds,
+        "command": "python -m benchmarks.real_bench " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+        "load": " / ".join(f"{x:.1f}" for x in os.getloadavg())}
+    if not args.report_only:
+        if not (data / "bench.json").is_file():
+            build_real_bench(data)
+        root = data / args.split
+        cats = args.categories or sorted(json.loads((data / "bench.json").read_text())["categories"])
+        done = {(r["category"], r["method"], r["seed"]) for r in runs}
+        for seed in args.seeds:
+            for cat in cats:
+                for method in args.methods:
+                    if (cat, method, seed) in done:
+                        continue
+                    runs.append(run_one(root, cat, method, seed, args.minutes))
+                    print(json.dumps(runs[-1]), flush=True)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    store.write_text(json.dumps({"info": info, "runs": runs}, indent=1))
+    out.write_text(build_report(runs, info))
+    print(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
