@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from . import __version__
 from .calibration import fit_level_normalization, fit_normalization, fit_tile_normalization
 from .checkpoint import save_checkpoint
+from .data.anomaly_synthesis import AnomalySynthesizer
 from .data.batching import CachedDataset, collate_images, normalize_uint8, split_holdout
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .device import select_device, training_autocast
@@ -189,6 +190,9 @@ class _Run:
         self.t_train = 0.0
         self.train_seconds = 0.0
         self.level_norm: dict[str, list[float]] | None = None
+        # denoising student: synthetic anomalies drawn from a generator of the run's seed (same on every rank)
+        self.synthesizer = AnomalySynthesizer() if cfg.denoise else None
+        self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def report(self, callback: Callable[[Progress], None] | None, step: int, phase: str) -> None:
         """Send a :class:`Progress` of the current epoch's ``step`` to ``callback``."""
@@ -231,8 +235,9 @@ class _Run:
             group["lr"] = self.lr_now
         x = batch["image"].to(self.device, non_blocking=True)
         x = normalize_uint8(x, self.fmt) if x.dtype == torch.uint8 else x.contiguous(memory_format=self.fmt)
+        x_student = self.synthesizer(x, self.generator)[0] if self.synthesizer is not None else None
         with training_autocast(self.device, self.use_amp):
-            t_feats, s_feats = self.net(x)
+            t_feats, s_feats = self.net(x, x_student)
         loss = self.criterion(t_feats, s_feats, **self.reduce_kwargs)
         if not torch.isfinite(loss):
             raise TrainingError(

@@ -130,3 +130,27 @@ def test_a_forward_student_checkpoint_is_not_loaded_as_a_reverse_one(lever_run, 
     path = save_checkpoint(tmp_path / "swapped.safetensors", result.model.student.state_dict(), meta)
     with pytest.raises(CheckpointError, match="reverse student"):
         load_model(path)
+
+
+def test_denoising_student_sees_anomalies_and_learns_the_clean_features(demo_root, tmp_path, monkeypatch) -> None:
+    from ikd_core.torch_model import IKDModel
+
+    seen = []
+    real_features = IKDModel.features
+
+    def spy(self, x, x_student=None):
+        if self.training:
+            seen.append((x.clone(), None if x_student is None else x_student.clone()))
+        return real_features(self, x, x_student)
+
+    monkeypatch.setattr(IKDModel, "features", spy)
+    spec = DataSpec("demo", "demo_texture", str(demo_root))
+    train_ds, _ = build_datasets(spec, 64)
+    cfg = TrainConfig(image_size=64, epochs=1, batch_size=4, lr=1e-3, denoise=True)
+    result = train(train_ds, None, cfg, out_path=tmp_path / "dn.safetensors", category="demo_texture")
+    assert result.metadata["train_config"]["denoise"] is True
+    assert seen and all(xs is not None for _, xs in seen)
+    changed = [bool((x != xs).any()) for x, xs in seen]
+    assert any(changed)  # some images of the batches carry a synthetic anomaly (p = 0.5 per image)
+    model, _ = load_model(result.checkpoint)
+    assert model.student_kind == "forward"
