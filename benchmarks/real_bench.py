@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -60,10 +61,32 @@ class _PatchCoreMaps(nn.Module):
         return self.core.maps(x)[:, None]
 
 
-def run_one(root: Path, category: str, method: str, seed: int, minutes: float) -> dict[str, Any]:
-    """Train (or fit) one method on one category within ``minutes`` and evaluate it on ``root``'s test split."""
-    train_ds = MVTecDataset(root, category, "train", IMAGE_SIZE)
-    test_ds = MVTecDataset(root, category, "test", IMAGE_SIZE)
+def inference_ms(checkpoint: Path, images: list[str], threads: int = 2) -> float:
+    """Median ms per image of the app's default path (``Predictor`` backend auto: onnxruntime on the cached export
+    on CPU) at batch 1 on ``threads`` threads, after one warm-up image."""
+    from ikd_core.predict import Predictor
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        predictor = Predictor.from_checkpoint(checkpoint, "cpu", backend="auto")
+        predictor.predict(images[:1])
+        times = []
+        for path in images:
+            t0 = time.perf_counter()
+            predictor.predict([path])
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        torch.set_num_threads(old)
+    return round(statistics.median(times), 2)
+
+
+def run_one(root: Path, category: str, method: str, seed: int, minutes: float,
+            timing: bool = False, image_size: int = IMAGE_SIZE) -> dict[str, Any]:
+    """Train (or fit) one method on one category within ``minutes`` and evaluate it on ``root``'s test split;
+    ``timing``: also the inference time of the trained checkpoint (knowledge-distillation methods)."""
+    train_ds = MVTecDataset(root, category, "train", image_size)
+    test_ds = MVTecDataset(root, category, "test", image_size)
     device = select_device("auto")
     t0 = time.perf_counter()
     row: dict[str, Any] = {"category": category, "method": method, "seed": seed, "minutes": minutes}
@@ -74,9 +97,13 @@ def run_one(root: Path, category: str, method: str, seed: int, minutes: float) -
         model: nn.Module = _PatchCoreMaps(core)
         row.update(fit_seconds=round(core.fit_seconds, 1), epochs=1.0)
     else:
-        settings = recipe_settings("cpu", image_size=IMAGE_SIZE)
+        settings = recipe_settings("cpu", image_size=image_size)
         cfg = replace(TrainConfig(**settings), epochs=None, max_minutes=minutes, seed=seed, **KD_METHODS[method])
-        result = train(train_ds, None, cfg, category=category, device=device)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = Path(tmp) / f"{category}.safetensors"
+            result = train(train_ds, None, cfg, out_path=ckpt if timing else None, category=category, device=device)
+            if timing:
+                row["inference_ms"] = inference_ms(ckpt, [s.path for s in test_ds.samples[:20]])
         model = result.model
         row.update(fit_seconds=result.metadata["train_seconds"], epochs=result.metadata["epochs_completed"])
     metrics = evaluate_model(model, test_ds, device).metrics
@@ -113,8 +140,11 @@ def build_report(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
                 cells = [_mean_std([r[k] for r in rs]) for k in METRICS]
                 epochs = statistics.mean(r["epochs"] or 0 for r in rs)
                 lines.append(f"| {cat} | {m} | {' | '.join(cells)} | {epochs:.1f} | {len(rs)} |")
-    lines += ["", "## Mean over the categories", "", "| method | image AUROC | pixel AUROC | AU-PRO | categories |",
-              "|---|---|---|---|---|"]
+    lines += ["", "## Mean over the categories", "",
+              "Inference: median ms per image of the app's default path (onnxruntime on the export, batch 1, 2 "
+              "threads), over the categories' first seed.", "",
+              "| method | image AUROC | pixel AUROC | AU-PRO | inference ms | categories |",
+              "|---|---|---|---|---|---|"]
     for m in methods:
         per_cat = {}
         for cat in cats:
@@ -122,6 +152,8 @@ def build_report(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
             if rs:
                 per_cat[cat] = {k: statistics.mean(r[k] for r in rs) for k in METRICS}
         cells = [_mean_std([v[k] for v in per_cat.values()]).split(" ± ")[0] for k in METRICS]
+        ms = [r["inference_ms"] for r in runs if r["method"] == m and "inference_ms" in r]
+        cells.append(f"{statistics.median(ms):.1f}" if ms else "n/a")
         lines.append(f"| {m} | {' | '.join(cells)} | {len(per_cat)} |")
     return "\n".join(lines) + "\n"
 
@@ -159,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 for method in args.methods:
                     if (cat, method, seed) in done:
                         continue
-                    runs.append(run_one(root, cat, method, seed, args.minutes))
+                    runs.append(run_one(root, cat, method, seed, args.minutes, timing=seed == args.seeds[0]))
                     print(json.dumps(runs[-1]), flush=True)
                     out.parent.mkdir(parents=True, exist_ok=True)
                     store.write_text(json.dumps({"info": info, "runs": runs}, indent=1))

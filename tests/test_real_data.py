@@ -140,3 +140,18 @@ def test_deterministic_by_seed(tmp_path: Path, photos) -> None:
 
     assert digests(tmp_path / "a") == digests(tmp_path / "b")
     assert digests(tmp_path / "a") != digests(tmp_path / "c")
+
+
+def test_real_bench_runs_each_kind_of_method_and_reports_mean_and_std(bench, tmp_path) -> None:
+    from benchmarks.real_bench import build_report, run_one
+
+    root, cats = bench
+    cat = next(c for c in cats if c.startswith("real_skimage"))
+    runs = [run_one(root / "test", cat, method, seed, minutes=0.02, timing=seed == 0, image_size=64)
+            for method in ("stfpm", "ikd+all", "patchcore") for seed in (0, 1)]
+    for r in runs:
+        assert 0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["au_pro"] <= 1.0, r
+    assert all("inference_ms" in r for r in runs if r["seed"] == 0 and r["method"] != "patchcore")
+    info = {"split": "test", "minutes": 0.02, "seeds": [0, 1], "command": "test", "machine": "m", "load": "0"}
+    report = build_report(runs, info)
+    assert f"| {cat} | ikd+all |" in report and " ± " in report and "| patchcore |" in report
