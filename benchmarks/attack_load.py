@@ -1,6 +1,6 @@
 """Hostile load: the public-mode app's memory and a normal visitor's latency while strangers attack it over HTTP.
 
-    python benchmarks/attack_load.py [--out benchmarks/REPORT.md] [--quick] [--keep]
+    python -m benchmarks.attack_load [--out benchmarks/REPORT.md] [--quick] [--keep]
 
 Starts ``python app.py`` in public mode (``IKD_PUBLIC=1``, ``OMP_NUM_THREADS=2`` like a CPU-basic Space) on a free
 127.0.0.1 port, with ``pretrained/``, data, work and Gradio temporary folders in a temporary directory (the shipped
@@ -8,7 +8,7 @@ demo checkpoints copied in). A thread samples the resident set of the server pro
 every 50 ms). Every request goes through the HTTP API, each attacker a separate ``gradio_client.Client`` (a
 separate visitor):
 
-- (a) ``/export_gif`` with 32 uploaded 8192x8192 PNGs (~66 KB each) as the ``files`` argument;
+- (a) ``/export_gif`` with 32 uploaded 8192x8192 PNGs (small files: one colour) as the ``files`` argument;
 - (b) ``/inspect`` with 64 8192x8192 PNGs in one request;
 - (c) ``/inspect`` with 64 3968x3968 (15.7 MP, just under the 16 MP cap) PNGs: decoded, then downscaled;
 - (d) ``/import_checkpoint`` of a checkpoint declaring ``image_size`` 2048;
@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import os
-import shlex
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,13 +43,8 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = Path(__file__).resolve().parent
-for _p in (str(ROOT), str(BENCH)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-from load_test import distinct_images, free_port, machine_lines, wait_ready  # noqa: E402
+from .app_server import AppServer, distinct_images
+from .report import REPORT, ROOT, command_line, machine_lines, utc_now, write_section
 
 CKPT = "demo_texture-efficientnet_lite0.safetensors"
 HEADING = "## Hostile load (public mode)"
@@ -407,7 +399,7 @@ def section(command: str, machine: list[str], loads: tuple[str, str], baseline: 
         HEADING, "", MARKER, "",
         f"- Command: `{command}`",
         *machine,
-        f"- Date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Date: {utc_now()}",
         f"- Load average (1 min) at start / end: {loads[0]} / {loads[1]}. The 2 cores are **shared** with other "
         "work on this machine, so wall times and latencies are pessimistic and vary from run to run; memory "
         "figures do not depend on it.",
@@ -513,39 +505,19 @@ def cause_notes(conc: Concurrent, mem: dict[str, float]) -> list[str]:
 
 def write_report(out: Path, text: str) -> None:
     """Replace this script's section of ``out`` (or append it), leaving every other byte as it was."""
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# IKD Studio performance report\n\n" + text, encoding="utf-8")
-        return
-    old = out.read_text(encoding="utf-8")
-    start = old.find("\n" + HEADING + "\n")
-    if start < 0:
-        out.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
-        return
-    start += 1
-    end, pos, in_code = len(old), old.index("\n", start) + 1, False
-    while pos < len(old):
-        nl = old.find("\n", pos)
-        line = old[pos: nl if nl >= 0 else len(old)]
-        if line.startswith("```"):
-            in_code = not in_code
-        elif not in_code and line.startswith("## "):
-            end = pos
-            break
-        pos = len(old) if nl < 0 else nl + 1
-    rest = old[end:]
-    out.write_text(old[:start] + text + ("\n" + rest if rest else ""), encoding="utf-8")
+    write_section(out, HEADING, text)
 
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     """Prepare the files, start the app, run the phases, write the report; 1 when a goal is missed."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(BENCH / "REPORT.md"))
+    p = argparse.ArgumentParser(prog="python -m benchmarks.attack_load", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(REPORT))
     p.add_argument("--quick", action="store_true", help="shorter phase 2 and timeouts (under 5 min in all)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (app log)")
     args = p.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/attack_load.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("attack_load", sys.argv[1:] if argv is None else argv)
     budget = 290.0 if args.quick else 870.0
     t_begin = time.monotonic()
     duration, drain, single_timeout = (30.0, 40.0, 45.0) if args.quick else (120.0, 120.0, 120.0)
@@ -556,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     from ikd_core.data.synthetic import ensure_demo_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="ikd-attack-"))
-    pretrained, data, work = tmp / "pretrained", tmp / "data", tmp / "work"
+    pretrained, data = tmp / "pretrained", tmp / "data"  # the app's folders (AppServer)
     pretrained.mkdir()
     for f in (ROOT / "pretrained").glob("*"):
         shutil.copy(f, pretrained / f.name)
@@ -578,21 +550,15 @@ def main(argv: list[str] | None = None) -> int:
     mem: dict[str, float] = {"decode_s": time.monotonic() - t0}
     print(f"one 3968^2 PNG decoded in {mem['decode_s']:.2f} s", flush=True)
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, "IKD_PUBLIC": "1", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
-           "IKD_PRETRAINED_DIR": str(pretrained), "IKD_DATA_DIR": str(data), "IKD_WORK_DIR": str(work),
-           "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
-    env.pop("SPACE_ID", None)
-    log = (tmp / "app.log").open("w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    app = AppServer(tmp, env={"IKD_PUBLIC": "1", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}, drop=["SPACE_ID"])
+    url, proc = app.url, app.proc
     sampler: RssSampler | None = None
     singles: list[Single] = []
     conc: Concurrent | None = None
     baseline: list[Call] = []
     notes: list[str] = []
     try:
-        wait_ready(url, proc, 180)
+        app.wait_ready(180)
         sampler = RssSampler(proc.pid).start()
 
         def make(attack: str, name: str) -> Attacker:
@@ -629,13 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(Exception):
                 mem["end"] = sampler.idle(2.0) / MB
             sampler.stop()
-        alive = proc.poll() is None
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+        alive = app.stop()
     loads[1] = f"{os.getloadavg()[0]:.1f}"
     if not alive:
         notes.append(f"- The server was not running at the end (exit status {proc.returncode}); see the app log.")

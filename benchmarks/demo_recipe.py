@@ -4,7 +4,7 @@ Writes the ready checkpoints of the app (``pretrained/<category>-efficientnet_li
 the ablation checkpoints under ``runs/ablations/`` and a markdown report with every number and the
 command that produced it:
 
-    python benchmarks/demo_recipe.py --out results/demo_recipe.md
+    python -m benchmarks.demo_recipe --out results/demo_recipe.md
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .report import ROOT, command_line, machine_lines
+
 # The CPU recipe: paper loss and AdamW, a larger batch and learning rate than the paper's GPU
 # setting (2, 5e-5) so that training fits in 10 minutes on 2 cores.
 RECIPE = ["--image-size", "256", "--epochs", "60", "--batch-size", "8", "--lr", "1e-2", "--max-minutes", "10",
@@ -27,23 +27,14 @@ RECIPE = ["--image-size", "256", "--epochs", "60", "--batch-size", "8", "--lr", 
 VARIANTS = {"IKD (full)": [], "CSL off": ["--no-csl"], "AHSM off": ["--no-ahsm"]}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.demo_recipe", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--categories", default="demo_texture,demo_object")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
     p.add_argument("--data-root", default="data/demo")
     p.add_argument("--out", default="results/demo_recipe.md")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     rows = []
     for cat in args.categories.split(","):
@@ -65,8 +56,8 @@ def main() -> None:
     lines = [
         "# Demo categories: CPU recipe and ablations (synthetic demo data, not MVTec AD)",
         "",
-        f"Command: `python {' '.join(sys.argv)}`  ",
-        f"Machine: {_cpu_name()}, {os.cpu_count()} CPU threads, Python {platform.python_version()}",
+        f"- Command: `{command_line('demo_recipe', sys.argv[1:] if argv is None else argv)}`",
+        *machine_lines(),
         "",
         "| category | variant | image AUROC | pixel AUROC | pixel F1-max | AU-PRO | epochs | train s | images/s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -2,11 +2,11 @@
 checked against a float32 evaluation of its checkpoint, AMP training steps, inference latency and the CSL on the GPU,
 as a markdown report.
 
-    python benchmarks/gpu_check.py [--device cuda] [--quick] [--out FILE] [--budget-s 330] [--amp-minutes 1]
+    python -m benchmarks.gpu_check [--device cuda] [--quick] [--out FILE] [--budget-s 330] [--amp-minutes 1]
 
 Writes ``$OUT/gpu_report.md`` when ``$OUT`` is set, else ``benchmarks/GPU_REPORT.md``; the report is rewritten
 after every section, so a run stopped early keeps what it measured. Each section is guarded: one failure is
-reported and the others still run. ``python benchmarks/perf.py --append-gpu FILE`` adds it to REPORT.md.
+reported and the others still run. ``python -m benchmarks.perf --append-gpu FILE`` adds it to REPORT.md.
 
 ``--device cpu --quick`` is a smoke test of this script (64 px, tiny sizes), not a measurement.
 """
@@ -14,10 +14,7 @@ reported and the others still run. ``python benchmarks/perf.py --append-gpu FILE
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
-import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -25,16 +22,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-for _p in (str(ROOT), str(BENCH)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network on the lent machine: never wait for the hub
 
-import perf  # noqa: E402
 import torch  # noqa: E402
+
+from . import measure  # noqa: E402
+from .report import BENCH, command_line, machine_lines, utc_now  # noqa: E402
 
 BACKBONES = ("efficientnet_lite0", "hrnet_w32")
 
@@ -50,19 +43,6 @@ def nvidia_smi() -> str:
         return (res.stdout or res.stderr).rstrip()
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"nvidia-smi not available: {exc}"
-
-
-def machine_lines(device: str) -> list[str]:
-    try:
-        from ikd_core.benchmark import machine_info
-        from ikd_core.benchmark import machine_lines as lines
-
-        return lines(machine_info())
-    except Exception as exc:  # noqa: BLE001 - the report must not depend on optional imports
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-        return [f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; GPU: {gpu} "
-                f"({type(exc).__name__} reading details)",
-                f"- Versions: Python {platform.python_version()}, torch {torch.__version__}"]
 
 
 class Report:
@@ -127,11 +107,11 @@ def train_section(device: str, image_size: int, batch: int, steps: int, warmup: 
             lines.append(f"| {bb} | - | {ahsm} | skipped (time budget) | | | | | | | |")
             continue
         try:
-            r = perf.train_step_case(bb, batch, device, steps=steps, warmup=warmup, amp=True, image_size=image_size,
+            r = measure.train_step_case(bb, batch, device, steps=steps, warmup=warmup, amp=True, image_size=image_size,
                                      hard_mining=hard)
-            f, n, cell = r["fast"], r["naive"], perf.step_cell
+            f, n, cell, speedup = r["fast"], r["naive"], measure.step_cell, measure.speedup_text
             lines.append(f"| {bb} | {r['teacher']} | {ahsm} | {cell(f, 'images_per_s', '.1f')} | "
-                         f"{cell(n, 'images_per_s', '.1f')} | {perf.speedup_text(r)} | {cell(f, 'loss_ms', '.2f')} | "
+                         f"{cell(n, 'images_per_s', '.1f')} | {speedup(r)} | {cell(f, 'loss_ms', '.2f')} | "
                          f"{cell(n, 'loss_ms', '.2f')} | {cell(f, 'peak_mb', '.0f')} | {cell(n, 'peak_mb', '.0f')} | "
                          f"{', '.join(map(str, f.get('hard_sizes') or n.get('hard_sizes') or []))} |")
             if "skipped" in n:
@@ -163,8 +143,8 @@ def inference_section(device: str, image_size: int, batches: list[int], repeats:
                 continue
             try:
                 warm = 1 if repeats < 5 else 3
-                r = perf.inference_case(bb, batch, device, repeats=repeats, warmup=warm, image_size=image_size)
-                amp = (perf.inference_case(bb, batch, device, repeats=repeats, warmup=warm, amp=True,
+                r = measure.inference_case(bb, batch, device, repeats=repeats, warmup=warm, image_size=image_size)
+                amp = (measure.inference_case(bb, batch, device, repeats=repeats, warmup=warm, amp=True,
                                            image_size=image_size)["ms_per_image"] if cuda else None)
                 over = r["ms_per_image"] / r["floor_ms_per_image"] - 1
                 lines.append(f"| {bb} | {batch} | {r['ms_per_image']:.3f} | " + (f"{amp:.3f} | " if cuda else "")
@@ -189,7 +169,7 @@ def csl_section(device: str, fast_n: int, naive_n: int, repeats: int) -> str:
     for c in (128, 256):
         for form, n in (("fast", fast_n), ("naive", naive_n), ("fast", naive_n)):
             try:
-                r = perf.csl_device_case(form, n, c, device, repeats=repeats)
+                r = measure.csl_device_case(form, n, c, device, repeats=repeats)
                 lines.append(f"| {n} | {c} | {form} | {1000 * r['seconds']:.3f} | {r['peak_mb']:.0f} | "
                              f"{r['loss']:.6g} |")
             except Exception as exc:  # noqa: BLE001 - reported in the row
@@ -221,7 +201,7 @@ def amp_training_section(device: str, image_size: int, minutes: float) -> str:
         root = generate_demo_dataset(Path(tmp) / "demo", categories=("demo_texture",), image_size=image_size, seed=0)
         spec = DataSpec("demo", "demo_texture", str(root))
         train_ds, test_ds = build_datasets(spec, image_size)
-        teacher = None if perf.teacher_for("efficientnet_lite0") == "packaged" else "random"
+        teacher = None if measure.teacher_for("efficientnet_lite0") == "packaged" else "random"
         cfg = TrainConfig(image_size=image_size, epochs=100_000, batch_size=8, lr=1e-2, max_minutes=minutes,
                           amp=True, device=device, teacher_weights=teacher)
         res = train(train_ds, test_ds, cfg, out_path=Path(tmp) / "amp.safetensors", category="demo_texture",
@@ -275,7 +255,8 @@ def amp_training_section(device: str, image_size: int, minutes: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="smoke test: 64 px, batch 2, tiny CSL sizes, 1 step")
     p.add_argument("--out", type=Path, default=None, help="default: $OUT/gpu_report.md, else benchmarks/GPU_REPORT.md")
@@ -285,18 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     deadline = start + args.budget_s
     out = args.out or default_out()
-    note = perf.ensure_kornia()
-    command = shlex.join(["python", "benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)])
+    note = measure.ensure_kornia()
+    command = command_line("gpu_check", sys.argv[1:] if argv is None else argv)
     title = torch.cuda.get_device_name(0) if args.device.startswith("cuda") and torch.cuda.is_available() else "CPU"
     header = [
         f"# GPU check: {title}" + (" (smoke test, not a measurement)" if args.quick else ""),
         "",
         f"- Command: `{command}`",
-        *machine_lines(args.device),
+        *machine_lines(),
         f"- torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
         f"{torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}; "
         f"bf16 supported: {torch.cuda.is_available() and torch.cuda.is_bf16_supported()}",
-        f"- Date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Date: {utc_now()}",
         *([f"- Note: {note}"] if note else []),
         "",
     ]

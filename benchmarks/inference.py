@@ -1,20 +1,19 @@
 """Inference engines on CPU: ms per image at batch 1 and 16 for torch eager, channels_last, torch.compile,
 onnxruntime and OpenVINO, with each engine's maps compared to eager.
 
-    python benchmarks/inference.py [--checkpoint CK] [--threads 2] [--out benchmarks/REPORT.md] [--quick]
+    python -m benchmarks.inference [--checkpoint CK] [--threads 2] [--out benchmarks/REPORT.md] [--quick]
 
 Every (engine, batch) case runs in its own subprocess, one after another, so no engine's threads (onnxruntime
 spins its workers after a run unless told not to; OpenVINO keeps a pool) run beside another's timing. The
-report gets (or replaces) the section ``## Inference engines``; its other sections are kept (as perf.py does).
+report gets (or replaces) the section ``## CPU inference engines``; its other sections are kept (as
+``benchmarks.perf`` does).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -24,11 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = Path(__file__).resolve().parent
-for _p in (str(ROOT), str(BENCH)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from .report import ROOT, assemble, command_line, machine_lines, split_report, utc_now
 
 HEADING = "## CPU inference engines"
 DEFAULT_CKPT = ROOT / "pretrained" / "demo_texture-efficientnet_lite0.safetensors"
@@ -170,7 +165,7 @@ def run_case(case: str, batch: int, checkpoint: str, onnx_path: str, ov_path: st
 
 # --------------------------------------------------------------------------- driver
 def _subprocess(args: list[str], timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    cmd = [sys.executable, "-m", "benchmarks.inference", *args]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -234,7 +229,6 @@ def batch_effect(prof: list[dict], ms: Callable[[str, int], float | None]) -> st
 def section(results: dict[tuple[str, int], dict], export: dict, command: str, threads: int, checkpoint: str,
             when: str, load: tuple[float, float], rounds: int) -> str:
     import torch
-    from perf import machine_summary
 
     torch.set_num_threads(threads)
 
@@ -249,7 +243,7 @@ def section(results: dict[tuple[str, int], dict], export: dict, command: str, th
     lines = [
         HEADING, "",
         f"_Measured {when} by `{command}`._", "",
-        *machine_summary(),
+        *machine_lines(),
         f"- Load average (1 min) before / after the run: {load[0]:.2f} / {load[1]:.2f} (other processes on "
         "the cores slow every engine; torch eager most)",
         f"- {versions()}; {threads} threads for every engine (torch `set_num_threads`, onnxruntime "
@@ -325,7 +319,7 @@ def section(results: dict[tuple[str, int], dict], export: dict, command: str, th
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="report to update (its other sections are kept); default: print the section")
@@ -349,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    command = "python benchmarks/inference.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = command_line("inference", sys.argv[1:] if argv is None else argv)
     wanted = args.cases.split(",") if args.cases else [k for k, _, _ in CASES]
-    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when = utc_now()
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         env_cache = os.environ.get("IKD_CACHE_DIR")
@@ -406,8 +400,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out:
         print(text)
         return 0
-    from perf import assemble, split_report
-
     out = Path(args.out)
     pre, sections = split_report(out.read_text(encoding="utf-8")) if out.is_file() else ("# Report\n", {})
     key = next((k for k in sections if k.startswith(HEADING)), HEADING)

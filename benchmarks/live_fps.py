@@ -1,6 +1,6 @@
 """Frame rate of the Live tab's processing path on the CPU.
 
-    python benchmarks/live_fps.py [--threads 2] [--frames 60] [--out benchmarks/REPORT.md]
+    python -m benchmarks.live_fps [--threads 2] [--frames 60] [--out benchmarks/REPORT.md]
 
 Times what the live handler does with one webcam frame (:func:`ui.live_tab.prepare_frame` of a 256 x 256 uint8 RGB
 frame, the checkpoint's forward pass, the overlay with the predicted outline, the score/verdict/fps strip) for the
@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -24,9 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from .report import REPORT, ROOT, command_line, machine_lines, write_section
 
 HEADING = "## Live frame rate"
 CHECKPOINT = ROOT / "pretrained" / "demo_texture-efficientnet_lite0.safetensors"
@@ -80,8 +76,8 @@ def section(results: dict[str, dict[str, float]], command: str, threads: int, n:
         f"- What: the Live tab's path per frame (256 x 256 uint8 RGB frame in, overlay with outline and the "
         f"score/verdict/fps strip out; no decoding), `{CHECKPOINT.name}` at 256 px, {threads} threads unless noted, "
         f"{n} frames alternating a good and a defective demo image, after 3 warm-up frames",
-        f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
-        f"load average before the run {load} (other work on the machine slows the figures)",
+        *machine_lines(),
+        f"- Load average before the run: {load} (other work on the machine slows the figures)",
         f"- Goal: at least {GOAL_FPS:g} frames/s; measured {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC",
         "- The app serves the `auto` row on a CPU. In the browser add the webcam capture, JPEG encoding and the "
         "round trip; frames offered while one is processed are dropped. torch eager's threads slow down sharply "
@@ -96,29 +92,11 @@ def section(results: dict[str, dict[str, float]], command: str, threads: int, n:
     return "\n".join(lines) + "\n"
 
 
-def merge(report: str, new_section: str) -> str:
-    """``report`` with its ``HEADING`` section replaced by ``new_section`` (or appended); the rest byte-identical."""
-    lines = report.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.startswith(HEADING)), None)
-    if start is None:
-        sep = "" if not report or report.endswith("\n\n") else ("\n" if report.endswith("\n") else "\n\n")
-        return report + sep + new_section
-    end, in_code = len(lines), False
-    for i in range(start + 1, len(lines)):
-        if lines[i].startswith("```"):
-            in_code = not in_code
-        if not in_code and lines[i].startswith("## "):
-            end = i
-            break
-    tail = lines[end:]
-    return "".join(lines[:start]) + new_section + ("\n" if tail else "") + "".join(tail)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.live_fps", description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--frames", type=int, default=60)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "REPORT.md")
+    p.add_argument("--out", type=Path, default=REPORT)
     p.add_argument("--engines", nargs="+", default=["torch", "auto"], choices=["torch", "auto"])
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -141,10 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             results[label] = stats(time_path(predictor, frames, args.frames))
             print(f"{label}: {results[label]['fps_median']:.1f} fps median", flush=True)
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/live_fps.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
+    command = command_line("live_fps", sys.argv[1:] if argv is None else argv)
     text = section(results, command, args.threads, args.frames, load)
-    old = args.out.read_text() if args.out.exists() else ""
-    args.out.write_text(merge(old, text))
+    write_section(args.out, HEADING, text)
     print(text)
     return 0
 

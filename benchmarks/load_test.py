@@ -1,6 +1,6 @@
 """Load test: inspection requests from several API clients while a training run goes on in the same app.
 
-    python benchmarks/load_test.py [--clients 8] [--requests 200] [--time-limit 900] [--out benchmarks/REPORT.md]
+    python -m benchmarks.load_test [--clients 8] [--requests 200] [--time-limit 900] [--out benchmarks/REPORT.md]
 
 Starts ``python app.py`` on 127.0.0.1 (a free port) with ``pretrained/``, data, work and Gradio temporary
 folders in a temporary directory and the repository's ``pretrained/demo_texture-efficientnet_lite0.safetensors``
@@ -13,23 +13,18 @@ request's latency is recorded, with whether the training run was still going whe
 
 The run fails (exit status 1) when a request failed, was not sent, or completed after training had ended;
 training is then stopped through the API, which must leave ``pretrained/`` byte for byte as it was. The
-numbers (p50 / p95 / max latency, counts) go into the "## Load test (issue 5)" section of
-``benchmarks/REPORT.md`` after the ``<!-- load-test -->`` marker; the other sections are kept (the report is
-created with just this section where it does not exist yet). This is a benchmark, not a timed test:
+numbers (p50 / p95 / max latency, counts) replace the load-test section of ``benchmarks/REPORT.md`` (its
+heading and the ``<!-- load-test -->`` marker, then the numbers); the other sections are kept byte for byte (the
+report is created with just this section where it does not exist yet). This is a benchmark, not a timed test:
 ``tests/test_hardening.py`` runs a reduced version (2 clients x 5 requests) as a behaviour test.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as _dt
 import os
 import re
-import shlex
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,15 +36,19 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = Path(__file__).resolve().parent
-for _p in (str(ROOT), str(BENCH)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from .app_server import AppServer, distinct_images
+from .report import (
+    LOAD_TEST_HEADING,
+    LOAD_TEST_MARKER,
+    REPORT,
+    ROOT,
+    command_line,
+    machine_lines,
+    utc_now,
+    write_section,
+)
 
 CKPT = "demo_texture-efficientnet_lite0.safetensors"
-LOAD_TEST_MARKER = "<!-- load-test -->"
-LOAD_TEST_HEADING = "## Load test (issue 5)"
 
 
 # --------------------------------------------------------------------------- the load
@@ -104,26 +103,6 @@ class LoadResult:
         if late:
             out.append(f"{len(late)} requests completed after training had ended (e.g. request {late[0]})")
         return out
-
-
-def distinct_images(sources: Sequence[str | os.PathLike[str]], n: int, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """``n`` PNGs made from ``sources`` in turn, each with one pixel changed, so no two have the same bytes
-    (the app caches predictions per uploaded file, and Gradio stores uploads by content)."""
-    from PIL import Image
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    bases = [np.asarray(Image.open(s).convert("RGB")) for s in sources]
-    paths = []
-    for i in range(n):
-        arr = bases[i % len(bases)].copy()
-        h, w, _ = arr.shape
-        k = i // len(bases)
-        arr[(k // w) % h, k % w] = [(i * 37) % 256, (i * 91) % 256, 255 - i % 256]
-        p = out_dir / f"load-{i:04d}.png"
-        Image.fromarray(arr).save(p)
-        paths.append(p)
-    return paths
 
 
 def run_load(url: str, images: Sequence[str | os.PathLike[str]], ckpt: str, clients: int, requests: int,
@@ -206,27 +185,7 @@ def epoch_of(progress: str) -> str:
     return f"epoch {m.group(1)}, step {m.group(2)}" if m else "?"
 
 
-# --------------------------------------------------------------------------- the app in a subprocess
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with status {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "gradio_api/info", timeout=5).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"the app did not answer within {timeout:.0f} s")
-
-
+# --------------------------------------------------------------------------- the app's folders
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -253,7 +212,7 @@ def section(result: LoadResult, args: argparse.Namespace, command: str, ckpt_not
         "",
         f"- Command: `{command}`",
         *machine,
-        f"- Date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Date: {utc_now()}",
         f"- App: `python app.py` on 127.0.0.1 (queue: inspection 2 at a time, training 1), {ckpt_note}",
         f"- Meanwhile: one training run through `/train` (demo_texture, efficientnet_lite0, {args.train_size} px, "
         f"batch 8, {args.epochs} epochs), from {training['start']} when the load began to {training['end']} "
@@ -277,56 +236,23 @@ def section(result: LoadResult, args: argparse.Namespace, command: str, ckpt_not
 
 def write_report(out: Path, text: str) -> None:
     """Put ``text`` (a whole load-test section) in place of the report's load-test section, keeping the rest."""
-    body = text.split(LOAD_TEST_MARKER, 1)[1].strip()
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("# IKD Studio performance report\n\n" + text.strip() + "\n", encoding="utf-8")
-        return
-    lines = out.read_text(encoding="utf-8").splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.startswith(LOAD_TEST_HEADING)), None)
-    if start is None:
-        out.write_text("\n".join(lines).rstrip() + "\n\n" + text.strip() + "\n", encoding="utf-8")
-        return
-    end, in_code = len(lines), False
-    for i in range(start + 1, len(lines)):
-        if lines[i].startswith("```"):
-            in_code = not in_code
-        if not in_code and lines[i].startswith("## "):
-            end = i
-            break
-    head = lines[start:end]
-    marker = next((i for i, ln in enumerate(head) if ln.strip() == LOAD_TEST_MARKER), None)
-    keep = head[: marker + 1] if marker is not None else [head[0], "", LOAD_TEST_MARKER]
-    new = [*lines[:start], *keep, "", body, ""]
-    if end < len(lines):
-        new += lines[end:]
-    out.write_text("\n".join(new).rstrip() + "\n", encoding="utf-8")
-
-
-def machine_lines() -> list[str]:
-    try:
-        from ikd_core import benchmark
-
-        return benchmark.machine_lines(benchmark.machine_info())
-    except Exception:  # noqa: BLE001 - the report still gets the basics
-        import platform
-
-        return [f"- Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"]
+    write_section(out, LOAD_TEST_HEADING, text)
 
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.load_test", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--time-limit", type=float, default=900.0, help="seconds for all requests (then stop sending)")
     p.add_argument("--train-size", type=int, default=64, help="image size of the training run (px)")
     p.add_argument("--epochs", type=int, default=1000, help="epochs of the training run (more than the test lasts)")
     p.add_argument("--checkpoint", default=str(ROOT / "pretrained" / CKPT))
-    p.add_argument("--out", default=str(BENCH / "REPORT.md"))
+    p.add_argument("--out", default=str(REPORT))
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (app log, images)")
     args = p.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/load_test.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("load_test", sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -335,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     from ikd_core.data.synthetic import ensure_demo_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="ikd-load-"))
-    pretrained, data, work = tmp / "pretrained", tmp / "data", tmp / "work"
+    pretrained, data = tmp / "pretrained", tmp / "data"  # the app's folders (AppServer)
     pretrained.mkdir()
     print(f"preparing demo data and checkpoint in {tmp}", flush=True)
     demo_root = ensure_demo_dataset(data / "demo")
@@ -352,15 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     images = distinct_images(sources, args.requests, tmp / "images")
     before = snapshot(pretrained)
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, "IKD_PRETRAINED_DIR": str(pretrained), "IKD_DATA_DIR": str(data), "IKD_WORK_DIR": str(work),
-           "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_TEMP_DIR": str(tmp / "gradio")}
-    log = (tmp / "app.log").open("w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    app = AppServer(tmp)
+    url = app.url
     problems: list[str] = []
     try:
-        wait_ready(url, proc, 180)
+        app.wait_ready(180)
         trainer = Client(url, verbose=False)
         job = trainer.submit(*train_args(args.epochs, args.train_size), api_name="/train")
         first = wait_for_progress(job, 300)
@@ -378,12 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         if snapshot(pretrained) != before:
             problems.append("pretrained/ changed")
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+        app.stop()
     st = result.stats()
     print(f"{len(result.records)} requests, {len(result.failures)} failed, {result.during_training} during training; "
           f"p50 {st['p50']:.2f} s, p95 {st['p95']:.2f} s, max {st['max']:.2f} s, wall {result.wall_s:.1f} s")

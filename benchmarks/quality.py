@@ -2,7 +2,7 @@
 training, with the paper's constant learning rate and with the budget-aware cosine schedule, plus the CSL-off
 and AHSM-off ablations at one budget. One command writes the report, its JSON and a PNG plot:
 
-    python benchmarks/quality.py --out results/quality.md
+    python -m benchmarks.quality --out results/quality.md
 
 Every run is ``python -m ikd_core train`` with the CPU recipe's settings (256 px, efficientnet_lite0, batch 8,
 lr 1e-2) and ``--max-minutes B`` without ``--epochs`` (training runs until the budget is spent). Rows are saved
@@ -13,7 +13,6 @@ after every run; ``--resume`` keeps the finished ones of an earlier (interrupted
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import shlex
@@ -23,20 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from .report import ROOT, command_line, load_average, machine_lines, utc_now
 
 RECIPE = ["--image-size", "256", "--batch-size", "8", "--lr", "1e-2"]
 SCHEDULES = ("constant", "cosine")
 ABLATIONS = {"full": [], "no CSL": ["--no-csl"], "no AHSM": ["--no-ahsm"]}
-
-
-def _load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "-"
 
 
 def run_one(category: str, schedule: str, minutes: float, variant: str, data_root: str, runs: Path) -> dict[str, Any]:
@@ -47,7 +37,7 @@ def run_one(category: str, schedule: str, minutes: float, variant: str, data_roo
     cmd = ["python", "-m", "ikd_core", "train", "--data", "demo", "--data-root", data_root, "--category", category,
            *RECIPE, "--max-minutes", f"{minutes:g}", "--schedule", schedule, *flags, "--out", str(out), "--quiet"]
     print("$", shlex.join(cmd), flush=True)
-    load_before = _load()
+    load_before = load_average()
     t0 = time.perf_counter()
     subprocess.run([sys.executable, *cmd[1:]], check=True, cwd=ROOT,
                    env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
@@ -57,7 +47,7 @@ def run_one(category: str, schedule: str, minutes: float, variant: str, data_roo
             "au_pro": m["au_pro"], "image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
             "train_s": meta["train_seconds"], "wall_s": round(time.perf_counter() - t0, 1),
             "epochs": meta["epochs_completed"], "images_per_sec": meta["images_per_sec"],
-            "final_loss": meta["final_loss"], "load_before": load_before, "load_after": _load(),
+            "final_loss": meta["final_loss"], "load_before": load_before, "load_after": load_average(),
             "command": shlex.join(cmd)}
 
 
@@ -123,15 +113,13 @@ def load_note(rows: list[dict[str, Any]]) -> str:
 
 def report(rows: list[dict[str, Any]], command: str, started: str, ablation_minutes: float,
            ablation_schedule: str, png: Path, missing: list[str] | None = None) -> str:
-    from ikd_core.benchmark import machine_info, machine_lines
-
     choice, diff = winner(rows)
     lines = [
         "# Quality within a time budget (synthetic demo data, not MVTec AD)",
         "",
         f"- Command: `{command}`",
-        *machine_lines(machine_info()),
-        f"- Started {started}; written {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}; "
+        *machine_lines(),
+        f"- Started {started}; written {utc_now()}; "
         f"total wall time of the runs {sum(r['wall_s'] for r in rows) / 60:.1f} min.",
         "- Each run: `python -m ikd_core train` with the CPU recipe's settings (256 px, efficientnet_lite0, "
         "batch 8, lr 1e-2), `--max-minutes B` and no `--epochs` (it trains until the budget is spent), then "
@@ -184,7 +172,8 @@ def report(rows: list[dict[str, Any]], command: str, started: str, ablation_minu
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="results/quality.md")
     p.add_argument("--categories", default="demo_texture,demo_object")
     p.add_argument("--budgets", default="1,3,10", help="minutes, comma-separated")
@@ -197,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="rewrite the report and plot from the JSON next to --out; train nothing")
     args = p.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("quality", sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     out_json, png = out.with_suffix(".json"), out.with_suffix(".png")
-    started = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = utc_now()
     rows: list[dict[str, Any]] = []
     if (args.resume or args.report_only) and out_json.is_file():
         saved = json.loads(out_json.read_text())

@@ -1,11 +1,12 @@
 """Start-up benchmark: `python app.py` on a fresh data folder -> seconds until it serves, then seconds
 for the first and second heatmap of an uploaded image (through gradio_client, like a browser upload).
 
-    python benchmarks/startup.py
+    python -m benchmarks.startup
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -14,12 +15,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .report import ROOT
+
 PORT = 7871
 CKPT = "demo_texture-efficientnet_lite0.safetensors"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m benchmarks.startup", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     with tempfile.TemporaryDirectory() as data, tempfile.TemporaryDirectory() as work:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                "GRADIO_SERVER_PORT": str(PORT), "IKD_DATA_DIR": data, "IKD_WORK_DIR": work}

@@ -1,7 +1,7 @@
-"""Training runs through the real dataset, DataLoader and ``train`` loop, for ``benchmarks/perf.py --sections
-loop``; prints one ``@@{json}`` line.
+"""Training runs through the real dataset, DataLoader and ``train`` loop, for ``python -m benchmarks.perf
+--sections loop``; prints one ``@@{json}`` line.
 
-    python benchmarks/train_loop.py --interleave ROOT_OURS,ROOT_BEFORE --data-root data/demo
+    python -m benchmarks.train_loop --interleave ROOT_OURS,ROOT_BEFORE --data-root data/demo
 
 ``--interleave``: three ``train`` loops in one process, steps taken in turn (round-robin, one loop at a time, each
 in its own thread that waits for its turn after every step): ours (``ikd_core`` of the first root), the plain
@@ -9,7 +9,8 @@ loss in the same code, and the "before" loop (``ikd_core`` of the second root, a
 package is loaded under its own name, so the three run the very code of their commits; taking steps in turn
 makes every round of three see the same machine load. A step's time runs from getting the turn to the end of
 the step's progress report: fetching and collating the batch, normalising, forward, loss, backward, AdamW and
-the loop's bookkeeping. Without ``--interleave``: one run of ``ikd_core`` from ``PYTHONPATH``.
+the loop's bookkeeping. Without ``--interleave``: one run of the ``ikd_core`` that ``import ikd_core`` finds
+(the repository's, run from its root).
 
 Plain = feature distillation as in STFPM: per level the mean over positions of |t - s|^2 of the normalised
 features, weighted mean over levels; no AHSM, no CSL; everything else is the same code.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -83,13 +85,16 @@ def run(variant: str, data_root: str, category: str, epochs: int, image_size: in
 
 
 def load_as(src_root: Path, name: str, tmp: Path) -> object:
-    """``ikd_core`` of ``src_root`` imported as package ``name`` (a copy with its imports renamed)."""
+    """``ikd_core`` of ``src_root`` imported as package ``name`` (a copy under ``tmp`` with its imports renamed)."""
     dest = tmp / name
     shutil.copytree(src_root / "ikd_core", dest, ignore=shutil.ignore_patterns("__pycache__"))
     for f in dest.rglob("*.py"):
         f.write_text(re.sub(r"\bikd_core\b", name, f.read_text(encoding="utf-8")), encoding="utf-8")
-    if str(tmp) not in sys.path:
-        sys.path.insert(0, str(tmp))
+    # The package is registered from its folder, so its submodules are found there (the import path is unchanged).
+    spec = importlib.util.spec_from_file_location(name, dest / "__init__.py", submodule_search_locations=[str(dest)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    spec.loader.exec_module(package)
     return importlib.import_module(f"{name}.train")
 
 
@@ -175,7 +180,8 @@ def interleave(roots: tuple[Path, Path], data_root: str, category: str, epochs: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_loop", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", choices=("ours", "plain"), default="ours")
     p.add_argument("--data-root", default="data/demo")
     p.add_argument("--category", default="demo_texture")

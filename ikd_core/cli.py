@@ -221,7 +221,7 @@ def cmd_gif(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     import shlex
 
-    from .benchmark import run_benchmark
+    from .reproduce.run import run_benchmark
 
     as_typed = sys.argv[0].endswith("__main__.py")
     payload = run_benchmark(

@@ -43,9 +43,9 @@ def default_threads() -> int:
 
 def session_options(threads: int | None = None) -> Any:
     """onnxruntime options: ``threads`` intra-op threads, one inter-op thread, full graph optimisation. The
-    threads spin between the ops of a run (waking a sleeping thread for each of ~100 small ops costs ~15 % at
-    batch 1) and stop spinning when the run ends (``session.force_spinning_stop``): spinning after it would take
-    the cores from whatever runs next (torch training, rendering, another request)."""
+    threads spin between the ops of a run (a run is many small ops, and waking a sleeping thread for each one
+    costs noticeably at batch 1) and stop spinning when the run ends (``session.force_spinning_stop``): spinning
+    after it would take the cores from whatever runs next (torch training, rendering, another request)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()

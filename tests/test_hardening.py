@@ -17,7 +17,6 @@ import io  # noqa: E402
 import pickle  # noqa: E402
 import shutil  # noqa: E402
 import struct  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 import zipfile  # noqa: E402
@@ -33,9 +32,8 @@ from test_app_api import CKPT, _inspect  # noqa: E402
 from test_checkpoint import MARKER, _copy_with, _Payload  # noqa: E402
 from test_data import _chunk, _png_bytes  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-import load_test  # noqa: E402
+from benchmarks import load_test  # noqa: E402
+from benchmarks.app_server import distinct_images  # noqa: E402
 
 ENV = {"IKD_MAX_FILE_SIZE": "5mb", "IKD_DELETE_CACHE": "1,30", "IKD_ALLOW_SERVER_PATHS": "1"}
 CACHE_AGE = 30
@@ -356,7 +354,7 @@ def test_inspection_does_not_wait_for_training_and_stop_keeps_files(studio, clie
     job = trainer.submit(*load_test.train_args(epochs=1000, image_size=64, batch_size=2), api_name="/train")
     load_test.wait_for_progress(job, timeout=90)
     sources = sorted((studio.demo / "demo_texture" / "test").glob("*/*.png"))
-    images = load_test.distinct_images(sources, 10, studio.root / "load")
+    images = distinct_images(sources, 10, studio.root / "load")
     result = load_test.run_load(studio.url, images, CKPT, clients=2, requests=10, time_limit=90,
                                 training_running=lambda: not job.done())
     assert result.problems() == [], result.problems()

@@ -4,7 +4,6 @@ one is processed; checked inputs; the API endpoint; the benchmark's report merge
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
 from pathlib import Path
 
@@ -189,16 +188,17 @@ def test_live_endpoint_through_the_api(studio, frames, tmp_path: Path) -> None:
 
 
 def test_benchmark_merge_keeps_other_sections() -> None:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import live_fps
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    from benchmarks import live_fps
+    from benchmarks.report import replace_section
+
+    def merge(report: str, new_section: str) -> str:
+        return replace_section(report, live_fps.HEADING, new_section)
+
     report = "# R\n\n## A\n\nx  \n\n```\n## not a heading\n```\n\n## B\ny\n"
     new = live_fps.HEADING + "\n\nfirst\n"
-    once = live_fps.merge(report, new)
+    once = merge(report, new)
     assert once.startswith(report) and once.endswith(new)
-    twice = live_fps.merge(once, live_fps.HEADING + "\n\nsecond\n")
+    twice = merge(once, live_fps.HEADING + "\n\nsecond\n")
     assert twice == report + "\n" + live_fps.HEADING + "\n\nsecond\n"
     middle = "# R\n\n" + live_fps.HEADING + "\n\nold\n\n## B\ny\n"
-    assert live_fps.merge(middle, new) == "# R\n\n" + new + "\n## B\ny\n"
+    assert merge(middle, new) == "# R\n\n" + new + "\n## B\ny\n"

@@ -1,4 +1,5 @@
-"""Benchmark over categories: tables equal the JSON, failures are isolated, checkpoints are reused, GIFs."""
+"""``python -m ikd_core benchmark`` (ikd_core.reproduce): tables equal the JSON, failures are isolated, checkpoints
+are reused, GIFs."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 
-import ikd_core.benchmark as bench
-from ikd_core.benchmark import DASH, DEMO_LABEL, MVTEC_ORDER, PAPER_ROW, TABLES, column_title, run_benchmark
+import ikd_core.reproduce.run as bench
+from ikd_core.reproduce.report import DASH, DEMO_LABEL, MVTEC_ORDER, PAPER_ROW, TABLES, column_title, paper_results
+from ikd_core.reproduce.run import run_benchmark
 
 TINY = {"backbone": "efficientnet_lite0", "epochs": 1, "image_size": 64, "batch_size": 4, "lr": 1e-3,
         "progress": False}
@@ -158,7 +160,7 @@ def test_mvtec_tables_have_paper_rows(demo_run: dict, tmp_path: Path, monkeypatc
                             assets=tmp_path / "assets", pretrained_dir=pre, **TINY)
     md = Path(payload["report"]).read_text()
     assert DEMO_LABEL not in md
-    paper = bench.paper_results()
+    paper = paper_results()
     (r,) = payload["results"]
     assert r["status"] == "ok"
     for metric, title in TABLES.items():
@@ -172,54 +174,6 @@ def test_mvtec_tables_have_paper_rows(demo_run: dict, tmp_path: Path, monkeypatc
             assert ref["Avg"] == f"{paper['bottle'][metric]:.2f}"  # same categories as ours
         else:
             assert set(ref.values()) == {DASH}
-
-
-def test_perf_report_keeps_unmeasured_sections(tmp_path: Path) -> None:
-    """benchmarks/perf.py: --append-gpu adds a GPU section (headings demoted) and keeps the rest, the load-test
-    marker stays, and a re-run replaces only what it measured."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("perf", Path(__file__).resolve().parents[1] / "benchmarks/perf.py")
-    perf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(perf)
-    report = tmp_path / "REPORT.md"
-    report.write_text("# IKD Studio performance report\n\n- Command: `old`\n\n## Training step\n\nold train table\n\n"
-                      f"{perf.LOAD_TEST_HEADING}\n\n{perf.LOAD_TEST_MARKER}\n| p50 | 12 ms |\n")
-    gpu = tmp_path / "gpu_report.md"
-    gpu.write_text("# GPU check: NVIDIA H200\n\n- Command: `x`\n\n## nvidia-smi\n\n```text\n## not a heading\n```\n\n"
-                   "## Training step (AMP)\n\n| a | b |\n")
-    assert perf.main(["--append-gpu", str(gpu), "--out", str(report)]) == 0
-    text = report.read_text()
-    assert "- Command: `old`" in text and "old train table" in text  # nothing measured: all kept
-    assert "| p50 | 12 ms |" in text and text.count(perf.LOAD_TEST_MARKER) == 1
-    assert "## GPU: NVIDIA H200" in text and "### Training step (AMP)" in text and "\n## not a heading" in text
-    assert text.index("## Training step") < text.index(perf.LOAD_TEST_HEADING) < text.index("## GPU")
-    _, sections = perf.split_report(text)
-    assert set(sections) == {"## Training step", perf.LOAD_TEST_HEADING, perf.GPU_HEADING}
-    # a heading that extends another ("## Training step breakdown") is its own section, kept in place
-    _, sections = perf.split_report(f"# r\n\n## Training step\n\nsteps\n\n{perf.BREAKDOWN_HEADING}\n\nphases\n")
-    assert sections == {"## Training step": "## Training step\n\nsteps\n",
-                        perf.BREAKDOWN_HEADING: f"{perf.BREAKDOWN_HEADING}\n\nphases\n"}
-
-
-def test_perf_train_step_pairs_both_forms_and_reports_a_reference_that_cannot_run() -> None:
-    """benchmarks/perf.py's paired step: both losses measured on one model, the same hard-set sizes with AHSM
-    off (every position), and a reference too big for its memory limit is reported, not run."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("perf", Path(__file__).resolve().parents[1] / "benchmarks/perf.py")
-    perf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(perf)
-    r = perf.train_step_case("efficientnet_lite0", 2, steps=2, warmup=0, image_size=64)
-    for form in ("fast", "naive"):
-        assert r[form]["images_per_s"] > 0 and r[form]["loss_ms"] > 0
-    lo, hi = r["speedup_range"]
-    assert lo <= r["speedup"] <= hi
-    everything = [2 * 16 * 16, 2 * 8 * 8, 2 * 4 * 4]  # strides 4, 8, 16 at 64 px, batch 2
-    off = perf.train_step_case("efficientnet_lite0", 2, steps=1, warmup=0, image_size=64, hard_mining=False,
-                               naive_max_gb=20 * 300**2 / 2**30)  # room for |H| <= 300: levels 1 and 2 only
-    assert off["fast"]["hard_sizes"] == everything
-    assert "|H| = 512" in off["naive"]["skipped"] and "speedup" not in off
 
 
 def test_progress_shows_category_epoch_and_eta(demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
