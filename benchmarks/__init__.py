@@ -13,6 +13,8 @@ Run each from the repository root as a module:
 * ``python -m benchmarks.demo_recipe``: the demo checkpoints with the CPU recipe, and its ablations;
 * ``python -m benchmarks.startup``: seconds until the app serves and until its first heatmaps;
 * ``python -m benchmarks.train_loop``: training loops through the real files (used by ``perf``);
+* ``python -m benchmarks.real_bench``: IKD, plain STFPM, PatchCore and issue 16's levers at one time budget on
+  real photographs (``results/real_bench.md``); ``python -m benchmarks.real_data`` builds that bench's data;
 * ``python -m benchmarks.gpu_check`` (or ``bash benchmarks/gpu_check.sh``): the check for a lent GPU machine.
 
 Shared modules, not benchmarks themselves: ``report`` (report sections, machine description, command line),
