@@ -109,7 +109,25 @@ class AdaptiveMargin(nn.Module):
         return self.margin
 
 
-class IKDLoss(nn.Module):
+class LevelWeightedLoss(nn.Module):
+    """Base of the distillation losses: one weight per feature level, total = weighted mean of the level losses."""
+
+    level_weights: Tensor
+
+    def __init__(self, num_levels: int, level_weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        weights = list(level_weights) if level_weights is not None else [1.0] * num_levels
+        if len(weights) != num_levels:
+            raise ValueError(f"expected {num_levels} level weights, got {len(weights)}")
+        self.register_buffer("level_weights", torch.tensor(weights, dtype=torch.float32))
+
+    def weighted_mean(self, losses: Tensor) -> Tensor:
+        """sum_l w_l L_l / sum_l w_l of the per-level losses (L,)."""
+        w = self.level_weights.to(losses.device)
+        return (losses * w).sum() / w.sum()
+
+
+class IKDLoss(LevelWeightedLoss):
     """Weighted IKD loss over feature levels.
 
     Args:
@@ -129,11 +147,7 @@ class IKDLoss(nn.Module):
         alpha: float = 0.01,
         beta: float = 2.0,
     ) -> None:
-        super().__init__()
-        weights = list(level_weights) if level_weights is not None else [1.0] * num_levels
-        if len(weights) != num_levels:
-            raise ValueError(f"expected {num_levels} level weights, got {len(weights)}")
-        self.register_buffer("level_weights", torch.tensor(weights, dtype=torch.float32))
+        super().__init__(num_levels, level_weights)
         self.gamma = gamma
         self.hard_mining = hard_mining
         self.margins = nn.ModuleList(AdaptiveMargin(alpha, beta) for _ in range(num_levels))
@@ -170,11 +184,10 @@ class IKDLoss(nn.Module):
                 for i, (t, s) in enumerate(zip(teacher_feats, student_feats, strict=True))
             ]
         )
-        w = self.level_weights.to(losses.device)
-        return (losses * w).sum() / w.sum()
+        return self.weighted_mean(losses)
 
 
-class CosineDistillationLoss(nn.Module):
+class CosineDistillationLoss(LevelWeightedLoss):
     """RD4AD loss: per level, the mean over positions p of 1 - cos(t(p), s(p)) (cosine along channels); the
     total is the weighted mean over levels (float32).
 
@@ -190,11 +203,7 @@ class CosineDistillationLoss(nn.Module):
     """
 
     def __init__(self, num_levels: int, level_weights: Sequence[float] | None = None, eps: float = 1e-8) -> None:
-        super().__init__()
-        weights = list(level_weights) if level_weights is not None else [1.0] * num_levels
-        if len(weights) != num_levels:
-            raise ValueError(f"expected {num_levels} level weights, got {len(weights)}")
-        self.register_buffer("level_weights", torch.tensor(weights, dtype=torch.float32))
+        super().__init__(num_levels, level_weights)
         self.eps = eps
 
     def level_loss(self, t: Tensor, s: Tensor, all_reduce: AllReduce = _identity) -> Tensor:
@@ -224,5 +233,4 @@ class CosineDistillationLoss(nn.Module):
         losses = torch.stack(
             [self.level_loss(t, s, all_reduce) for t, s in zip(teacher_feats, student_feats, strict=True)]
         )
-        w = self.level_weights.to(losses.device)
-        return (losses * w).sum() / w.sum()
+        return self.weighted_mean(losses)
