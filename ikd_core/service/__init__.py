@@ -10,7 +10,7 @@ and ``IKD_WORK_DIR``), so tests and deployments can point the app somewhere else
 
 from ..evaluation import Curves
 from .access import ALLOW_SERVER_PATHS_ENV, PUBLIC_ENV, AccessPolicy, KnownData, public_mode
-from .checkpoints import (
+from .checkpoint_store import (
     CHECKPOINT_SUFFIX,
     MAX_CHECKPOINT_BYTES,
     MAX_SIDECAR_BYTES,
