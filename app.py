@@ -2,9 +2,10 @@
 Distillation. ``python app.py`` prepares the demo data and the ready checkpoint, then serves on
 ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (default 127.0.0.1:7860).
 
-The app lives in the ``ui`` package (one module per tab, settings and shared state in ``ui.state``, GPU work in
-``ui.gpu``); this file builds it and launches it. ``demo`` is importable without side effects, except on ZeroGPU,
-where the ready model is loaded on the CPU at import as ZeroGPU expects.
+The app lives in the ``ui`` package (one module per tab, shared state in ``ui.context``, GPU work in ``ui.gpu``);
+this file reads the settings once (:class:`ikd_core.service.Settings`), builds the app and launches it. ``demo``
+is importable without side effects, except on ZeroGPU, where the ready model is loaded on the CPU at import as
+ZeroGPU expects.
 
 Settings (environment): ``IKD_STORAGE`` (one folder for everything written, e.g. ``/data`` on a Space with
 persistent storage; the shipped checkpoints are copied there on first start) or the single folders
@@ -18,38 +19,24 @@ files; ``IKD_GPU_MAX_DURATION`` (default 120, below 300) is the longest ZeroGPU 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import sys
 
-if "ui.state" in sys.modules:  # a second launch in one process (tests): read the environment again
-    importlib.reload(sys.modules["ui.gpu"])
-    importlib.reload(sys.modules["ui.state"])
+import ui
+from ikd_core.service import Settings
+from ui import gpu
 
-import ui  # noqa: E402
-from ui import gpu, state  # noqa: E402
-from ui.state import warm_up  # noqa: E402
-
-# What tests and scripts look at.
-PATHS, POLICY, PUBLIC, ALLOW_SERVER_PATHS = state.PATHS, state.POLICY, state.PUBLIC, state.ALLOW_SERVER_PATHS
-WORKSPACES, JOBS, PREDICTIONS, PREDICTORS = state.WORKSPACES, state.JOBS, state.PREDICTIONS, gpu.PREDICTORS
-SOURCES, SRC_DEMO, SRC_MVTEC, SRC_FOLDER, SRC_UPLOAD = (state.SOURCES, state.SRC_DEMO, state.SRC_MVTEC,
-                                                       state.SRC_FOLDER, state.SRC_UPLOAD)
-MAX_INSPECT_IMAGES = state.MAX_INSPECT_IMAGES
-ensure_demo_data = state.ensure_demo_data
-launch_kwargs = ui.launch_kwargs
-
-demo = ui.build_demo()
+studio = ui.build_app(Settings.from_env())
+demo = studio.demo
 
 if gpu.ZERO_GPU:  # the documented ZeroGPU pattern: load models at import, on the CPU, before the GPU worker forks
-    warm_up()
+    studio.ctx.warm_up()
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    warm_up()
+    studio.ctx.warm_up()
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        **launch_kwargs(),
+        **studio.launch_kwargs(),
     )

@@ -43,12 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from playwright.sync_api import expect, sync_playwright
 
-    import app
+    import ui
+    from ikd_core.service import Settings
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    app.ensure_demo_data()
-    image = Path(args.image) if args.image else app.PATHS.demo_root / "demo_texture" / "test" / "hole" / "000.png"
+    app = ui.build_app(Settings.from_env())
+    app.ctx.ensure_demo_data()
+    demo_image = app.settings.paths.demo_root / "demo_texture" / "test" / "hole" / "000.png"
+    image = Path(args.image) if args.image else demo_image
     port = _free_port()
     app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                     **app.launch_kwargs())

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import shutil
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -67,10 +65,13 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def run_studio(root: Path, tiny_checkpoint, env: dict[str, str] | None = None):
-    """The app on a free 127.0.0.1 port, with a 64-px demo set and the tiny checkpoint in folders under
-    ``root`` (``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR``, ``IKD_WORK_DIR``), so the repository's files are never
-    touched. ``env`` adds variables for this launch; all are restored afterwards."""
+    """A fresh app (``ui.build_app`` with its own settings) on a free 127.0.0.1 port, with a 64-px demo set and the
+    tiny checkpoint in folders under ``root`` (``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR``, ``IKD_WORK_DIR``), so the
+    repository's files are never touched. ``env`` adds variables for this launch (read into its ``Settings``, and
+    set while it runs for what Gradio reads, e.g. ``GRADIO_TEMP_DIR``); all are restored afterwards."""
+    import ui
     from ikd_core.data.synthetic import generate_demo_dataset
+    from ikd_core.service import Settings
 
     pretrained, data, work = root / "pretrained", root / "data", root / "work"
     generate_demo_dataset(data / "demo", n_train=12, n_test_good=4, n_test_defect=2, image_size=64, seed=0)
@@ -84,8 +85,8 @@ def run_studio(root: Path, tiny_checkpoint, env: dict[str, str] | None = None):
            "IKD_BACKEND": "torch", **(env or {})}
     old = {k: os.environ.get(k) for k in new}
     os.environ.update(new)
-    app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
-    assert app.PATHS.pretrained == pretrained
+    app = ui.build_app(Settings.from_env())
+    assert app.settings.paths.pretrained == pretrained
     port = _free_port()
     app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                     **app.launch_kwargs())

@@ -334,12 +334,13 @@ def test_app_serves_the_onnx_path_by_default(tmp_path_factory: pytest.TempPathFa
     with run_studio(root, tiny_checkpoint, {"IKD_BACKEND": "auto"}) as studio:
         from ui import gpu
 
-        assert gpu.BACKEND == "auto"
+        assert studio.app.settings.backend == "auto"
+        assert studio.app.ctx.predictors is gpu.PREDICTORS, "one predictor cache per process"
         client = Client(studio.url, verbose=False)
         images = sorted((studio.demo / "demo_texture" / "test").glob("*/*.png"))[:4]
         out = client.predict([handle_file(str(p)) for p in images], STUDIO_CKPT, 0.5, 0.5, "jet", False,
                              api_name="/inspect")
-        served = gpu.PREDICTORS.get(studio.pretrained / STUDIO_CKPT, "cpu")
+        served = studio.app.ctx.cpu_predictor(studio.pretrained / STUDIO_CKPT)
         assert served.backend == "onnxruntime"
         torch_pred = Predictor.from_checkpoint(studio.pretrained / STUDIO_CKPT, backend="torch")
         for row, path in zip(out[6]["data"], images, strict=True):

@@ -20,8 +20,9 @@ LIVE_CKPT = "live-demo_texture-efficientnet_lite0.safetensors"
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint):
-    """The app, with the shipped 256-px demo checkpoint added under another name (it tells good from defective)."""
-    with run_studio(tmp_path_factory.mktemp("studio_live"), tiny_checkpoint) as s:
+    """The app, with the shipped 256-px demo checkpoint added under another name (it tells good from defective), on
+    the app's default backend (``auto``: onnxruntime where it reproduces torch)."""
+    with run_studio(tmp_path_factory.mktemp("studio_live"), tiny_checkpoint, {"IKD_BACKEND": "auto"}) as s:
         shutil.copy(SHIPPED, s.pretrained / LIVE_CKPT)
         shutil.copy(SHIPPED.with_suffix(".json"), (s.pretrained / LIVE_CKPT).with_suffix(".json"))
         yield s
@@ -67,11 +68,11 @@ def test_meter_is_a_rolling_average() -> None:
 def test_good_reads_normal_defective_reads_anomalous(studio, frames) -> None:
     from ikd_core.predict import Predictor, render
 
-    lt = _live()
+    lt, tab = _live(), studio.app.tabs.live
     want = Predictor.from_checkpoint(studio.pretrained / LIVE_CKPT, "cpu", backend="auto")
     meter = None
     for name, frame in frames.items():
-        over, score, verdict, rate, meter = lt.live_frame(frame, LIVE_CKPT, 0.5, 0.5, "jet", meter)
+        over, score, verdict, rate, meter = tab.live_frame(frame, LIVE_CKPT, 0.5, 0.5, "jet", meter)
         pred = want.predict([frame])[0]
         assert verdict == ("normal" if name == "good" else "anomalous"), (name, score)
         assert score == pytest.approx(pred.norm_score, abs=1e-4)
@@ -84,27 +85,27 @@ def test_good_reads_normal_defective_reads_anomalous(studio, frames) -> None:
 
 
 def test_a_frame_arriving_while_one_is_processed_is_dropped(studio, frames) -> None:
-    lt = _live()
+    lt, tab = _live(), studio.app.tabs.live
     meter = lt.Meter()
-    assert lt._BUSY.acquire(blocking=False)
+    assert tab.busy.acquire(blocking=False)
     try:
-        out = lt.live_frame(frames["good"], LIVE_CKPT, 0.5, 0.5, "jet", meter)
+        out = tab.live_frame(frames["good"], LIVE_CKPT, 0.5, 0.5, "jet", meter)
     finally:
-        lt._BUSY.release()
+        tab.busy.release()
     assert all(isinstance(o, type(gr.skip())) for o in out[:4]) and out[4] is meter
     assert meter.dropped == 1 and meter.frames == 0
 
 
 def test_dropping_bounds_latency_under_a_burst(studio, frames) -> None:
     """Eight frames at once: the ones that find the handler busy return at once (dropped), none waits its turn."""
-    lt = _live()
-    lt.live_frame(frames["good"], LIVE_CKPT, 0.5, 0.5, "jet", None)  # loaded
+    lt, tab = _live(), studio.app.tabs.live
+    tab.live_frame(frames["good"], LIVE_CKPT, 0.5, 0.5, "jet", None)  # loaded
     results: list[tuple] = []
     barrier = threading.Barrier(8)
 
     def one() -> None:
         barrier.wait()
-        results.append(lt.live_frame(frames["hole"], LIVE_CKPT, 0.5, 0.5, "jet", lt.Meter()))
+        results.append(tab.live_frame(frames["hole"], LIVE_CKPT, 0.5, 0.5, "jet", lt.Meter()))
 
     threads = [threading.Thread(target=one) for _ in range(8)]
     for t in threads:
@@ -132,7 +133,7 @@ def test_on_a_gpu_frames_go_through_ui_gpu_as_pickles(studio, frames, monkeypatc
 
     monkeypatch.setattr(gpu, "has_gpu", lambda: True)
     monkeypatch.setattr(gpu, "predict_on_device", across)
-    _, score, verdict, _, _ = _live().live_frame(frames["hole"], LIVE_CKPT, 0.5, 0.5, "jet", None)
+    _, score, verdict, _, _ = studio.app.tabs.live.live_frame(frames["hole"], LIVE_CKPT, 0.5, 0.5, "jet", None)
     assert verdict == "anomalous" and score >= 0.5
     assert len(sent) == 1 and isinstance(sent[0][0], str) and sent[0][1][0].shape == (256, 256, 3)
 
@@ -144,13 +145,13 @@ def test_on_a_gpu_frames_go_through_ui_gpu_as_pickles(studio, frames, monkeypatc
 ])
 def test_numbers_and_colormap_are_checked(studio, frames, args, text) -> None:
     with pytest.raises(gr.Error, match=text):
-        _live().live_frame(frames["good"], LIVE_CKPT, *args, None)
+        studio.app.tabs.live.live_frame(frames["good"], LIVE_CKPT, *args, None)
 
 
 def test_unknown_or_path_checkpoint_is_refused(studio, frames) -> None:
     for name in ("nope.safetensors", "../pretrained/" + LIVE_CKPT, str(studio.pretrained / LIVE_CKPT)):
         with pytest.raises(gr.Error):
-            _live().live_frame(frames["good"], name, 0.5, 0.5, "jet", None)
+            studio.app.tabs.live.live_frame(frames["good"], name, 0.5, 0.5, "jet", None)
 
 
 def test_live_endpoint_through_the_api(studio, frames, tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ def _upload(client, archive: Path, category: str = "bottle") -> tuple:
 
 
 def test_full_and_single_category_archives(studio, client, tmp_path: Path) -> None:
-    mvtec = Path(studio.app.PATHS.mvtec_root)
+    mvtec = Path(studio.app.settings.paths.mvtec_root)
     full = _tar(tmp_path / "mvtec_anomaly_detection.tar.xz", {**_members(("bottle", "cable")), "license.txt": b"cc"})
     msg, root, category = _upload(client, full)
     msg = msg.replace("\\", "")  # Markdown escapes
@@ -126,7 +126,7 @@ def test_full_and_single_category_archives(studio, client, tmp_path: Path) -> No
 def test_bad_archive_is_refused_and_changes_nothing(studio, client, tmp_path: Path, name: str, members, match) -> None:
     from gradio_client.exceptions import AppError
 
-    data = Path(studio.app.PATHS.data)
+    data = Path(studio.app.settings.paths.data)
     before = _snapshot(data)
     path = tmp_path / name
     if members is None:
@@ -150,4 +150,4 @@ def test_public_mode_refuses_mvtec_uploads(studio, tiny_checkpoint, tmp_path_fac
     with run_studio(tmp_path_factory.mktemp("studio_mvtec_public"), tiny_checkpoint, {"IKD_PUBLIC": "1"}) as pub:
         with pytest.raises(AppError, match="not available on this public deployment"):
             Client(pub.url, verbose=False).predict(handle_file(str(archive)), "", "bottle", api_name="/upload_mvtec")
-        assert not list_categories(Path(pub.app.PATHS.mvtec_root))
+        assert not list_categories(Path(pub.app.settings.paths.mvtec_root))

@@ -139,12 +139,12 @@ def test_public_mode_takes_no_mvtec_path(studio, alice, tmp_path: Path) -> None:
 def test_inspect_takes_a_bounded_number_of_images(studio, alice, tmp_path: Path) -> None:
     src = _good(studio)
     many = []
-    for i in range(studio.app.MAX_INSPECT_IMAGES + 4):
+    for i in range(studio.app.settings.max_inspect_images + 4):
         p = tmp_path / f"img{i}.png"
         Image.open(src).rotate(i).save(p)
         many.append(p)
     out = _inspect(alice, many)
-    assert len(out[6]["data"]) == studio.app.MAX_INSPECT_IMAGES
+    assert len(out[6]["data"]) == studio.app.settings.max_inspect_images
 
 
 def test_checkpoint_beyond_trainable_size_is_refused(studio, alice, tiny_checkpoint, tmp_path: Path) -> None:
@@ -325,9 +325,12 @@ def test_stop_only_stops_the_callers_own_run(studio, bob) -> None:
 def test_public_mode_offers_no_server_folders(studio, alice) -> None:
     from gradio_client.exceptions import AppError
 
-    app = studio.app
-    assert app.PUBLIC and not app.ALLOW_SERVER_PATHS
-    assert app.SRC_FOLDER not in app.SOURCES
+    from ui.data_panel import SRC_FOLDER, sources
+
+    settings = studio.app.settings
+    assert settings.public and not settings.allow_server_paths
+    assert SRC_FOLDER not in sources(settings)
+    assert SRC_FOLDER not in {v for _, v in studio.app.tabs.model.data.source.choices}
     with pytest.raises(AppError, match="server folders|not in the list of choices"):
         alice.predict("Folder on server", None, "", str(studio.demo / "demo_texture" / "train" / "good"), "", [],
                       "x", "efficientnet_lite0", 64, 1, 4, 1e-3, api_name="/train")

@@ -327,7 +327,7 @@ def test_closing_a_removes_only_as_workspace(studio, visitors) -> None:
     _wait_until(lambda: not a_ws.exists(), 60, "A's workspace is removed after A's page closed")
     assert all(ws.is_dir() for ws in others), "B's workspace stays"
     assert _shipped(studio) == {CKPT}, "the shipped checkpoints stay"
-    assert a_ws.name not in {ws.id for ws in studio.app.WORKSPACES.workspaces()}
+    assert a_ws.name not in {ws.id for ws in studio.app.ctx.workspaces.workspaces()}
     # B still works
     assert set(_refresh_list(b.page)) == {CKPT}
     _assert_b_sees_nothing_of_a(b, extra=(visitors.state.get("gif", A_TRAINED),))

@@ -20,7 +20,7 @@ from PIL import Image  # noqa: E402
 
 from ikd_core import service  # noqa: E402
 from ikd_core.data.sources import DataSpec, build_datasets  # noqa: E402
-from ikd_core.errors import CheckpointError, DataError  # noqa: E402
+from ikd_core.errors import CheckpointError, DataError, IKDError  # noqa: E402
 from ikd_core.train import TrainConfig  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -412,3 +412,65 @@ def test_prune_files_keeps_the_newest(tmp_path) -> None:
     service.prune_files(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["3.gif", "4.gif"]
     service.prune_files(tmp_path / "missing", keep=1)  # no folder: nothing to do
+
+
+# ------------------------------------------------------------------------------------------ settings, training use case
+def test_settings_are_read_from_the_given_environment_only(tmp_path: Path) -> None:
+    from ikd_core.service import Settings
+
+    private = Settings.from_env({"IKD_STORAGE": str(tmp_path)})
+    public = Settings.from_env({"IKD_STORAGE": str(tmp_path), "SPACE_ID": "x/y", "IKD_MAX_INSPECT_IMAGES": "3"})
+    assert private.paths.pretrained == tmp_path / "pretrained" and not private.public and private.allow_server_paths
+    assert (private.max_inspect_images, private.max_train_minutes, private.max_file_size) == (64, None, "1gb")
+    assert public.public and not public.allow_server_paths
+    assert (public.max_inspect_images, public.max_train_minutes, public.max_file_size) == (3, 10, "100mb")
+    assert public.live_time_limit == 60 and public.max_image_pixels == 16_000_000
+    with pytest.raises(AttributeError):
+        public.backend = "torch"  # type: ignore[misc]
+    with pytest.raises(SystemExit, match="IKD_GPU_MAX_DURATION"):
+        service.settings.gpu_max_duration({"IKD_GPU_MAX_DURATION": "300"})
+
+
+def test_training_requests_are_checked_and_names_reserved(demo_root: Path, tmp_path: Path) -> None:
+    from ikd_core.service import training
+
+    with pytest.raises(training.TrainingRequestError, match="set a number of epochs or a time limit"):
+        training.run_limits(0, "")
+    assert training.run_limits(None, None, cap=10) == (None, 10)
+    assert training.run_limits(5, 30, cap=10) == (5, 10)
+    with pytest.raises(training.TrainingRequestError, match="unknown backbone"):
+        training.training_config("nope", 64, 1, 4, 1e-3, 0)
+    with pytest.raises(IKDError, match="learning rate"):
+        training.training_config("efficientnet_lite0", 64, 1, 4, float("nan"), 0)
+    cfg = training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0)
+    assert (cfg.image_size, cfg.epochs, cfg.max_minutes) == (64, 1, None)
+    shipped, own = tmp_path / "shipped", tmp_path / "ws" / "pretrained"
+    shipped.mkdir()
+    (shipped / "demo_texture-efficientnet_lite0.safetensors").write_bytes(b"x")
+    ws = service.Workspace("v", tmp_path / "ws", own)
+    spec = DataSpec("demo", "demo_texture", str(demo_root))
+    first = training.reserve_output(spec, cfg, ws, shipped)
+    second = training.reserve_output(spec, cfg, ws, shipped)
+    assert first.parent == own and first.name != "demo_texture-efficientnet_lite0.safetensors", "never a shipped name"
+    assert second != first, "a reserved name is not given twice"
+
+
+def test_run_log_and_active_model_choice(tmp_path: Path) -> None:
+    from ikd_core.service import training
+
+    log = training.RunLog()
+    assert not log.add(service.TrainingUpdate("status", message="loading"))
+    assert not log.add(service.TrainingUpdate("progress", progress="p", losses=[(1, 0.5)]))
+    assert (log.status, log.last, log.losses) == ("", "p", [(1, 0.5)])
+    assert log.add(service.TrainingUpdate("end", state="finished", losses=[(2, 0.4)]))
+    assert log.end is not None and log.losses == [(1, 0.5), (2, 0.4)]
+
+    def missing(name: str) -> Path:
+        raise CheckpointError(f"{name} not found")
+
+    assert training.usable_active(None, "new", missing) is None
+    assert training.usable_active("new", "new", missing) is None
+    assert training.usable_active("old", "new", missing) is None
+    broken = tmp_path / "old.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    assert training.usable_active("old", "new", lambda _: broken) is None, "an unusable active model is not compared"

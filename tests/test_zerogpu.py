@@ -189,12 +189,12 @@ def test_models_load_on_the_cpu_in_the_server_process(studio, client, monkeypatc
     """Checkpoint changes and page loads read models on the CPU only (never a GPU call, never CUDA)."""
     gpu = GpuCalls(studio.app, monkeypatch)
     spy = CudaSpy(gpu, monkeypatch)
-    studio.app.PREDICTORS.clear()
+    studio.app.ctx.predictors.clear()
     client.predict(CKPT, api_name="/checkpoint_info")
     client.predict(CKPT, api_name="/list_checkpoints")
     assert sum(gpu.calls.values()) == 0
     assert spy.outside == [] and spy.inside == 0
-    assert all(p.device.type == "cpu" for p in studio.app.PREDICTORS._items.values())
+    assert all(p.device.type == "cpu" for p in studio.app.ctx.predictors._items.values())
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -237,7 +237,7 @@ def test_stop_reaches_a_run_in_another_process(studio, client, monkeypatch) -> N
     while not any("epoch" in str(o[0]) for o in job.outputs()):
         assert time.monotonic() < deadline and not job.done(), "no training progress"
         time.sleep(0.2)
-    handles = list(studio.app.JOBS._jobs.values())
+    handles = list(studio.app.ctx.jobs._jobs.values())
     assert len(handles) == 1 and isinstance(handles[0], __import__("ikd_core.service").service.StopFile)
     client.predict(api_name="/stop")
     result = job.result(timeout=120)

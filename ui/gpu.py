@@ -5,12 +5,15 @@ their arguments and every value they return or yield are pickled. So models are 
 process (before the worker forks), only forward passes and training run in the two functions below, and re-rendering
 (threshold, opacity, colormap, GIF frames) uses maps cached in the server process. Outside ZeroGPU ``spaces.GPU``
 returns the function as it is.
+
+Two things here are fixed for the process, not per app: the GPU call durations (the decorators need them at import,
+from ``IKD_GPU_MAX_DURATION``) and :data:`PREDICTORS`, the one cache of loaded models, which the GPU worker inherits
+by fork (every app's :class:`~ui.context.AppContext` uses it).
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +22,7 @@ import torch
 
 from ikd_core import service
 from ikd_core.data.sources import DataSpec
+from ikd_core.service.settings import gpu_max_duration
 
 try:
     import spaces  # type: ignore[import-not-found]
@@ -30,9 +34,7 @@ except ImportError:  # not on Hugging Face: plain CPU / CUDA
     ZERO_GPU = False
 
 #: Longest GPU call asked for, in seconds (ZeroGPU refuses more than its maximum; shorter calls queue sooner).
-GPU_MAX_DURATION = int(os.environ.get("IKD_GPU_MAX_DURATION", "120"))
-if not 10 <= GPU_MAX_DURATION < 300:
-    raise SystemExit("IKD_GPU_MAX_DURATION must be 10-299 seconds")
+GPU_MAX_DURATION = gpu_max_duration()
 INFER_DURATION = min(30, GPU_MAX_DURATION)  # up to 64 images through the model
 TRAIN_DURATION = GPU_MAX_DURATION
 #: Seconds of a ZeroGPU training call kept for data loading, model building, the threshold fit, evaluation and
@@ -63,20 +65,21 @@ def compute_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-#: Loaded predictors, by checkpoint file and device (CPU ones load in the server process). On the CPU the fastest
-#: exact path by default: ``IKD_BACKEND=auto`` runs onnxruntime on a cached export that reproduces the torch maps
-#: (else torch); ``torch`` or ``onnx`` force one.
-BACKEND = os.environ.get("IKD_BACKEND", "auto")
-PREDICTORS = service.PredictorCache(maxsize=3, backend=BACKEND)
+#: The process's loaded predictors, by checkpoint file, device and CPU backend (CPU ones load in the server process,
+#: GPU ones are copies of those made inside the GPU calls). The backend comes with each request, from the app's
+#: settings (``IKD_BACKEND``: ``auto`` runs onnxruntime on a cached export that reproduces the torch maps).
+PREDICTORS = service.PredictorCache(maxsize=3, backend="auto")
 
 
 @gpu(duration=INFER_DURATION)
-def predict_on_device(ckpt_path: str, images: list[np.ndarray], tile: bool = False) -> list[Any]:
-    """The forward passes of Inspect and GIF export: one image per pass (so a result never depends on the other
-    images and equals ``Predictor.predict([image])``); ``tile``: in overlapping tiles at the image's resolution,
-    against the threshold fitted on tiles. Takes and returns plain picklable values (uint8 arrays in,
-    :class:`~ikd_core.predict.Prediction` out)."""
-    predictor = PREDICTORS.get(ckpt_path, compute_device())
+def predict_on_device(
+    ckpt_path: str, images: list[np.ndarray], tile: bool = False, backend: str | None = None
+) -> list[Any]:
+    """The forward passes of Inspect, GIF export and Live: one image per pass (so a result never depends on the
+    other images and equals ``Predictor.predict([image])``); ``tile``: in overlapping tiles at the image's
+    resolution, against the threshold fitted on tiles; ``backend``: of the CPU predictor (default: the cache's).
+    Takes and returns plain picklable values (uint8 arrays in, :class:`~ikd_core.predict.Prediction` out)."""
+    predictor = PREDICTORS.get(ckpt_path, compute_device(), backend)
     if tile:
         predictor = copy.copy(predictor)
         predictor.tile = True

@@ -7,34 +7,35 @@ the stream event runs one at a time (``concurrency_limit=1``) and a frame that r
 being processed is skipped (:func:`live_frame` returns ``gr.skip()``). So the latency stays one processing time.
 
 On the CPU frames go through an onnxruntime predictor (``backend="auto"``: the same maps as torch, faster); on a
-GPU (ZeroGPU or CUDA) through :func:`ui.gpu.predict_on_device` (plain arrays in, a picklable prediction out).
+GPU (ZeroGPU or CUDA) through :func:`ui.gpu.predict_on_device` (plain arrays in, a picklable prediction out). Both
+use the app's one predictor cache, with the app's backend (``IKD_BACKEND``, default ``auto``).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import gradio as gr
 import numpy as np
 
-from ikd_core import service
 from ikd_core.predictor_base import Prediction
 
 from . import gpu
-from . import state as S
+from .common import checked_display, verdict_text
+from .context import AppContext
 
-#: Frames are scored at most this many pixels a side (downscaled first, keeping the aspect ratio).
-LIVE_MAX_SIDE = int(os.environ.get("IKD_LIVE_MAX_SIDE") or 256)
-#: Seconds a webcam stream may last before it stops (the user starts it again); one stream runs at a time.
-LIVE_TIME_LIMIT = int(os.environ.get("IKD_LIVE_TIME_LIMIT") or (60 if S.PUBLIC else 600))
+if TYPE_CHECKING:
+    from .inspect_tab import InspectTab
+
+#: Frames are scored at most this many pixels a side by default (``IKD_LIVE_MAX_SIDE``; downscaled first, keeping the
+#: aspect ratio). A stream lasts at most ``IKD_LIVE_TIME_LIMIT`` seconds (the user starts it again).
+LIVE_MAX_SIDE = 256
 #: How often the browser offers a frame (seconds); it skips offers while a result is pending.
 STREAM_EVERY = 0.05
 #: Frames in the rolling frame-rate average.
@@ -43,18 +44,6 @@ FPS_WINDOW = 10
 MAX_FRAME_SIDE = 4096
 
 _GREEN, _RED, _BG = (40, 200, 70), (230, 40, 40), (20, 20, 20)
-
-
-def _load_auto(path: Path, device: str) -> Any:
-    from ikd_core.predict import Predictor
-
-    return Predictor.from_checkpoint(path, device, backend="auto")
-
-
-#: CPU predictors of the live path (onnxruntime where it reproduces the torch maps), by checkpoint file.
-PREDICTORS = service.PredictorCache(maxsize=2, loader=_load_auto)
-#: Held while a frame is processed; a frame arriving meanwhile is dropped.
-_BUSY = threading.Lock()
 
 
 @dataclass
@@ -103,7 +92,7 @@ def annotate(image: np.ndarray, score: float, anomalous: bool, fps: float | None
     h, w = image.shape[:2]
     strip = strip_height(h)
     image[h - strip :] = (0.35 * image[h - strip :]).astype(np.uint8) + np.uint8(0.65 * _BG[0])
-    text = f"{S.verdict_text(anomalous).upper()}  {score:.3f}" + (f"  {fps:.1f} fps" if fps else "")
+    text = f"{verdict_text(anomalous).upper()}  {score:.3f}" + (f"  {fps:.1f} fps" if fps else "")
     scale = 0.55 * strip / 22.0
     (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     if tw > w - 8:
@@ -127,84 +116,108 @@ def process_frame(
     return over, pred
 
 
-def frame_predictor(ckpt_path: Path) -> Any:
-    """``frame -> Prediction`` for the live path: a GPU call where there is a GPU, else the CPU auto predictor."""
-    if gpu.has_gpu():
-        return lambda frame: gpu.predict_on_device(str(ckpt_path), [frame])[0]
-    predictor = PREDICTORS.get(ckpt_path, "cpu")
-    return lambda frame: predictor.predict([frame])[0]
+class LiveTab:
+    """The webcam stream through the active model; one frame is processed at a time (others are dropped)."""
 
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        #: Held while a frame is processed; a frame arriving meanwhile is dropped.
+        self.busy = threading.Lock()
 
-def live_frame(
-    frame: Any,
-    ckpt: str,
-    threshold: float,
-    alpha: float,
-    cmap: str,
-    meter: Meter | None,
-    request: gr.Request = None,  # type: ignore[assignment]
-) -> tuple[Any, ...]:
-    """One webcam frame -> (overlay with outline and a score/verdict/fps strip, score, verdict, fps text, meter)."""
-    if frame is None:
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), meter
-    meter = meter if isinstance(meter, Meter) else Meter()
-    if not _BUSY.acquire(blocking=False):  # another frame is being processed: drop this one
-        meter.dropped += 1
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), meter
-    try:
-        threshold, alpha, cmap = S.checked_display(threshold, alpha, cmap)
-        ckpt_path = S.resolve(ckpt, S.workspace(request))
-        start = time.perf_counter()
-        over, pred = process_frame(frame_predictor(ckpt_path), prepare_frame(frame), threshold, alpha, cmap)
-        now = time.perf_counter()
-        fps = meter.tick(now)
-        bad = pred.is_anomalous(threshold)
-        annotate(over, pred.norm_score, bad, fps)
-    except Exception as exc:  # noqa: BLE001 - shown to the user, the server keeps serving
-        raise S.err(exc) from exc
-    finally:
-        _BUSY.release()
-    rate = f"**{fps:.1f} frames/s** (last {len(meter.times)} frames), {1000 * (now - start):.0f} ms per frame"
-    return over, round(pred.norm_score, 4), S.verdict_text(bad), rate, meter
+    def frame_predictor(self, ckpt_path: Path) -> Any:
+        """``frame -> Prediction``: a GPU call where there is a GPU, else the app's CPU predictor."""
+        if gpu.has_gpu():
+            return lambda frame: gpu.predict_on_device(str(ckpt_path), [frame])[0]
+        predictor = self.ctx.cpu_predictor(ckpt_path)
+        return lambda frame: predictor.predict([frame])[0]
 
+    def live_frame(
+        self,
+        frame: Any,
+        ckpt: str,
+        threshold: float,
+        alpha: float,
+        cmap: str,
+        meter: Meter | None,
+        request: gr.Request = None,  # type: ignore[assignment]
+    ) -> tuple[Any, ...]:
+        """One webcam frame -> (overlay with outline and a score/verdict/fps strip, score, verdict, fps text,
+        meter)."""
+        if frame is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), meter
+        meter = meter if isinstance(meter, Meter) else Meter()
+        if not self.busy.acquire(blocking=False):  # another frame is being processed: drop this one
+            meter.dropped += 1
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), meter
+        try:
+            threshold, alpha, cmap = checked_display(threshold, alpha, cmap)
+            ckpt_path = self.ctx.resolve(ckpt, self.ctx.workspace(request))
+            start = time.perf_counter()
+            frame = prepare_frame(frame, self.ctx.settings.live_max_side)
+            over, pred = process_frame(self.frame_predictor(ckpt_path), frame, threshold, alpha, cmap)
+            now = time.perf_counter()
+            fps = meter.tick(now)
+            bad = pred.is_anomalous(threshold)
+            annotate(over, pred.norm_score, bad, fps)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, the server keeps serving
+            raise self.ctx.err(exc) from exc
+        finally:
+            self.busy.release()
+        rate = f"**{fps:.1f} frames/s** (last {len(meter.times)} frames), {1000 * (now - start):.0f} ms per frame"
+        return over, round(pred.norm_score, 4), verdict_text(bad), rate, meter
 
-def build() -> SimpleNamespace:
-    """Create this tab's components (inside ``gr.Tab``)."""
-    gr.Markdown(
-        "Stream your camera through the active model (Model tab); threshold, opacity and colormap are the Inspect "
-        "tab's. Frames are scored at most "
-        f"{LIVE_MAX_SIDE} px a side; frames that arrive while one is processed are dropped, so the picture never "
-        f"lags. A stream stops after {LIVE_TIME_LIMIT} s."
-    )
-    with gr.Row():
-        live_cam = gr.Image(
-            sources=["webcam"], type="numpy", streaming=True, label="Camera", elem_id="ikd-live-cam", height=360,
-            webcam_options=gr.WebcamOptions(mirror=False),
+    def build(self) -> LiveTab:
+        """Create this tab's components (inside ``gr.Tab``).
+
+        Returns:
+            This tab.
+        """
+        s = self.ctx.settings
+        gr.Markdown(
+            "Stream your camera through the active model (Model tab); threshold, opacity and colormap are the "
+            "Inspect tab's. Frames are scored at most "
+            f"{s.live_max_side} px a side; frames that arrive while one is processed are dropped, so the picture "
+            f"never lags. A stream stops after {s.live_time_limit} s."
         )
-        live_out = gr.Image(
-            type="numpy", format="jpeg", label="Overlay + predicted outline", interactive=False, height=360,
-            elem_id="ikd-live-overlay",
+        with gr.Row():
+            self.live_cam = gr.Image(
+                sources=["webcam"], type="numpy", streaming=True, label="Camera", elem_id="ikd-live-cam", height=360,
+                webcam_options=gr.WebcamOptions(mirror=False),
+            )
+            self.live_out = gr.Image(
+                type="numpy", format="jpeg", label="Overlay + predicted outline", interactive=False, height=360,
+                elem_id="ikd-live-overlay",
+            )
+        with gr.Row():
+            self.live_score = gr.Number(None, label="Score (normalised)", precision=4, interactive=False,
+                                        elem_id="ikd-live-score")
+            self.live_verdict = gr.Textbox(label="Verdict", interactive=False, elem_id="ikd-live-verdict")
+            self.live_fps = gr.Markdown("", elem_id="ikd-live-fps")
+        self.live_meter = gr.State(None)
+        return self
+
+    def wire(self, inspect: InspectTab) -> None:
+        """The stream event: frames with the active checkpoint and the Inspect tab's display settings."""
+        self.live_cam.stream(
+            self.live_frame,
+            [self.live_cam, inspect.ckpt_dd, inspect.threshold, inspect.opacity, inspect.cmap, self.live_meter],
+            [self.live_out, self.live_score, self.live_verdict, self.live_fps, self.live_meter],
+            stream_every=STREAM_EVERY,
+            time_limit=self.ctx.settings.live_time_limit,
+            concurrency_limit=1,
+            concurrency_id="live",
+            show_progress="hidden",
+            api_name="live",
         )
-    with gr.Row():
-        live_score = gr.Number(None, label="Score (normalised)", precision=4, interactive=False,
-                               elem_id="ikd-live-score")
-        live_verdict = gr.Textbox(label="Verdict", interactive=False, elem_id="ikd-live-verdict")
-        live_fps = gr.Markdown("", elem_id="ikd-live-fps")
-    live_meter = gr.State(None)
-    return SimpleNamespace(live_cam=live_cam, live_out=live_out, live_score=live_score, live_verdict=live_verdict,
-                           live_fps=live_fps, live_meter=live_meter)
 
 
-def wire(u: SimpleNamespace) -> None:
-    """The stream event: frames with the active checkpoint and the Inspect tab's display settings."""
-    u.live_cam.stream(
-        live_frame,
-        [u.live_cam, u.ckpt_dd, u.threshold, u.opacity, u.cmap, u.live_meter],
-        [u.live_out, u.live_score, u.live_verdict, u.live_fps, u.live_meter],
-        stream_every=STREAM_EVERY,
-        time_limit=LIVE_TIME_LIMIT,
-        concurrency_limit=1,
-        concurrency_id="live",
-        show_progress="hidden",
-        api_name="live",
-    )
+def build(ctx: AppContext) -> LiveTab:
+    """Create the Live tab's components (inside ``gr.Tab``).
+
+    Args:
+        ctx: The app's context.
+
+    Returns:
+        The tab, holding its components.
+    """
+    return LiveTab(ctx).build()

@@ -4,13 +4,15 @@ Nothing here imports a UI toolkit; the Gradio app (``app.py``) is a thin layer o
 every user-facing problem is raised as an :class:`~ikd_core.errors.IKDError` whose message can be shown
 as is.
 
-Locations come from :class:`StudioPaths` (environment variables ``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR``
-and ``IKD_WORK_DIR``), so tests and deployments can point the app somewhere else than the repository.
+The environment is read once, into :class:`Settings` (``Settings.from_env()``; locations in its
+:class:`StudioPaths`: ``IKD_PRETRAINED_DIR``, ``IKD_DATA_DIR``, ``IKD_WORK_DIR`` or ``IKD_STORAGE``), so tests and
+deployments build an app with their own settings. The training use case (check a request, reserve a checkpoint
+name, compare the new model with the active one) is :mod:`ikd_core.service.training`.
 """
 
 from ..evaluation import Curves
 from .access import ALLOW_SERVER_PATHS_ENV, PUBLIC_ENV, AccessPolicy, KnownData, public_mode
-from .checkpoints import (
+from .checkpoint_store import (
     CHECKPOINT_SUFFIX,
     MAX_CHECKPOINT_BYTES,
     MAX_SIDECAR_BYTES,
@@ -38,6 +40,7 @@ from .jobs import (
 from .memory import Trimmer, release_memory
 from .paths import DATA_ENV, PRETRAINED_ENV, SHIPPED_PRETRAINED, STORAGE_ENV, WORK_ENV, StudioPaths, sanitize_name
 from .predictors import PredictionCache, PredictorCache
+from .settings import Settings
 from .testsets import SampleIndex, check_training_data, mvtec_missing
 from .uploads import (
     MAX_INSPECT_SIDE,
@@ -62,7 +65,7 @@ __all__ = [
     "DATA_ENV", "FairGate", "JobEvent", "JobRegistry", "KnownData", "MAX_CHECKPOINT_BYTES", "MAX_INSPECT_SIDE",
     "MAX_SIDECAR_BYTES", "MAX_UPLOAD_FILES", "MAX_UPLOAD_FILE_BYTES", "MAX_UPLOAD_PIXELS", "MAX_UPLOAD_TOTAL_BYTES",
     "MAX_UPLOAD_TOTAL_PIXELS", "MAX_ZIP_ENTRIES", "PRETRAINED_ENV", "PUBLIC_ENV", "PredictionCache",
-    "PredictorCache", "Quota", "QuotaError", "SHIPPED_PRETRAINED", "STORAGE_ENV", "SampleIndex", "StopFile",
+    "PredictorCache", "Quota", "QuotaError", "SHIPPED_PRETRAINED", "STORAGE_ENV", "SampleIndex", "Settings", "StopFile",
     "StudioPaths", "TrainingJob", "TrainingUpdate", "Trimmer", "WORK_ENV", "Workspace", "WorkspaceManager",
     "check_checkpoint_name", "check_training_data", "checkpoint_info", "default_checkpoint",
     "discard_upload", "escape_markdown", "extract_images", "import_checkpoint", "list_checkpoints",

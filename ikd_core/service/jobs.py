@@ -173,7 +173,7 @@ class TrainingJob:
                 self.state = "failed"
                 self.error = self.error or "training ended unexpectedly"
             if self.release_reservation and self.out_path is not None:
-                from .checkpoints import release_checkpoint_path
+                from .checkpoint_store import release_checkpoint_path
 
                 release_checkpoint_path(self.out_path)
             self.events.put(JobEvent("end", self.state))

@@ -16,27 +16,32 @@ from ..predict import Predictor
 
 class PredictorCache:
     """A small thread-safe LRU of loaded :class:`~ikd_core.predict.Predictor`, keyed by checkpoint path,
-    modification time, size and device (a rewritten file is reloaded)."""
+    modification time, size, device and CPU backend (a rewritten file is reloaded).
+
+    The app keeps one per process, so a checkpoint is loaded once whichever tab asks for it."""
 
     def __init__(self, maxsize: int = 3, loader: Callable[[Path, str], Any] | None = None,
                  backend: str = "torch") -> None:
         self.maxsize = maxsize
-        self.backend = backend  # of CPU predictors: "torch", "onnx" or "auto" (see Predictor.from_checkpoint)
-        self._items: OrderedDict[tuple[str, int, int, str], Any] = OrderedDict()
+        self.backend = backend  # default of CPU predictors: "torch", "onnx" or "auto" (Predictor.from_checkpoint)
+        self._items: OrderedDict[tuple[str, int, int, str, str], Any] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[tuple[str, int, int, str], threading.Lock] = {}
+        self._loading: dict[tuple[str, int, int, str, str], threading.Lock] = {}
         self._loader = loader
 
     @staticmethod
-    def key(path: str | os.PathLike[str], device: str = "cpu") -> tuple[str, int, int, str]:
+    def key(path: str | os.PathLike[str], device: str = "cpu", backend: str = "") -> tuple[str, int, int, str, str]:
+        """The cache key of a checkpoint file as it is now (path, mtime, size), a device and a backend."""
         p = Path(path).resolve()
         st = p.stat()
-        return (str(p), st.st_mtime_ns, st.st_size, str(device))
+        return (str(p), st.st_mtime_ns, st.st_size, str(device), backend)
 
-    def get(self, path: str | os.PathLike[str], device: str = "cpu") -> Any:
-        """The predictor of ``path`` (loaded on first use; :class:`CheckpointError` if it cannot be)."""
+    def get(self, path: str | os.PathLike[str], device: str = "cpu", backend: str | None = None) -> Any:
+        """The predictor of ``path`` on ``device`` (loaded on first use; :class:`CheckpointError` if it cannot be).
+        ``backend``: of a CPU predictor (default: the cache's)."""
+        backend = backend or self.backend
         try:
-            key = self.key(path, device)
+            key = self.key(path, device, backend)
         except OSError as exc:
             raise CheckpointError(f"checkpoint {Path(path).name} not found") from exc
         with self._lock:
@@ -48,7 +53,7 @@ class PredictorCache:
             with self._lock:
                 if key in self._items:
                     return self._items[key]
-            predictor = self._load(Path(key[0]), device)
+            predictor = self._load(Path(key[0]), device, backend)
             with self._lock:
                 self._items[key] = predictor
                 self._items.move_to_end(key)
@@ -57,17 +62,18 @@ class PredictorCache:
                 self._loading.pop(key, None)
             return predictor
 
-    def _load(self, path: Path, device: str) -> Any:
+    def _load(self, path: Path, device: str, backend: str) -> Any:
         if self._loader is not None:
             return self._loader(path, device)
         if str(device) == "cpu":
-            return Predictor.from_checkpoint(path, "cpu", backend=self.backend)
+            return Predictor.from_checkpoint(path, "cpu", backend=backend)
         # A GPU copy of the CPU predictor: the checkpoint is read and checked once, on the CPU, and on ZeroGPU
         # only this move happens inside the GPU call (the CPU model was loaded before the worker forked).
-        cpu = self.get(path, "cpu")
+        cpu = self.get(path, "cpu", backend)
         return Predictor(copy.deepcopy(cpu.model).to(device), cpu.metadata, tile=cpu.tile)
 
     def clear(self) -> None:
+        """Forget every loaded predictor."""
         with self._lock:
             self._items.clear()
 

@@ -11,6 +11,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -89,6 +90,100 @@ def _check_zip_directory(src: Path, max_entries: int) -> None:
         raise DataError(f"{src.name}: the archive's directory is {size} bytes for {entries} entries; refused")
 
 
+@dataclass
+class _Extraction:
+    """The state of one :func:`extract_images` call: the files written so far and the running totals."""
+
+    target: Path
+    max_files: int
+    max_file_bytes: int
+    max_total_bytes: int
+    max_entries: int
+    max_pixels: int
+    max_total_pixels: int
+    written: list[tuple[Path, str]] = field(default_factory=list)
+    total: int = 0
+    pixels: int = 0
+    used: set[str] = field(default_factory=set)
+
+    def out_name(self, name: str) -> Path:
+        """A fresh, safe file name in the target folder for a file called ``name``."""
+        stem, suffix = Path(name).stem, Path(name).suffix.lower()
+        base = sanitize_name(stem, "image")
+        cand, n = f"{base}{suffix}", 2
+        while cand.lower() in self.used:
+            cand, n = f"{base}-{n}{suffix}", n + 1
+        self.used.add(cand.lower())
+        return self.target / cand
+
+    def account(self, size: int, shown: str) -> None:
+        """Count a file of ``size`` bytes against the limits before it is written."""
+        if size > self.max_file_bytes:
+            raise DataError(f"{shown} is larger than {self.max_file_bytes // 1024**2} MiB; downscale it")
+        self.total += size
+        if self.total > self.max_total_bytes:
+            raise DataError(f"the upload is larger than {self.max_total_bytes // 1024**2} MiB in total")
+        if len(self.written) >= self.max_files:
+            raise DataError(f"too many images (limit {self.max_files})")
+
+    def account_pixels(self, dest: Path, shown: str) -> None:
+        """Header only: the image's size against the limits; nothing is decoded."""
+        from ..data.transforms import check_image_size, image_header_size
+
+        try:
+            w, h = image_header_size(dest, shown)
+            check_image_size(w, h, shown, self.max_pixels)
+        except DataError as exc:
+            raise _unusable(shown, exc) from exc
+        self.pixels += w * h
+        if self.pixels > self.max_total_pixels:
+            raise DataError(
+                f"the upload has more than {self.max_total_pixels // 1024**2} megapixels of images in total; "
+                "downscale them or upload fewer"
+            )
+        self.written.append((dest, shown))
+
+    def add_zip(self, src: Path) -> None:
+        """The images inside a zip archive (every member's name is checked before anything is written)."""
+        _check_zip_directory(src, self.max_entries)
+        with zipfile.ZipFile(src) as zf:
+            infos = zf.infolist()
+            if len(infos) > self.max_entries:
+                raise DataError(f"{src.name}: the archive has {len(infos)} entries (limit {self.max_entries})")
+            for info in infos:  # check every member before writing anything
+                _check_member_name(info.filename)
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise DataError(f"refusing the archive: member {info.filename!r} is a symbolic link")
+            for info in infos:
+                p = PurePosixPath(info.filename.replace("\\", "/"))
+                if info.is_dir() or not _is_image_name(p.name):
+                    continue
+                if any(part.startswith(".") or part == "__MACOSX" for part in p.parts):
+                    continue
+                shown = f"{src.name}:{info.filename}"
+                self.account(info.file_size, shown)
+                dest = self.out_name(p.name)
+                with zf.open(info) as fin, dest.open("wb") as fout:
+                    copied = 0
+                    while chunk := fin.read(1 << 20):
+                        copied += len(chunk)
+                        if copied > self.max_file_bytes or copied > info.file_size:
+                            raise DataError(f"{shown}: decompresses to more than it declares; refused")
+                        fout.write(chunk)
+                self.account_pixels(dest, shown)
+
+    def add_file(self, src: Path) -> None:
+        """One uploaded image file."""
+        if not _is_image_name(src.name):
+            raise DataError(
+                f"{src.name}: not an image or zip file (accepted: {', '.join(sorted(IMAGE_EXTENSIONS))}, .zip)"
+            )
+        self.account(src.stat().st_size, src.name)
+        dest = self.out_name(src.name)
+        shutil.copyfile(src, dest)
+        self.account_pixels(dest, src.name)
+
+
 def extract_images(
     files: Iterable[str | os.PathLike[str]],
     target: str | os.PathLike[str],
@@ -109,99 +204,29 @@ def extract_images(
     bombs); then every image's size is read from its header and checked against ``max_pixels`` each and
     ``max_total_pixels`` in all; only then is each image decoded once to check it (``verify``). ``target`` must
     not exist yet; on any error it is removed.
+
+    Returns:
+        The paths of the images written, in upload order.
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=False)
-    written: list[tuple[Path, str]] = []
-    total = 0
-    pixels = 0
-    used: set[str] = set()
-
-    def out_name(name: str) -> Path:
-        stem, suffix = Path(name).stem, Path(name).suffix.lower()
-        base = sanitize_name(stem, "image")
-        cand, n = f"{base}{suffix}", 2
-        while cand.lower() in used:
-            cand, n = f"{base}-{n}{suffix}", n + 1
-        used.add(cand.lower())
-        return target / cand
-
-    def account(size: int, shown: str) -> None:
-        nonlocal total
-        if size > max_file_bytes:
-            raise DataError(f"{shown} is larger than {max_file_bytes // 1024**2} MiB; downscale it")
-        total += size
-        if total > max_total_bytes:
-            raise DataError(f"the upload is larger than {max_total_bytes // 1024**2} MiB in total")
-        if len(written) >= max_files:
-            raise DataError(f"too many images (limit {max_files})")
-
-    def account_pixels(dest: Path, shown: str) -> None:
-        """Header only: the image's size against the limits; nothing is decoded."""
-        from ..data.transforms import check_image_size, image_header_size
-
-        nonlocal pixels
-        try:
-            w, h = image_header_size(dest, shown)
-            check_image_size(w, h, shown, max_pixels)
-        except DataError as exc:
-            raise _unusable(shown, exc) from exc
-        pixels += w * h
-        if pixels > max_total_pixels:
-            raise DataError(
-                f"the upload has more than {max_total_pixels // 1024**2} megapixels of images in total; "
-                "downscale them or upload fewer"
-            )
-        written.append((dest, shown))
-
+    run = _Extraction(target, max_files, max_file_bytes, max_total_bytes, max_entries, max_pixels, max_total_pixels)
     try:
         for f in files:
             src = Path(f)
             if zipfile.is_zipfile(src):
-                _check_zip_directory(src, max_entries)
-                with zipfile.ZipFile(src) as zf:
-                    infos = zf.infolist()
-                    if len(infos) > max_entries:
-                        raise DataError(f"{src.name}: the archive has {len(infos)} entries (limit {max_entries})")
-                    for info in infos:  # check every member before writing anything
-                        _check_member_name(info.filename)
-                        if stat.S_ISLNK(info.external_attr >> 16):
-                            raise DataError(f"refusing the archive: member {info.filename!r} is a symbolic link")
-                    for info in infos:
-                        p = PurePosixPath(info.filename.replace("\\", "/"))
-                        if info.is_dir() or not _is_image_name(p.name):
-                            continue
-                        if any(part.startswith(".") or part == "__MACOSX" for part in p.parts):
-                            continue
-                        shown = f"{src.name}:{info.filename}"
-                        account(info.file_size, shown)
-                        dest = out_name(p.name)
-                        with zf.open(info) as fin, dest.open("wb") as fout:
-                            copied = 0
-                            while chunk := fin.read(1 << 20):
-                                copied += len(chunk)
-                                if copied > max_file_bytes or copied > info.file_size:
-                                    raise DataError(f"{shown}: decompresses to more than it declares; refused")
-                                fout.write(chunk)
-                        account_pixels(dest, shown)
-                continue
-            if not _is_image_name(src.name):
-                raise DataError(
-                    f"{src.name}: not an image or zip file (accepted: {', '.join(sorted(IMAGE_EXTENSIONS))}, .zip)"
-                )
-            account(src.stat().st_size, src.name)
-            dest = out_name(src.name)
-            shutil.copyfile(src, dest)
-            account_pixels(dest, src.name)
-        if not written:
+                run.add_zip(src)
+            else:
+                run.add_file(src)
+        if not run.written:
             raise DataError("the upload contains no images (png, jpg, bmp, tif, webp; zip archives of those)")
         if verify:  # full decodes only once every header is within the limits
-            for dest, shown in written:
+            for dest, shown in run.written:
                 _verify_image(dest, shown, max_pixels)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    return [dest for dest, _ in written]
+    return [dest for dest, _ in run.written]
 
 
 def uploaded_data_spec(
