@@ -19,6 +19,7 @@ from safetensors.torch import save as save_bytes
 from torch import Tensor
 
 from . import __version__
+from .backbones import BACKBONES
 from .errors import CheckpointError
 from .fileio import atomic_write_bytes
 
@@ -172,7 +173,6 @@ def validate_metadata(meta: dict[str, Any], name: str, max_image_size: int | Non
     ``levels`` / ``channels`` (whole numbers). Everywhere: JSON values only, finite numbers, strings up to
     10 000 characters, 1 MB of JSON in all. Raises :class:`CheckpointError` with a one-line message.
     """
-    from .backbones import BACKBONES
 
     limit = _env_max_image_size() if max_image_size is None else int(max_image_size)
     if not isinstance(meta, dict):

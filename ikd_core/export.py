@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from . import __version__
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .data.synthetic import DEFECT_TYPES, render_sample
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
 from .errors import IKDError
 from .fileio import atomic_write_bytes, file_digest
 from .loading import load_model
@@ -93,8 +94,6 @@ def onnx_bytes(model: IKDModel, meta: dict[str, Any], checkpoint_sha256: str | N
 
 def sample_batch(size: int, n: int = 2, seed: int = 0) -> torch.Tensor:
     """``n`` normalised synthetic demo-texture images (good and defective) at ``size`` px."""
-    from .data.synthetic import DEFECT_TYPES, render_sample
-    from .data.transforms import image_to_tensor
 
     rng = np.random.default_rng(seed)
     defects = [None, *DEFECT_TYPES["demo_texture"]]

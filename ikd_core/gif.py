@@ -12,7 +12,7 @@ from .data.mvtec import Sample
 from .data.transforms import load_image, load_mask
 from .predict import Predictor
 from .predictor_base import Prediction
-from .visualize import make_panel, save_gif
+from .visualize import _resize_image, _resize_map, make_panel, save_gif
 
 
 def pick_samples(samples: Sequence[Sample], n: int = 8, seed: int = 0) -> list[Sample]:
@@ -63,7 +63,6 @@ def gif_frames(
     pixels a side (1024 without ``size``; never below the model's input size), scored at that size, drawn, and
     dropped before the next one; only the frames are kept.
     """
-    from .visualize import _resize_image, _resize_map
 
     n = len(images)
     masks = list(masks) if masks is not None else [None] * n

@@ -18,6 +18,7 @@ from ..checkpoint import read_metadata, sidecar_path
 from ..errors import CheckpointError, IKDError
 from ..fileio import atomic_write_bytes
 from .paths import sanitize_name
+from .validate import escape_markdown
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,6 @@ class CheckpointInfo:
 
         Every value read from the metadata is inert (numbers, or text in code spans that cannot be closed from
         inside), so a hostile checkpoint cannot inject Markdown or HTML."""
-        from .validate import escape_markdown
 
         if not self.ok:
             return f"**{escape_markdown(self.name)}**: cannot be used: {escape_markdown(self.error, 400)}"

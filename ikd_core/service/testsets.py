@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..data.mvtec import Sample, list_categories
-from ..data.sources import DataSpec
+from ..data.mvtec import Sample, image_size_of, list_categories
+from ..data.sources import DataSpec, build_datasets
 
 
 def check_training_data(spec: DataSpec, image_size: int) -> tuple[Any, Any]:
@@ -22,8 +22,6 @@ def check_training_data(spec: DataSpec, image_size: int) -> tuple[Any, Any]:
     only, so a non-image file with an image extension or a decompression bomb is reported here by name
     instead of failing mid-epoch. Raises :class:`DataError`.
     """
-    from ..data.mvtec import image_size_of
-    from ..data.sources import build_datasets
 
     train_ds, test_ds = build_datasets(spec, image_size)
     for ds in (train_ds, test_ds):

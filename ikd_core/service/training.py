@@ -18,6 +18,7 @@ from ..backbones import BACKBONES
 from ..checkpoint import max_image_size
 from ..data.sources import DataSpec, build_datasets, default_checkpoint_name
 from ..errors import IKDError
+from ..evaluation import evaluate_model
 from ..fileio import file_digest
 from ..train import Progress, TrainConfig
 from .access import AccessPolicy
@@ -212,7 +213,6 @@ def metrics_on_test_set(
     Returns:
         The metrics (empty without a labelled test set).
     """
-    from ..evaluation import evaluate_model
 
     predictor = predictors.get(checkpoint, device, backend)
     _, test_ds = build_datasets(spec, predictor.image_size)

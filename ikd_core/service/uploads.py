@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..data.sources import DataSpec
-from ..data.transforms import IMAGE_EXTENSIONS, MAX_PIXELS
+from ..data.transforms import IMAGE_EXTENSIONS, MAX_PIXELS, check_image_size, image_header_size, load_image
 from ..errors import DataError
 from .paths import sanitize_name
 
@@ -56,7 +56,6 @@ def _check_member_name(name: str) -> PurePosixPath:
 
 
 def _verify_image(path: Path, shown: str, max_pixels: int) -> None:
-    from ..data.transforms import load_image
 
     try:
         load_image(path, max_pixels=max_pixels, what=shown)
@@ -128,7 +127,6 @@ class _Extraction:
 
     def account_pixels(self, dest: Path, shown: str) -> None:
         """Header only: the image's size against the limits; nothing is decoded."""
-        from ..data.transforms import check_image_size, image_header_size
 
         try:
             w, h = image_header_size(dest, shown)
@@ -283,7 +281,6 @@ def load_inspect_image(
     """
     from PIL import Image
 
-    from ..data.transforms import image_header_size, load_image
 
     shown = Path(path).name
     try:
