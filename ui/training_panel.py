@@ -14,6 +14,7 @@ import pandas as pd
 
 from ikd_core import service
 from ikd_core.data.sources import DataSpec
+from ikd_core.recipes import RECIPES
 from ikd_core.service import training
 from ikd_core.train import Progress, TrainConfig
 
@@ -166,7 +167,7 @@ class TrainingPanel:
     def train_model(
         self, source: str, category: str | None, data_root: str, folder: str, test_folder: str, uploads: Any,
         name: str, backbone: str, image_size: float, epochs: float | None, batch_size: float, lr: float,
-        max_minutes: float | None, active: str | None, request: gr.Request,
+        max_minutes: float | None, active: str | None, request: gr.Request, recipe: str | None = None,
     ) -> Iterator[dict[Any, Any]]:
         """Check the inputs, run :func:`ui.gpu.train_on_device` and stream its progress and loss curve; then
         metrics, curves and the new checkpoint (saved in the caller's ``pretrained/``). The new checkpoint becomes
@@ -177,7 +178,7 @@ class TrainingPanel:
         try:
             ws = self.ctx.workspace(request)
             cfg = training.training_config(backbone, image_size, epochs, batch_size, lr, max_minutes,
-                                           settings.max_train_minutes)
+                                           settings.max_train_minutes, recipe)
             ws.check_quota(extra_checkpoints=1)
             spec = self.data.spec(source, category, data_root or "", folder or "", test_folder or "", uploads,
                                   name or "", ws)
@@ -293,6 +294,12 @@ class TrainingPanel:
         """Stop the caller's run at the next step and save nothing (the ``/stop`` API, as before)."""
         self.stop_training(request, keep=False)
 
+    @staticmethod
+    def fill_recipe(recipe: str) -> tuple[Any, Any, Any, Any]:
+        """The form fields of a chosen recipe (image size, epochs, batch size, learning rate)."""
+        f = training.recipe_form(recipe if recipe in RECIPES else "cpu")
+        return f["image_size"], f["epochs"], f["batch_size"], f["lr"]
+
     def use_new_model(self, name: str | None, request: gr.Request = None) -> tuple[Any, Any, Any]:  # type: ignore[assignment]
         """Make the model just trained the active one (the user's choice after comparing)."""
         ws = self.ctx.workspace(request)
@@ -313,6 +320,10 @@ class TrainingPanel:
             + ". Leave Epochs empty (or 0) to train until the time limit."
         )
         with gr.Row():
+            self.recipe = gr.Dropdown(
+                list(RECIPES), value=d["recipe"], label="Recipe", scale=1, elem_id="ikd-recipe",
+                info="paper: the paper's setting; cpu: a few minutes on a CPU (fills the fields)",
+            )
             self.backbone = gr.Dropdown(
                 BACKBONE_CHOICES, value=d["backbone"], label="Backbone (teacher)", scale=2, elem_id="ikd-backbone"
             )
@@ -371,7 +382,8 @@ class TrainingPanel:
         self.train_btn.click(
             self.train_model,
             [*self.data.inputs, self.backbone, self.image_size, self.epochs, self.batch_size, self.lr,
-             self.max_minutes, ckpt.ckpt_dd],  # the active model: the new one is shown beside it until chosen
+             self.max_minutes, ckpt.ckpt_dd,  # the active model: the new one is shown beside it until chosen
+             self.recipe],
             [self.progress_md, self.metrics_md, self.loss_plot, self.roc_img_plot, self.roc_pix_plot, self.pro_plot,
              ckpt.ckpt_dd, ckpt.ckpt_info, self.stop_btn, self.compare_md, self.new_ckpt, self.use_new_btn,
              self.stop_discard_btn],
@@ -381,6 +393,8 @@ class TrainingPanel:
             show_progress="full",
             show_progress_on=[self.progress_md],  # a queued run shows its place in the queue there
         )
+        self.recipe.change(self.fill_recipe, self.recipe, [self.image_size, self.epochs, self.batch_size, self.lr],
+                           api_name=False)
         # Stop reaches the run through a stop file (see _run), not ``cancels``: a ZeroGPU worker is another
         # process. ``/stop`` discards, as it always did; ``/stop_keep`` keeps the model trained so far.
         self.stop_btn.click(self.stop_and_keep, None, None, concurrency_limit=None, api_name="stop_keep")

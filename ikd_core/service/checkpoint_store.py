@@ -268,7 +268,7 @@ def import_checkpoint(
 
     The file is staged in a private temporary folder, then checked with
     :func:`~ikd_core.checkpoint.read_metadata` and (``validate_model``) a full
-    :func:`~ikd_core.predict.load_model`. Only a file that passes is moved in, under a new name if the
+    :func:`~ikd_core.loading.load_model`. Only a file that passes is moved in, under a new name if the
     name is taken, so a bad upload never replaces or touches existing files.
     """
     upload = Path(upload)

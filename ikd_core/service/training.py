@@ -20,6 +20,7 @@ from ..data.sources import DataSpec, build_datasets, default_checkpoint_name
 from ..errors import IKDError
 from ..evaluation import evaluate_model
 from ..fileio import file_digest
+from ..recipes import RECIPES, recipe_settings
 from ..train import Progress, TrainConfig
 from .access import AccessPolicy
 from .checkpoint_store import checkpoint_info, reserve_checkpoint_path, unique_path
@@ -37,26 +38,28 @@ class TrainingRequestError(IKDError):
 
 
 def default_form(has_gpu: bool, max_minutes: float | None = None) -> dict[str, Any]:
-    """The training form's defaults: the paper's setting on a GPU (hrnet_w32, 256 px, batch 2, AdamW 5e-5,
-    50 epochs), the README's CPU recipe otherwise (efficientnet_lite0, 256 px, batch 8, lr 1e-2, 60 epochs, at
-    most 10 minutes).
+    """The training form's defaults: the ``paper`` recipe on a GPU (hrnet_w32), the ``cpu`` recipe otherwise
+    (efficientnet_lite0, at most 10 minutes); see :mod:`ikd_core.recipes`.
 
     Args:
         has_gpu: Whether training will run on a GPU.
         max_minutes: The operator's time limit (public mode), which caps every run.
 
     Returns:
-        The values of the form's fields, by name.
+        The values of the form's fields, by name (``recipe`` included).
     """
-    if has_gpu:
-        d: dict[str, Any] = {"backbone": "hrnet_w32", "image_size": 256, "epochs": 50, "batch_size": 2,
-                             "lr": 5e-5, "max_minutes": 0}
-    else:
-        d = {"backbone": "efficientnet_lite0", "image_size": 256, "epochs": 60, "batch_size": 8, "lr": 1e-2,
-             "max_minutes": 10}
+    recipe = "paper" if has_gpu else "cpu"
+    d: dict[str, Any] = {"recipe": recipe, "backbone": "hrnet_w32" if has_gpu else "efficientnet_lite0",
+                         **recipe_form(recipe), "max_minutes": 0 if has_gpu else 10}
     if max_minutes:
         d["max_minutes"] = min(d["max_minutes"] or max_minutes, max_minutes)
     return d
+
+
+def recipe_form(recipe: str) -> dict[str, Any]:
+    """The form fields a recipe sets (image size, epochs, batch size, learning rate)."""
+    settings = recipe_settings(recipe)
+    return {k: settings[k] for k in ("image_size", "epochs", "batch_size", "lr")}
 
 
 def run_limits(epochs: Any, max_minutes: Any, cap: float | None = None) -> tuple[int | None, float | None]:
@@ -83,7 +86,7 @@ def run_limits(epochs: Any, max_minutes: Any, cap: float | None = None) -> tuple
 
 def training_config(
     backbone: str, image_size: Any, epochs: Any, batch_size: Any, lr: Any, max_minutes: Any,
-    cap: float | None = None,
+    cap: float | None = None, recipe: str | None = None,
 ) -> TrainConfig:
     """The checked :class:`~ikd_core.train.TrainConfig` of a request (an API client bypasses the form's limits).
 
@@ -95,12 +98,18 @@ def training_config(
         lr: Learning rate.
         max_minutes: Time limit in minutes (empty or 0: none).
         cap: The operator's time limit (public mode).
+        recipe: A key of :data:`~ikd_core.recipes.RECIPES` for everything the form does not set (student, loss,
+            score side, schedule); None: the paper's.
 
     Returns:
         The training configuration.
     """
     if backbone not in BACKBONES:
         raise TrainingRequestError("unknown backbone")
+    if recipe is not None and recipe not in RECIPES:
+        raise TrainingRequestError(f"unknown recipe; choose one of: {', '.join(RECIPES)}")
+    rest = {k: v for k, v in recipe_settings(recipe or "paper").items()
+            if k not in ("image_size", "epochs", "batch_size", "lr")}
     n_epochs, minutes = run_limits(epochs, max_minutes, cap)
     return TrainConfig(
         backbone=backbone,
@@ -109,6 +118,7 @@ def training_config(
         batch_size=int(number(batch_size, "batch size", 1, 4096, integer=True)),
         lr=float(number(lr, "learning rate", 1e-8, 10.0)),
         max_minutes=minutes,
+        **rest,
     )
 
 
