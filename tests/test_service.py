@@ -455,6 +455,22 @@ def test_training_requests_are_checked_and_names_reserved(demo_root: Path, tmp_p
     assert second != first, "a reserved name is not given twice"
 
 
+def test_recipes_fill_the_form_and_the_settings_it_does_not_show(monkeypatch) -> None:
+    from ikd_core import recipes
+    from ikd_core.service import training
+
+    assert training.default_form(has_gpu=False)["recipe"] == "cpu"
+    assert training.default_form(has_gpu=True)["recipe"] == "paper"
+    assert training.default_form(has_gpu=False)["batch_size"] == recipes.RECIPES["cpu"]["batch_size"]
+    monkeypatch.setitem(recipes.RECIPES, "levers", {**recipes.RECIPES["cpu"], "student": "reverse", "score_topk": 7})
+    cfg = training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="levers")
+    assert (cfg.student, cfg.score_topk, cfg.image_size, cfg.batch_size) == ("reverse", 7, 64, 4), "form fields win"
+    paper = training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0)
+    assert (paper.student, paper.score_topk, paper.level_norm) == ("forward", 1, False)
+    with pytest.raises(training.TrainingRequestError, match="unknown recipe"):
+        training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="<script>")
+
+
 def test_run_log_and_active_model_choice(tmp_path: Path) -> None:
     from ikd_core.service import training
 
