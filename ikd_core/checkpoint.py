@@ -95,7 +95,14 @@ def _env_max_image_size() -> int:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A JSON number that a float can hold (a 400-digit integer is not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _check_json_value(value: object, where: str, name: str, depth: int = 0, allow_nan: bool = False) -> None:
@@ -150,6 +157,14 @@ def _check_train_config(tcfg: dict[str, Any], name: str) -> None:
     for key, allowed in (("student", STUDENT_KINDS), ("combine", ("product", "sum"))):
         if key in tcfg and tcfg[key] not in allowed:
             raise CheckpointError(f"{name}: metadata train_config.{key} must be one of {', '.join(allowed)}")
+    sigma = tcfg.get("sigma", 4.0)
+    if not (_is_number(sigma) and math.isfinite(sigma) and 0 <= sigma <= 64):
+        raise CheckpointError(f"{name}: metadata train_config.sigma must be a number in 0-64")
+    for key in ("feature_pool", "level_norm", "denoise"):
+        if not isinstance(tcfg.get(key, False), bool):
+            raise CheckpointError(f"{name}: metadata train_config.{key} must be true or false")
+    if tcfg.get("level_norm") and tcfg.get("combine", "product") == "product":
+        raise CheckpointError(f"{name}: metadata train_config: level normalisation needs combine 'sum'")
 
 
 def _check_level_normalization(value: object, name: str) -> None:

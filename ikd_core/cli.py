@@ -68,7 +68,8 @@ def _train_config(args: argparse.Namespace):
     settings = recipe_settings(
         args.recipe, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         schedule=args.schedule, student=args.student, loss=args.loss, denoise=args.denoise or None,
-        level_norm=args.level_norm or None, combine=args.combine, score_topk=args.score_topk)
+        level_norm=args.level_norm or None, combine=args.combine or ("sum" if args.level_norm else None),
+        score_topk=args.score_topk)
     if args.epochs is None and args.max_minutes is not None:
         settings["epochs"] = None  # until the time limit
     return TrainConfig(
@@ -267,7 +268,7 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--combine", choices=("product", "sum"), help="fusion of the levels' maps")
     p.add_argument("--level-norm", action="store_true",
                    help="normalise each level's map on held-out images (0.9 quantile -> 0, 0.995 -> 0.1) before "
-                        "fusion")
+                        "fusion (with --combine sum, the default with this option)")
     p.add_argument("--score-topk", type=int, help="image score: max (1) or mean of the k highest pixels")
     p.add_argument("--feature-pool", action="store_true", help="3x3 average pooling of features")
     p.add_argument("--sigma", type=float, default=4.0,

@@ -79,6 +79,9 @@ def load_model(
     )
     level_norm = meta.get("level_normalization")
     if level_norm is not None:
+        if len(level_norm["lo"]) != len(model.levels):
+            raise CheckpointError(f"{path.name}: level_normalization has {len(level_norm['lo'])} levels, the "
+                                  f"{backbone} model {len(model.levels)}")
         model.anomaly_map.set_level_normalization(level_norm["lo"], level_norm["hi"])
     want = (meta.get("teacher") or {}).get("fingerprint")
     if want and want != model.teacher_fingerprint:

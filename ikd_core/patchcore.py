@@ -135,7 +135,7 @@ class PatchCore(nn.Module):
     def fit(self, data: Iterable[Tensor | dict]) -> PatchCore:
         """Build the memory bank from good images: batches of (B, 3, S, S) tensors or dicts with ``"image"``."""
         t0 = time.perf_counter()
-        device = self.memory_bank.device
+        device = next(self.teacher.parameters()).device
         chunks = []
         for batch in data:
             x = batch["image"] if isinstance(batch, dict) else batch

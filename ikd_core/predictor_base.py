@@ -38,7 +38,7 @@ class Prediction:
     """Result for one image. ``anomaly_map`` is at the image's own resolution (H, W)."""
 
     anomaly_map: np.ndarray
-    score: float  # max of the map at model resolution (raw units)
+    score: float  # image score at model resolution (raw units): the max, or the mean of the top k pixels
     threshold: float  # raw units
     lo: float
 

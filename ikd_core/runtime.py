@@ -68,7 +68,10 @@ def parse_metadata(props: dict[str, str], name: str) -> dict[str, Any]:
         meta = json.loads(props[META_JSON_KEY])
         norm = meta["score_normalization"]
         float(norm["threshold"]), float(norm["lo"]), int(meta["image_size"])
-    except (ValueError, KeyError, TypeError) as exc:
+        topk = (meta.get("train_config") or {}).get("score_topk", 1)
+        if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+            raise ValueError(f"score_topk {str(topk)[:40]!r} is not a whole number >= 1")
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise RuntimeModelError(f"{name}: embedded metadata is malformed ({exc})") from exc
     return meta
 

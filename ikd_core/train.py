@@ -96,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.score_topk < 1:
             raise ValueError(f"score_topk must be >= 1, got {self.score_topk}")
+        if self.level_norm and self.combine == "product":
+            raise ValueError("level normalisation maps good pixels below 0: combine the levels with 'sum'")
         for key, allowed in (("student", STUDENTS), ("loss", LOSSES)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose one of: {', '.join(allowed)}")
@@ -190,9 +192,9 @@ class _Run:
         self.t_train = 0.0
         self.train_seconds = 0.0
         self.level_norm: dict[str, list[float]] | None = None
-        # denoising student: synthetic anomalies drawn from a generator of the run's seed (same on every rank)
+        # denoising student: synthetic anomalies drawn from a generator of the run's seed and this rank
         self.synthesizer = AnomalySynthesizer() if cfg.denoise else None
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed + self.rank)
 
     def report(self, callback: Callable[[Progress], None] | None, step: int, phase: str) -> None:
         """Send a :class:`Progress` of the current epoch's ``step`` to ``callback``."""

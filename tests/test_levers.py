@@ -154,3 +154,32 @@ def test_denoising_student_sees_anomalies_and_learns_the_clean_features(demo_roo
     assert any(changed)  # some images of the batches carry a synthetic anomaly (p = 0.5 per image)
     model, _ = load_model(result.checkpoint)
     assert model.student_kind == "forward"
+
+
+def test_level_normalisation_needs_additive_fusion_and_fits_the_model(lever_run, tmp_path) -> None:
+    with pytest.raises(ValueError, match="sum"):
+        TrainConfig(level_norm=True, combine="product")
+    result, _ = lever_run
+    meta = read_metadata(result.checkpoint)
+    product = {**meta, "train_config": {**meta["train_config"], "combine": "product"}}
+    with pytest.raises(CheckpointError, match="combine 'sum'"):
+        validate_metadata(product, "x.safetensors")
+    for bad in ({"train_config": {**meta["train_config"], "sigma": "wide"}},
+                {"score_normalization": {**meta["score_normalization"], "threshold": 10**400}}):
+        with pytest.raises(CheckpointError):
+            validate_metadata({**meta, **bad}, "x.safetensors")
+    two = {**meta, "level_normalization": {"lo": [0.0, 0.0], "hi": [1.0, 1.0]}}  # the model has 3 levels
+    path = save_checkpoint(tmp_path / "two.safetensors", result.model.student.state_dict(), two)
+    with pytest.raises(CheckpointError, match="3"):
+        load_model(path)
+
+
+def test_the_runtime_refuses_a_malformed_top_k(lever_run) -> None:
+    import json
+
+    from ikd_core.runtime import EXPORT_FORMAT, META_JSON_KEY, RuntimeModelError, parse_metadata
+
+    result, _ = lever_run
+    meta = {**result.metadata, "train_config": {**result.metadata["train_config"], "score_topk": "many"}}
+    with pytest.raises(RuntimeModelError, match="score_topk"):
+        parse_metadata({"format": EXPORT_FORMAT, META_JSON_KEY: json.dumps(meta)}, "m.onnx")

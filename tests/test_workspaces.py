@@ -65,6 +65,22 @@ def test_test_data_never_comes_from_metadata_paths(tmp_path: Path) -> None:
     assert public.test_spec(folder, digest="abc") is None, "no server folders in public mode"
 
 
+def test_records_made_under_the_earlier_blake2b_digest_are_found_and_moved(tmp_path: Path) -> None:
+    import hashlib
+
+    from ikd_core.fileio import file_digest
+
+    policy = service.AccessPolicy.from_env(_paths(tmp_path), {})
+    ckpt = tmp_path / "old.safetensors"
+    ckpt.write_bytes(b"a checkpoint trained before the digest became SHA-256")
+    spec = DataSpec("folder", "parts", good_dir="/srv/parts/good", test_dir="/srv/parts/test")
+    policy.known.record(hashlib.blake2b(ckpt.read_bytes()).hexdigest(), spec)
+    folder = {"data": {"kind": "folder", "category": "parts"}}
+    assert policy.test_spec(folder, digest=file_digest(ckpt)) is None, "the file is needed to find an old record"
+    assert policy.test_spec(folder, digest=file_digest(ckpt), path=ckpt) == spec
+    assert policy.known.lookup(file_digest(ckpt)) == spec, "moved to the SHA-256 key"
+
+
 def test_workspaces_are_per_owner_with_quota_and_ttl(tmp_path: Path) -> None:
     removed: list[str] = []
     manager = service.WorkspaceManager(tmp_path / "work", tmp_path / "pretrained", public=True,

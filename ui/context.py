@@ -161,7 +161,7 @@ class AppContext:
     def test_set(self, ckpt_path: Path, meta: dict[str, Any]) -> TestSet:
         """Test samples of the data a checkpoint was trained on, from the operator's data or what this server
         recorded when it trained it (never a path from the checkpoint's metadata); empty when there is none here."""
-        spec = self.settings.policy.test_spec(meta, file_digest(ckpt_path))
+        spec = self.settings.policy.test_spec(meta, file_digest(ckpt_path), ckpt_path)
         if spec is None or (spec.kind == "folder" and not spec.test_dir):
             return [], service.SampleIndex([])
         key = json.dumps(spec.to_dict(), sort_keys=True)

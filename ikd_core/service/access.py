@@ -9,6 +9,8 @@ data folder. In public mode (``SPACE_ID`` set, or ``IKD_PUBLIC=1``) no request n
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -44,7 +46,9 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 class KnownData:
-    """Data specs this server recorded for the checkpoints it trained, by checkpoint content (BLAKE2b digest).
+    """Data specs this server recorded for the checkpoints it trained, by checkpoint content
+    (:func:`~ikd_core.fileio.file_digest`, SHA-256; records made before by BLAKE2b digest are found through the
+    checkpoint's file and moved to its SHA-256 key).
 
     The only way a checkpoint's folder data (or an MVTec AD folder other than the operator's) is found again:
     metadata from the file itself is never trusted for paths.
@@ -68,9 +72,19 @@ class KnownData:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
 
-    def lookup(self, digest: str) -> DataSpec | None:
+    def lookup(self, digest: str, path: str | os.PathLike[str] | None = None) -> DataSpec | None:
+        """The spec recorded for a checkpoint's ``digest``; ``path``: the checkpoint, to find a record made under
+        its earlier BLAKE2b digest (which is then recorded again under ``digest``)."""
         with self._lock:
-            entry = self._read().get(digest)
+            data = self._read()
+            entry = data.get(digest)
+            if entry is None and path is not None:
+                with contextlib.suppress(OSError), open(path, "rb") as fh:
+                    legacy = hashlib.file_digest(fh, "blake2b").hexdigest()
+                    entry = data.pop(legacy, None)
+                    if entry is not None:
+                        data[digest] = entry
+                        atomic_write_bytes(self.path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
         if not isinstance(entry, dict):
             return None
         try:
@@ -123,11 +137,13 @@ class AccessPolicy:
                             f"({self.paths.data.name}/); to use a copy elsewhere, give its extracted folder")
         return root
 
-    def test_spec(self, meta: Mapping[str, Any], digest: str | None = None) -> DataSpec | None:
+    def test_spec(self, meta: Mapping[str, Any], digest: str | None = None,
+                  path: str | os.PathLike[str] | None = None) -> DataSpec | None:
         """The test data of a checkpoint, from what the operator provides or this server recorded; ``None`` when
-        there is none here. Only the data kind and the category name are read from the metadata."""
+        there is none here. Only the data kind and the category name are read from the metadata. ``path``: the
+        checkpoint file (finds records made under an earlier digest)."""
         if digest is not None and self.known is not None:
-            spec = self.known.lookup(digest)
+            spec = self.known.lookup(digest, path)
             if spec is not None and (spec.kind != "folder" or self.server_paths):
                 return spec
         data = meta.get("data")
