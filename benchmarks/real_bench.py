@@ -145,9 +145,10 @@ def build_report(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
     """Markdown: per category and method, mean ± std over seeds of each metric, epochs reached; then the bench mean."""
     cats = sorted({r["category"] for r in runs})
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    seeds = sorted({r["seed"] for r in runs})
     lines = [f"# Real-image bench ({info['split']} split)", "",
              f"Command: `{info['command']}`. Budget {info['minutes']:g} min per run (training; PatchCore fits once), "
-             f"{IMAGE_SIZE} px, efficientnet_lite0 teacher, seeds {info['seeds']}; the methods' order rotates with the "
+             f"{IMAGE_SIZE} px, efficientnet_lite0 teacher, seeds {seeds}; the methods' order rotates with the "
              "seed, and every image is read once before the first clock starts.", "",
              f"Machine: {info['machine']}; load average at the start {info['load']}. Pixel metrics are n/a where the "
              "source has no pixel masks (ELPV).", ""]
