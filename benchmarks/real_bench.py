@@ -141,7 +141,7 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
 
-def build_report(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
+def build_report(runs: list[dict[str, Any]], info: dict[str, Any], candidate: str | None = None) -> str:
     """Markdown: per category and method, mean ± std over seeds of each metric, epochs reached; then the bench mean."""
     cats = sorted({r["category"] for r in runs})
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
@@ -176,7 +176,46 @@ def build_report(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
         ms = [r["inference_ms"] for r in runs if r["method"] == m and "inference_ms" in r]
         cells.append(f"{statistics.median(ms):.1f}" if ms else "n/a")
         lines.append(f"| {m} | {' | '.join(cells)} | {len(per_cat)} |")
+    if candidate:
+        lines += goals_section(runs, candidate)
     return "\n".join(lines) + "\n"
+
+
+def _method_means(runs: list[dict[str, Any]], method: str, cats: list[str]) -> dict[str, float]:
+    """Mean over ``cats`` (each first averaged over its seeds) of each metric, NaN-aware."""
+    out = {}
+    for k in METRICS:
+        vals = [statistics.mean(r[k] for r in runs if r["category"] == c and r["method"] == method)
+                for c in cats if any(r["category"] == c and r["method"] == method for r in runs)]
+        vals = [v for v in vals if not math.isnan(v)]
+        out[k] = statistics.mean(vals) if vals else math.nan
+    return out
+
+
+def goals_section(runs: list[dict[str, Any]], candidate: str) -> list[str]:
+    """Issue 16's goals for ``candidate``: vs plain STFPM on the bench mean (+0.03 image AUROC, +0.05 AU-PRO), not
+    below PatchCore on any source, inference within 1.5x of today's default (``ikd``)."""
+    cats = sorted({r["category"] for r in runs})
+    if not any(r["method"] == candidate for r in runs):
+        return []
+    cand, stfpm = _method_means(runs, candidate, cats), _method_means(runs, "stfpm", cats)
+    lines = ["", f"## Goals for `{candidate}`", "", "| goal | measured | met |", "|---|---|---|"]
+    for k, need in (("image_auroc", 0.03), ("au_pro", 0.05)):
+        d = cand[k] - stfpm[k]
+        lines.append(f"| {k} vs stfpm ≥ +{need} | {d:+.3f} ({cand[k]:.3f} vs {stfpm[k]:.3f}) | "
+                     f"{'yes' if d >= need else 'no'} |")
+    for source in sorted({c.split("_")[1] for c in cats}):
+        scats = [c for c in cats if c.split("_")[1] == source]
+        a, b = _method_means(runs, candidate, scats), _method_means(runs, "patchcore", scats)
+        if not math.isnan(b["image_auroc"]):
+            d = a["image_auroc"] - b["image_auroc"]
+            lines.append(f"| image AUROC vs patchcore on {source} ≥ 0 | {d:+.3f} ({a['image_auroc']:.3f} vs "
+                         f"{b['image_auroc']:.3f}) | {'yes' if d >= 0 else 'no'} |")
+    ms = {m: [r["inference_ms"] for r in runs if r["method"] == m and "inference_ms" in r] for m in (candidate, "ikd")}
+    if ms[candidate] and ms["ikd"]:
+        ratio = statistics.median(ms[candidate]) / statistics.median(ms["ikd"])
+        lines.append(f"| inference ≤ 1.5x ikd | {ratio:.2f}x | {'yes' if ratio <= 1.5 else 'no'} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--resume", action="store_true", help="skip runs already in the JSON")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the JSON")
+    p.add_argument("--candidate", default="ikd+reverse",
+                   help="the method whose goals the report checks (chosen on the dev split)")
     args = p.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
     store = out.with_suffix(".json")
@@ -221,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(runs[-1]), flush=True)
                     out.parent.mkdir(parents=True, exist_ok=True)
                     store.write_text(json.dumps({"info": info, "runs": runs}, indent=1))
-    out.write_text(build_report(runs, info))
+    out.write_text(build_report(runs, info, args.candidate))
     print(f"report: {out}")
     return 0
 
