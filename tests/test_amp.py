@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from ikd_core.data.sources import DataSpec, build_datasets
-from ikd_core.evaluation import predict_maps
+from ikd_core.evaluation import evaluate_model
 from ikd_core.loading import load_model
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained" / "demo_texture-efficientnet_lite0.safetensors"
@@ -37,15 +36,14 @@ def test_map_under_bf16_autocast_is_float32_with_full_resolution() -> None:
     assert (amp - ref).abs().max().item() <= 0.05 * ref.max().item()
 
 
-def test_predict_maps_ignores_the_callers_autocast(demo_root: Path, tiny_checkpoint) -> None:
-    """Hold-out fit, validation and metrics use ``predict_maps`` (no AMP argument any more): inside an autocast
-    region it gives the fp32 maps exactly."""
+def test_evaluation_ignores_the_callers_autocast(demo_root: Path, tiny_checkpoint) -> None:
+    """Hold-out fit, validation and metrics go through ``evaluation.predict_maps`` (no AMP argument): inside an
+    autocast region the evaluation gives the fp32 maps exactly."""
     model = tiny_checkpoint.model
     _, test_ds = build_datasets(DataSpec("demo", "demo_texture", str(demo_root)), 64)
-    loader = DataLoader(test_ds, batch_size=4)
-    ref = predict_maps(model, loader, torch.device("cpu"))
+    ref = evaluate_model(model, test_ds, torch.device("cpu"), batch_size=4).outputs
     with _bf16():
-        amp = predict_maps(model, loader, torch.device("cpu"))
+        amp = evaluate_model(model, test_ds, torch.device("cpu"), batch_size=4).outputs
     assert amp["maps"].dtype == torch.float32
     torch.testing.assert_close(amp["maps"], ref["maps"], rtol=0, atol=0)
     torch.testing.assert_close(amp["scores"], ref["scores"], rtol=0, atol=0)
