@@ -317,13 +317,11 @@ class TrainingPanel:
         gr.Markdown(
             "Defaults: " + ("the paper's setting (hrnet_w32, 256 px, batch 2, lr 5e-5, 50 epochs)" if gpu.has_gpu()
                             else "the CPU recipe (efficientnet_lite0, 256 px, batch 8, lr 1e-2, 60 epochs, 10 min)")
-            + ". Leave Epochs empty (or 0) to train until the time limit."
+            + ". A recipe (paper: the paper's setting; cpu: minutes on a CPU) fills the fields. Leave Epochs empty "
+            "(or 0) to train until the time limit."
         )
         with gr.Row():
-            self.recipe = gr.Dropdown(
-                list(RECIPES), value=d["recipe"], label="Recipe", scale=1, elem_id="ikd-recipe",
-                info="paper: the paper's setting; cpu: a few minutes on a CPU (fills the fields)",
-            )
+            self.recipe = gr.Dropdown(list(RECIPES), value=d["recipe"], label="Recipe", scale=1, elem_id="ikd-recipe")
             self.backbone = gr.Dropdown(
                 BACKBONE_CHOICES, value=d["backbone"], label="Backbone (teacher)", scale=2, elem_id="ikd-backbone"
             )
