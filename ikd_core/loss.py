@@ -126,6 +126,29 @@ class LevelWeightedLoss(nn.Module):
         w = self.level_weights.to(losses.device)
         return (losses * w).sum() / w.sum()
 
+    def level_total(self, t: Tensor, s: Tensor, level: int, all_reduce: AllReduce) -> Tensor:
+        """The loss of one level (scalar, float32)."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        teacher_feats: Sequence[Tensor],
+        student_feats: Sequence[Tensor],
+        all_reduce: AllReduce = _identity,
+    ) -> Tensor:
+        """Total loss: the weighted mean over levels of :meth:`level_total` (float32).
+
+        Args:
+            teacher_feats: teacher features per level, (B, C_k, H_k, W_k).
+            student_feats: student features of the same shapes.
+            all_reduce: sums a tensor over data-parallel ranks (autograd-aware; identity on one process).
+
+        Returns:
+            Scalar loss.
+        """
+        pairs = enumerate(zip(teacher_feats, student_feats, strict=True))
+        return self.weighted_mean(torch.stack([self.level_total(t, s, i, all_reduce) for i, (t, s) in pairs]))
+
 
 class IKDLoss(LevelWeightedLoss):
     """Weighted IKD loss over feature levels.
@@ -171,20 +194,9 @@ class IKDLoss(LevelWeightedLoss):
         csl = context_similarity_loss(t, s, all_reduce) if self.gamma else pixel.new_zeros(())
         return pixel + self.gamma * csl, pixel, csl
 
-    def forward(
-        self,
-        teacher_feats: Sequence[Tensor],
-        student_feats: Sequence[Tensor],
-        all_reduce: AllReduce = _identity,
-    ) -> Tensor:
-        """Total loss: weighted mean over levels of L_ps + gamma * L_cs (float32)."""
-        losses = torch.stack(
-            [
-                self.level_loss(t, s, i, all_reduce)[0]
-                for i, (t, s) in enumerate(zip(teacher_feats, student_feats, strict=True))
-            ]
-        )
-        return self.weighted_mean(losses)
+    def level_total(self, t: Tensor, s: Tensor, level: int, all_reduce: AllReduce = _identity) -> Tensor:
+        """L_ps + gamma * L_cs of one level."""
+        return self.level_loss(t, s, level, all_reduce)[0]
 
 
 class CosineDistillationLoss(LevelWeightedLoss):
@@ -214,23 +226,6 @@ class CosineDistillationLoss(LevelWeightedLoss):
         n = all_reduce(torch.tensor(float(dist.numel()), device=dist.device)).clamp_min(1.0)
         return all_reduce(dist.sum()) / n
 
-    def forward(
-        self,
-        teacher_feats: Sequence[Tensor],
-        student_feats: Sequence[Tensor],
-        all_reduce: AllReduce = _identity,
-    ) -> Tensor:
-        """Total loss: weighted mean over levels of mean_p (1 - cos(t(p), s(p))) (float32).
-
-        Args:
-            teacher_feats: teacher features per level, (B, C_k, H_k, W_k).
-            student_feats: student features of the same shapes.
-            all_reduce: sums a tensor over data-parallel ranks (sum and count of each level are reduced).
-
-        Returns:
-            Scalar loss.
-        """
-        losses = torch.stack(
-            [self.level_loss(t, s, all_reduce) for t, s in zip(teacher_feats, student_feats, strict=True)]
-        )
-        return self.weighted_mean(losses)
+    def level_total(self, t: Tensor, s: Tensor, level: int, all_reduce: AllReduce = _identity) -> Tensor:
+        """mean_p (1 - cos(t(p), s(p))) of one level."""
+        return self.level_loss(t, s, all_reduce)
