@@ -41,19 +41,38 @@ def lever_run(demo_root, tmp_path_factory: pytest.TempPathFactory):
     return train(train_ds, test_ds, cfg, out_path=out, category="demo_texture", data_info=spec.to_dict()), test_ds
 
 
-def test_level_normalisation_maps_the_held_out_quantiles_to_0_and_0_1(lever_run) -> None:
+def test_level_normalisation_maps_the_held_out_quantiles_to_0_and_0_1(lever_run, demo_root) -> None:
     result, _ = lever_run
     ln = result.metadata["level_normalization"]
     assert len(ln["lo"]) == len(ln["hi"]) == 3 and all(h > lo for lo, h in zip(ln["lo"], ln["hi"], strict=True))
     assert ln["quantiles"] == [0.9, 0.995]
     gen = result.model.anomaly_map
     assert gen.level_norm and torch.allclose(gen.level_lo, torch.tensor(ln["lo"], dtype=torch.float32))
-    # normalised levels of a raw level map: lo -> 0, hi -> 0.1
-    for raw, want in ((ln["hi"], 0.1), (ln["lo"], 0.0)):
-        levels = torch.tensor(raw, dtype=torch.float32).view(1, -1, 1, 1).expand(1, 3, 4, 4)
-        lo = gen.level_lo.view(1, -1, 1, 1)
-        norm = 0.1 * (levels - lo) / (gen.level_hi.view(1, -1, 1, 1) - lo)
-        assert torch.allclose(norm, torch.full_like(norm, want), atol=1e-6)
+    # refit on a loader of good images: each level's 0.9 / 0.995 quantiles of those pixels are lo / hi, and the map of
+    # the same images is the sum of the levels mapped so that lo -> 0 and hi -> 0.1
+    from torch.utils.data import DataLoader
+
+    from ikd_core.calibration import fit_level_normalization
+
+    model, (train_ds, _) = result.model, build_datasets(DataSpec("demo", "demo_texture", str(demo_root)), 64)
+    loader = DataLoader(train_ds, batch_size=4)
+    fit = fit_level_normalization(model, loader, torch.device("cpu"))
+    x = torch.cat([b["image"] for b in loader])
+    with torch.no_grad():
+        t, s = model.features(x)
+        levels = gen.level_maps(t, s, (64, 64))
+    per_level = levels.transpose(0, 1).flatten(1).double()
+    assert np.allclose(fit["lo"], torch.quantile(per_level, 0.9, dim=1).numpy(), rtol=1e-5)
+    assert np.allclose(fit["hi"], torch.quantile(per_level, 0.995, dim=1).numpy(), rtol=1e-5)
+    plain = type(gen)(combine="sum", sigma=0.0, num_levels=3)
+    plain.set_level_normalization(fit["lo"], fit["hi"])
+    mapped = 0.1 * (per_level - torch.tensor(fit["lo"])[:, None]) / torch.tensor(
+        [h - lo for lo, h in zip(fit["lo"], fit["hi"], strict=True)])[:, None]
+    assert np.isclose(torch.quantile(mapped, 0.9, dim=1).numpy(), 0.0, atol=1e-6).all()
+    assert np.isclose(torch.quantile(mapped, 0.995, dim=1).numpy(), 0.1, atol=1e-6).all()
+    with torch.no_grad():
+        want = mapped.float().reshape(3, x.shape[0], 64, 64).sum(0)
+        assert torch.allclose(plain(t, s, (64, 64))[:, 0], want, atol=1e-5)
 
 
 def test_top_k_scores_are_used_by_evaluation_and_recorded(lever_run) -> None:
