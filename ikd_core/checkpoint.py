@@ -160,6 +160,9 @@ def _check_train_config(tcfg: dict[str, Any], name: str) -> None:
     sigma = tcfg.get("sigma", 4.0)
     if not (_is_number(sigma) and math.isfinite(sigma) and 0 <= sigma <= 64):
         raise CheckpointError(f"{name}: metadata train_config.sigma must be a number in 0-64")
+    ood = tcfg.get("ood_penalty", 0.0)
+    if not (_is_number(ood) and math.isfinite(ood) and 0 <= ood <= 1e6):
+        raise CheckpointError(f"{name}: metadata train_config.ood_penalty must be a number in 0-1e6")
     for key in ("feature_pool", "level_norm", "denoise"):
         if not isinstance(tcfg.get(key, False), bool):
             raise CheckpointError(f"{name}: metadata train_config.{key} must be true or false")

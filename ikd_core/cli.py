@@ -69,7 +69,7 @@ def _train_config(args: argparse.Namespace):
         args.recipe, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         schedule=args.schedule, student=args.student, loss=args.loss, denoise=args.denoise or None,
         level_norm=args.level_norm or None, combine=args.combine or ("sum" if args.level_norm else None),
-        score_topk=args.score_topk)
+        score_topk=args.score_topk, ood_penalty=args.ood_penalty)
     if args.epochs is None and args.max_minutes is not None:
         settings["epochs"] = None  # until the time limit
     return TrainConfig(
@@ -265,6 +265,9 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--loss", choices=LOSSES, help="ikd (AHSM + CSL) or cosine (RD4AD's per-level 1 - cos)")
     p.add_argument("--denoise", action="store_true",
                    help="denoising student: it sees a synthetic anomaly and must output the clean image's features")
+    p.add_argument("--ood-penalty", type=float, metavar="W",
+                   help="EfficientAD's penalty: weight of the student's output on foreign textures, relative to its "
+                        "output on the training images (0 = off)")
     p.add_argument("--combine", choices=("product", "sum"), help="fusion of the levels' maps")
     p.add_argument("--level-norm", action="store_true",
                    help="normalise each level's map on held-out images (0.9 quantile -> 0, 0.995 -> 0.1) before "

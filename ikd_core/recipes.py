@@ -10,11 +10,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # AdamW 5e-5, batch 2, 50 epochs, 256 px, constant lr, IKD loss (AHSM + CSL), product of levels, max score.
     "paper": {"image_size": 256, "epochs": 50, "batch_size": 2, "lr": 5e-5, "schedule": "constant",
               "student": "forward", "loss": "ikd", "denoise": False, "level_norm": False, "combine": "product",
-              "score_topk": 1},
+              "score_topk": 1, "ood_penalty": 0.0},
     # The README's CPU recipe: efficientnet_lite0 at 256 px, batch 8, lr 1e-2, 60 epochs or the time limit.
     "cpu": {"image_size": 256, "epochs": 60, "batch_size": 8, "lr": 1e-2, "schedule": "constant",
             "student": "forward", "loss": "ikd", "denoise": False, "level_norm": False, "combine": "product",
-            "score_topk": 1},
+            "score_topk": 1, "ood_penalty": 0.0},
 }
 
 

@@ -89,6 +89,16 @@ class IKDModel(nn.Module):
             return feats
         return [F.avg_pool2d(f, kernel_size=3, stride=1, padding=1) for f in feats]
 
+    def _student_raw(self, x: Tensor, t_raw: Tensor | list[Tensor] | None = None) -> list[Tensor]:
+        """The student's features before pooling and normalisation; a reverse student reads the teacher's features
+        of ``x`` (``t_raw`` when already computed)."""
+        if self.student_kind == "reverse":
+            if t_raw is None:
+                with torch.no_grad():
+                    t_raw = self.teacher(x)
+            return self.student(t_raw)
+        return self.student(x)
+
     def features(self, x: Tensor, x_student: Tensor | None = None) -> tuple[list[Tensor], list[Tensor]]:
         """Normalised teacher and student features of a normalised image batch.
 
@@ -97,22 +107,47 @@ class IKDModel(nn.Module):
             x_student: what the student sees instead of ``x`` (denoising: ``x`` with synthetic anomalies); a reverse
                 student sees the teacher's features of it.
         """
+        t, _, s = self._features(x, x_student)
+        return t, s
+
+    def _features(self, x: Tensor, x_student: Tensor | None) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Normalised teacher features, raw student features, normalised student features."""
         with torch.no_grad():
             t_raw = self.teacher(x)
-            source = self.teacher(x_student) if self.student_kind == "reverse" and x_student is not None else t_raw
-        if self.student_kind == "reverse":
-            s = self.student(source)
-        else:
-            s = self.student(x if x_student is None else x_student)
-        return normalize_features(self._pool(t_raw)), normalize_features(self._pool(s))
+        s_raw = self._student_raw(x if x_student is None else x_student, t_raw if x_student is None else None)
+        return normalize_features(self._pool(t_raw)), s_raw, normalize_features(self._pool(s_raw))
+
+    def ood_ratio(self, x_ood: Tensor, s_raw: list[Tensor]) -> Tensor:
+        """EfficientAD's penalty on out-of-distribution images, made scale-free: per level, the mean squared raw
+        student output on ``x_ood`` over that on the training batch (``s_raw``), averaged over the levels.
+
+        Without the division a student could meet the penalty by shrinking every output, which the L2
+        normalisation then undoes. Batch norm runs on its running statistics for ``x_ood`` (as at inference), so
+        the foreign images neither enter the batch statistics nor move the running ones.
+        """
+        norms = [m for m in self.student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        for m in norms:
+            m.eval()
+        try:
+            ood = self._student_raw(x_ood)
+        finally:
+            for m in norms:
+                m.train()
+        ratios = [o.float().pow(2).mean() / f.float().pow(2).mean().clamp_min(1e-12)
+                  for o, f in zip(ood, s_raw, strict=True)]
+        return torch.stack(ratios).mean()
 
     @property
     def levels(self) -> list[int]:
         """The teacher's feature levels (timm indices)."""
         return list(self.teacher.spec.out_indices)
 
-    def forward(self, x: Tensor, x_student: Tensor | None = None) -> tuple[list[Tensor], list[Tensor]] | Tensor:
-        t, s = self.features(x, x_student)
+    def forward(
+        self, x: Tensor, x_student: Tensor | None = None, x_ood: Tensor | None = None
+    ) -> tuple[list[Tensor], list[Tensor]] | tuple[list[Tensor], list[Tensor], Tensor] | Tensor:
+        """Training: ``(teacher, student)`` normalised features, plus :meth:`ood_ratio` when ``x_ood`` is given.
+        Eval: anomaly maps (B, 1, H, W)."""
+        t, s_raw, s = self._features(x, x_student)
         if self.training:
-            return t, s
+            return (t, s) if x_ood is None else (t, s, self.ood_ratio(x_ood, s_raw))
         return self.anomaly_map(t, s, size=(x.shape[-2], x.shape[-1]))

@@ -86,6 +86,9 @@ class TrainConfig:
     student: str = "forward"
     loss: str = "ikd"
     denoise: bool = False
+    # EfficientAD's penalty: weight of the student's mean squared raw output on out-of-distribution images
+    # (transformed procedural textures), relative to its output on the batch (IKDModel.ood_ratio); 0 = off.
+    ood_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -94,6 +97,8 @@ class TrainConfig:
             raise ValueError("epochs may only be left out (None) when max_minutes is set")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not (math.isfinite(self.ood_penalty) and self.ood_penalty >= 0):
+            raise ValueError(f"ood_penalty must be a finite number >= 0, got {self.ood_penalty}")
         if self.score_topk < 1:
             raise ValueError(f"score_topk must be >= 1, got {self.score_topk}")
         if self.level_norm and self.combine == "product":
@@ -107,6 +112,8 @@ class TrainConfig:
 
 
 SCHEDULES = ("constant", "cosine", "linear")
+OOD_POOL = 64
+"""Foreign textures made once per run for the out-of-distribution penalty."""
 STUDENTS = ("forward", "reverse")
 LOSSES = ("ikd", "cosine")
 
@@ -194,6 +201,9 @@ class _Run:
         self.level_norm: dict[str, list[float]] | None = None
         # denoising student: synthetic anomalies drawn from a generator of the run's seed and this rank
         self.synthesizer = AnomalySynthesizer() if cfg.denoise else None
+        # out-of-distribution images of the penalty: the synthesizer's foreign textures, whole images
+        self.ood_source = AnomalySynthesizer() if cfg.ood_penalty > 0 else None
+        self.ood_pool: Tensor | None = None
         self.generator = torch.Generator().manual_seed(cfg.seed + self.rank)
 
     def report(self, callback: Callable[[Progress], None] | None, step: int, phase: str) -> None:
@@ -229,6 +239,18 @@ class _Run:
             over, progress = bool(flag[0].item()), float(flag[1].item())
         return over, min(progress, 1.0)
 
+    def ood_images(self, x: Tensor) -> Tensor | None:
+        """Out-of-distribution images like ``x`` (normalised, same size and layout; a quarter of its batch, at least
+        one) for the penalty, drawn from a pool of :data:`OOD_POOL` foreign textures made once (as EfficientAD draws
+        from ImageNet); None when the penalty is off."""
+        if self.ood_source is None:
+            return None
+        if self.ood_pool is None:
+            pixels = self.ood_source.foreign_images(OOD_POOL, x.shape[-2], x.shape[-1], self.generator)
+            self.ood_pool = pixels.mul(255).round().to(torch.uint8)
+        pick = torch.randint(OOD_POOL, (max(1, x.shape[0] // 4),), generator=self.generator)
+        return normalize_uint8(self.ood_pool[pick].to(x.device), self.fmt).to(x.dtype)
+
     def step(self, batch: dict[str, Tensor], progress: float, step: int) -> None:
         """One optimisation step at run ``progress`` (sets the scheduled learning rate first)."""
         cfg = self.cfg
@@ -238,9 +260,12 @@ class _Run:
         x = batch["image"].to(self.device, non_blocking=True)
         x = normalize_uint8(x, self.fmt) if x.dtype == torch.uint8 else x.contiguous(memory_format=self.fmt)
         x_student = self.synthesizer(x, self.generator)[0] if self.synthesizer is not None else None
+        x_ood = self.ood_images(x)
         with training_autocast(self.device, self.use_amp):
-            t_feats, s_feats = self.net(x, x_student)
-        loss = self.criterion(t_feats, s_feats, **self.reduce_kwargs)
+            out = self.net(x, x_student, x_ood)
+        loss = self.criterion(out[0], out[1], **self.reduce_kwargs)
+        if x_ood is not None:
+            loss = loss + self.cfg.ood_penalty * out[2]
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"the loss became {loss.item()} at epoch {self.epoch}, step {step}; training stopped and "

@@ -155,14 +155,14 @@ def test_denoising_student_sees_anomalies_and_learns_the_clean_features(demo_roo
     from ikd_core.torch_model import IKDModel
 
     seen = []
-    real_features = IKDModel.features
+    real_features = IKDModel._features
 
     def spy(self, x, x_student=None):
         if self.training:
             seen.append((x.clone(), None if x_student is None else x_student.clone()))
         return real_features(self, x, x_student)
 
-    monkeypatch.setattr(IKDModel, "features", spy)
+    monkeypatch.setattr(IKDModel, "_features", spy)
     spec = DataSpec("demo", "demo_texture", str(demo_root))
     train_ds, _ = build_datasets(spec, 64)
     cfg = TrainConfig(image_size=64, epochs=1, batch_size=4, lr=1e-3, denoise=True)
@@ -202,3 +202,55 @@ def test_the_runtime_refuses_a_malformed_top_k(lever_run) -> None:
     meta = {**result.metadata, "train_config": {**result.metadata["train_config"], "score_topk": "many"}}
     with pytest.raises(RuntimeModelError, match="score_topk"):
         parse_metadata({"format": EXPORT_FORMAT, META_JSON_KEY: json.dumps(meta)}, "m.onnx")
+
+
+def test_the_ood_ratio_is_scale_free_trains_the_student_and_leaves_batch_norm_alone() -> None:
+    from ikd_core.data.anomaly_synthesis import AnomalySynthesizer
+    from ikd_core.torch_model import IKDModel
+
+    torch.manual_seed(0)
+    model = IKDModel("efficientnet_lite0").train()
+    x = torch.randn(4, 3, 64, 64)
+    textures = AnomalySynthesizer().foreign_images(2, 64, 64, torch.Generator().manual_seed(0))
+    assert textures.shape == (2, 3, 64, 64) and textures.min() >= 0 and textures.max() <= 1
+    assert textures.std() > 0.01 and not torch.equal(textures[0], textures[1])
+    t, s, ratio = model(x, None, textures)
+    assert len(t) == len(s) == 3 and ratio.ndim == 0 and ratio > 0
+    norms = [m for m in model.student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    s_raw = [f.detach() for f in model._student_raw(x)]
+    before = [m.running_mean.clone() for m in norms]
+    with torch.no_grad():
+        one = model.ood_ratio(textures, s_raw)
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, norms, strict=True))  # the OOD pass moved none
+    assert all(m.training for m in norms)  # and left training mode on
+    # scale-free: the ratio of the outputs' mean squares, 1 on the batch itself (shrinking every output cannot
+    # meet the penalty)
+    model.student.eval()
+    with torch.no_grad():
+        ood = model._student_raw(textures)
+        ref = model._student_raw(x)
+        same = model.ood_ratio(textures, ref)
+        want = torch.stack([o.pow(2).mean() / f.pow(2).mean() for o, f in zip(ood, ref, strict=True)]).mean()
+        assert same == pytest.approx(float(want), rel=1e-5)
+        assert model.ood_ratio(x, ref) == pytest.approx(1.0, rel=1e-5)  # in-distribution images: ratio 1
+    assert torch.isfinite(one)
+    model.train()
+    model.student.zero_grad()
+    model(x, None, textures)[2].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.student.parameters())
+
+
+def test_the_ood_penalty_is_a_train_option_recorded_and_checked(demo_root, tmp_path) -> None:
+    with pytest.raises(ValueError, match="ood_penalty"):
+        TrainConfig(ood_penalty=-1.0)
+    out = tmp_path / "ood.safetensors"
+    assert main(["train", "--data", "demo", "--data-root", str(demo_root), "--category", "demo_texture",
+                 "--image-size", "64", "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--ood-penalty", "0.5",
+                 "--student", "reverse", "--out", str(out)]) == 0
+    meta = read_metadata(out)
+    assert meta["train_config"]["ood_penalty"] == 0.5 and meta["train_config"]["student"] == "reverse"
+    model, _ = load_model(out)  # training-only: the model and its export are those of the student kind
+    assert model.student_kind == "reverse"
+    for bad in ("high", -0.5, float("inf")):
+        with pytest.raises(CheckpointError, match="ood_penalty"):
+            validate_metadata({**meta, "train_config": {**meta["train_config"], "ood_penalty": bad}}, "x.safetensors")

@@ -334,15 +334,28 @@ class AnomalySynthesizer:
         c1, c2 = r[:, 1:4].view(-1, 3, 1, 1), r[:, 4:7].view(-1, 3, 1, 1)
         return torch.lerp(c1, c2, t)
 
-    def _anomaly_source(self, pixels: Tensor, generator: torch.Generator | None) -> Tensor:
-        """The foreign content (B, 3, H, W) in [0, 1]: a partner image, geometrically and colour transformed."""
+    def foreign_images(
+        self, batch: int, height: int, width: int, generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Whole foreign images (B, 3, H, W) in [0, 1]: procedural textures, transformed and colour-jittered as the
+        anomaly sources are (the out-of-distribution images of EfficientAD's penalty, without ImageNet)."""
+        blank = torch.zeros(batch, 3, height, width, device=device)
+        return self._anomaly_source(blank, generator, texture_probability=1.0)
+
+    def _anomaly_source(
+        self, pixels: Tensor, generator: torch.Generator | None, texture_probability: float | None = None
+    ) -> Tensor:
+        """The foreign content (B, 3, H, W) in [0, 1]: a partner image or a procedural texture (with probability
+        ``texture_probability``, default the synthesizer's), geometrically and colour transformed."""
         batch, _, height, width = pixels.shape
         device = pixels.device
         r = _uniform((batch, 15), generator, device)
         other = r[:, 0] < 0.5
         source = torch.where(other.view(-1, 1, 1, 1), pixels.roll(1, dims=0), pixels)
         texture = self._procedural_texture(batch, height, width, generator, device)
-        use_texture = _uniform((batch, 1, 1, 1), generator, device) < self.texture_probability
+        p_texture = self.texture_probability if texture_probability is None else texture_probability
+        use_texture = _uniform((batch, 1, 1, 1), generator, device) < p_texture
         source = torch.where(use_texture, texture, source)
 
         # Geometry in one resampling: rotation by k * 90 degrees, horizontal flip, zoom, translation in range.
