@@ -3,6 +3,11 @@ same wall-clock budget per category, with seeds, on real photographs (``benchmar
 
     python -m benchmarks.real_bench --out results/real_bench.md                       # the reported test split
     python -m benchmarks.real_bench --split dev --out results/real_bench_dev.md       # tune here, never on test
+    python -m benchmarks.real_bench --split dev --epochs-like results/real_bench.json --minutes 3 ...  # on a GPU
+
+``--epochs-like FILE...`` trains each method for the epochs it reached per CPU minute in those runs (a method not
+there: the rate of the run of its student kind, with or without ``--denoise`` and the penalty), times ``--minutes``:
+an epoch-matched stand-in for the CPU budget, to explore on a lent GPU; the report says so.
 
 Every run is appended to the JSON beside the report as it finishes, and ``--resume`` skips runs already there, so an
 interrupted bench goes on where it stopped. The report is rebuilt from the JSON (``--report-only``).
@@ -44,7 +49,12 @@ KD_METHODS: dict[str, dict[str, Any]] = {
     "ikd+reverse": {"student": "reverse"},
     "rd": {"student": "reverse", "loss": "cosine", "hard_mining": False, "gamma": 0.0, "combine": "sum"},
     "ikd+denoise": {"denoise": True},
-    "ikd+all": {"student": "reverse", "denoise": True, "level_norm": True, "combine": "sum", "score_topk": 10},
+    "ikd+ood": {"ood_penalty": 1.0},
+    "ikd+reverse+denoise": {"student": "reverse", "denoise": True},
+    "ikd+denoise+score": {"denoise": True, "level_norm": True, "combine": "sum", "score_topk": 10},
+    "ikd+denoise+ood": {"denoise": True, "ood_penalty": 1.0},
+    "ikd+all": {"student": "reverse", "denoise": True, "level_norm": True, "combine": "sum", "score_topk": 10,
+                "ood_penalty": 1.0},
 }
 METHODS = ("stfpm", "ikd", "patchcore", *[m for m in KD_METHODS if m not in ("stfpm", "ikd")])
 METRICS = ("image_auroc", "pixel_auroc", "au_pro")
@@ -81,10 +91,43 @@ def inference_ms(checkpoint: Path, images: list[str], threads: int = 2) -> float
     return round(statistics.median(times), 2)
 
 
+def epoch_rates(files: list[Path]) -> dict[str, float]:
+    """Mean epochs per minute of each method over the runs in the bench JSON ``files``."""
+    per: dict[str, list[float]] = {}
+    for f in files:
+        for r in json.loads(f.read_text())["runs"]:
+            if r["method"] in KD_METHODS and r.get("epochs"):
+                per.setdefault(r["method"], []).append(r["epochs"] / r["minutes"])
+    return {m: statistics.mean(v) for m, v in per.items()}
+
+
+def matched_epochs(method: str, rates: dict[str, float], minutes: float) -> int:
+    """The epochs ``method`` would reach in ``minutes`` of CPU at ``rates`` (epochs per minute). A method without a
+    rate takes the mean rate of the measured methods with its student kind, denoising and penalty; failing that, of
+    its kind without the penalty, times the penalty's measured slow-down (``ikd+ood`` over ``ikd``)."""
+    def kind(m: str) -> tuple[Any, ...]:
+        o = KD_METHODS[m]
+        return o.get("student", "forward"), o.get("denoise", False), o.get("ood_penalty", 0.0) > 0
+
+    def same(k: tuple[Any, ...]) -> list[float]:
+        return [r for m, r in rates.items() if kind(m) == k]
+
+    rate = rates.get(method)
+    k = kind(method)
+    if rate is None and same(k):
+        rate = statistics.mean(same(k))
+    elif rate is None and k[2] and same(k[:2] + (False,)) and {"ikd", "ikd+ood"} <= rates.keys():
+        rate = statistics.mean(same(k[:2] + (False,))) * rates["ikd+ood"] / rates["ikd"]
+    if rate is None:
+        raise SystemExit(f"--epochs-like: no measured rate for {method} or a method of its kind {k}")
+    return max(1, round(rate * minutes))
+
+
 def run_one(root: Path, category: str, method: str, seed: int, minutes: float,
-            timing: bool = False, image_size: int = IMAGE_SIZE) -> dict[str, Any]:
-    """Train (or fit) one method on one category within ``minutes`` and evaluate it on ``root``'s test split;
-    ``timing``: also the inference time of the trained checkpoint (knowledge-distillation methods)."""
+            timing: bool = False, image_size: int = IMAGE_SIZE, epochs: int | None = None) -> dict[str, Any]:
+    """Train (or fit) one method on one category within ``minutes`` (or for ``epochs``) and evaluate it on
+    ``root``'s test split; ``timing``: also the inference time of the trained checkpoint (knowledge-distillation
+    methods)."""
     train_ds = MVTecDataset(root, category, "train", image_size)
     test_ds = MVTecDataset(root, category, "test", image_size)
     device = select_device("auto")
@@ -98,7 +141,8 @@ def run_one(root: Path, category: str, method: str, seed: int, minutes: float,
         row.update(fit_seconds=round(core.fit_seconds, 1), epochs=1.0)
     else:
         settings = recipe_settings("cpu", image_size=image_size)
-        cfg = replace(TrainConfig(**settings), epochs=None, max_minutes=minutes, seed=seed, **KD_METHODS[method])
+        cfg = replace(TrainConfig(**settings), epochs=epochs, max_minutes=None if epochs else minutes, seed=seed,
+                      **KD_METHODS[method])
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp) / f"{category}.safetensors"
             result = train(train_ds, None, cfg, out_path=ckpt if timing else None, category=category, device=device)
@@ -155,6 +199,10 @@ def build_report(runs: list[dict[str, Any]], info: dict[str, Any], candidate: st
              "seed, and every image is read once before the first clock starts.", "",
              f"Machine: {info['machine']}; load average at the start {info['load']}. Pixel metrics are n/a where the "
              "source has no pixel masks (ELPV).", ""]
+    if info.get("epochs_like"):
+        lines[2] = (f"Command: `{info['command']}`. **Epoch-matched**, not timed: each method trains the epochs it "
+                    f"reaches in {info['minutes']:g} CPU minutes at its rate in {', '.join(info['epochs_like'])}; "
+                    f"{IMAGE_SIZE} px, efficientnet_lite0 teacher, seeds {seeds}.")
     lines += ["| category | method | image AUROC | pixel AUROC | AU-PRO | epochs | runs |",
               "|---|---|---|---|---|---|---|"]
     for cat in cats:
@@ -230,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--categories", nargs="+", help="default: all of the bench")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--epochs-like", nargs="+", type=Path, metavar="JSON",
+                   help="epoch-matched mode: each method's epochs per CPU minute in these bench JSONs x --minutes")
     p.add_argument("--resume", action="store_true", help="skip runs already in the JSON")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the JSON")
     p.add_argument("--candidate", default="ikd+reverse",
@@ -247,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split, "minutes": args.minutes, "seeds": args.seeds,
         "command": "python -m benchmarks.real_bench " + " ".join(argv if argv is not None else os.sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
-        "load": " / ".join(f"{x:.1f}" for x in os.getloadavg())}
+                   f"{torch.get_num_threads()} threads"
+                   + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+        "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "epochs_like": [str(f) for f in args.epochs_like or []]}
+    rates = epoch_rates(args.epochs_like) if args.epochs_like else None
     if not args.report_only:
         if not (data / "bench.json").is_file():
             build_real_bench(data)
@@ -261,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                 for method in _order(list(args.methods), i):
                     if (cat, method, seed) in done:
                         continue
-                    runs.append(run_one(root, cat, method, seed, args.minutes, timing=seed == args.seeds[0]))
+                    epochs = matched_epochs(method, rates, args.minutes) if rates and method != "patchcore" else None
+                    timing = seed == args.seeds[0] and not rates
+                    runs.append(run_one(root, cat, method, seed, args.minutes, timing=timing, epochs=epochs))
                     print(json.dumps(runs[-1]), flush=True)
                     out.parent.mkdir(parents=True, exist_ok=True)
                     store.write_text(json.dumps({"info": info, "runs": runs}, indent=1))
