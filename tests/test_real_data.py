@@ -157,3 +157,30 @@ def test_real_bench_runs_each_kind_of_method_and_reports_mean_and_std(bench, tmp
     assert f"| {cat} | ikd+all |" in report and " ± " in report and "| patchcore |" in report
     goals = report.split("## Goals for `ikd+all`")[1]
     assert "vs stfpm" in goals and "vs patchcore on skimage" in goals
+
+
+def test_epoch_matched_mode_takes_each_methods_measured_rate_or_its_kinds(tmp_path) -> None:
+    import json
+
+    from benchmarks.real_bench import KD_METHODS, build_report, epoch_rates, matched_epochs
+
+    def run(method: str, epochs: float, minutes: float = 1.0) -> dict:
+        return {"category": "c", "method": method, "seed": 0, "minutes": minutes, "epochs": epochs,
+                "image_auroc": 0.5, "pixel_auroc": 0.5, "au_pro": 0.5}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"runs": [run("ikd", 5.0), run("ikd", 3.0, 0.5), run("ikd+reverse", 10.0),
+                                      run("patchcore", 1.0)]}))
+    b.write_text(json.dumps({"runs": [run("ikd+ood", 2.5), run("ikd+reverse+denoise", 6.0)]}))
+    rates = epoch_rates([a, b])
+    assert rates == {"ikd": 5.5, "ikd+reverse": 10.0, "ikd+ood": 2.5, "ikd+reverse+denoise": 6.0}
+    assert matched_epochs("ikd", rates, 3) == 16  # 16.5 rounds to even
+    assert matched_epochs("stfpm", rates, 3) == 16  # no rate: its kind's (forward, no denoising, no penalty)
+    assert matched_epochs("rd", rates, 2) == 20
+    assert matched_epochs("ikd+all", rates, 1) == 3  # reverse + denoise at 6.0, times the penalty's 2.5 / 5.5
+    with pytest.raises(SystemExit, match="ikd\\+denoise"):
+        matched_epochs("ikd+denoise", rates, 3)
+    assert set(KD_METHODS) >= {"ikd+ood", "ikd+reverse+denoise", "ikd+denoise+score", "ikd+denoise+ood"}
+    info = {"split": "dev", "minutes": 3, "seeds": [0], "command": "c", "machine": "m", "load": "0",
+            "epochs_like": [str(a)]}
+    assert "**Epoch-matched**" in build_report([run("ikd", 16)], info)
