@@ -153,9 +153,10 @@ def test_real_bench_runs_each_kind_of_method_and_reports_mean_and_std(bench, tmp
         assert 0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["au_pro"] <= 1.0, r
     assert all("inference_ms" in r for r in runs if r["seed"] == 0 and r["method"] != "patchcore")
     info = {"split": "test", "minutes": 0.02, "seeds": [0, 1], "command": "test", "machine": "m", "load": "0"}
-    report = build_report(runs, info, candidate="ikd+all")
+    report = build_report(runs, info, candidates=["ikd+all", "stfpm"])
     assert f"| {cat} | ikd+all |" in report and " ± " in report and "| patchcore |" in report
-    goals = report.split("## Goals for `ikd+all`")[1]
+    assert report.index("## Goals for `ikd+all`") < report.index("## Goals for `stfpm`")  # one section each
+    goals = report.split("## Goals for `ikd+all`")[1].split("## Goals for")[0]
     assert "vs stfpm" in goals and "vs patchcore on skimage" in goals
 
 
