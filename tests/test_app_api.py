@@ -277,11 +277,10 @@ def test_committed_checkpoint_separates_good_from_defective(studio, client, tmp_
 def test_tiling_uses_the_tile_threshold_and_needs_calibration(studio, client) -> None:
     """The tile toggle scores in tiles against the threshold fitted on held-out tiles; a checkpoint without that
     calibration (trained before it existed) is refused with a clear message rather than given the wrong one."""
-    import shutil
-
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
+    from ikd_core.checkpoint import load_student_state, read_metadata, save_checkpoint
     from ikd_core.predict import Predictor
 
     img = _test_image(studio)
@@ -290,10 +289,38 @@ def test_tiling_uses_the_tile_threshold_and_needs_calibration(studio, client) ->
     assert want.threshold == Predictor.from_checkpoint(studio.pretrained / CKPT).metadata["tile_normalization"][
         "threshold"]
     assert out[4] == pytest.approx(want.relative_score, abs=1e-4)
+    # the same checkpoint as one trained before tile calibration existed: no tile_normalization in its metadata
     old = "old-untiled.safetensors"
-    shutil.copy(COMMITTED, studio.pretrained / old)
-    shutil.copy(COMMITTED.with_suffix(".json"), (studio.pretrained / old).with_suffix(".json"))
+    meta = read_metadata(COMMITTED)
+    meta.pop("tile_normalization", None)
+    save_checkpoint(studio.pretrained / old, load_student_state(COMMITTED), meta)
     with pytest.raises(AppError, match="no threshold fitted on tiles"):
         client.predict([handle_file(str(img))], old, 0.5, 0.5, "jet", True, api_name="/inspect")
     (studio.pretrained / old).unlink()
     (studio.pretrained / old).with_suffix(".json").unlink()
+
+
+@pytest.mark.parametrize("category", ["demo_texture", "demo_object"])
+def test_shipped_checkpoints_work_in_tile_mode(studio, client, tmp_path: Path, category: str) -> None:
+    """The checkpoints in pretrained/ carry a threshold fitted on held-out tiles, so the app's tile toggle works on
+    the demo: through the API, good test images fall below the fitted threshold and defective ones above it."""
+    from gradio_client import handle_file
+
+    from ikd_core.checkpoint import read_metadata
+    from ikd_core.data.synthetic import generate_demo_dataset
+
+    shipped = REPO / "pretrained" / f"{category}-efficientnet_lite0.safetensors"
+    assert "tile_normalization" in read_metadata(shipped), f"{shipped.name}: retrain it (tile calibration)"
+    name = f"shipped-{shipped.name}"
+    shutil.copy(shipped, studio.pretrained / name)
+    test = generate_demo_dataset(tmp_path / "demo", categories=(category,), n_train=1) / category / "test"
+    good = sorted((test / "good").glob("*.png"))[:4]
+    bad = [sorted(d.glob("*.png"))[0] for d in sorted(test.iterdir()) if d.is_dir() and d.name != "good"]
+    scores = []
+    for p in good + bad:
+        out = client.predict([handle_file(str(p))], name, 0.5, 0.5, "jet", True, api_name="/inspect")
+        scores.append(out[4])
+    good_scores, bad_scores = scores[: len(good)], scores[len(good) :]
+    assert sum(s < 0.5 for s in good_scores) >= len(good) - 1, good_scores
+    assert sum(s >= 0.5 for s in bad_scores) >= len(bad) - 1, bad_scores
+    (studio.pretrained / name).unlink()
