@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import itertools  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -130,7 +131,7 @@ def test_verdict_follows_the_camera_and_overlays_arrive(page: Page) -> None:
         # A new overlay for each stretch. Gradio names a cached image by the hash of its bytes and the clip loops
         # over identical frames, so two readings of the same stretch image (one loop apart) share a URL; but two
         # readings in a row are of different stretches (the verdict changed), so their overlays must differ.
-        assert all(a != b for a, b in zip(seen, seen[1:])), seen
+        assert all(a != b for a, b in itertools.pairwise(seen)), seen
         expect(page.locator("#ikd-live-fps")).to_contain_text("frames/s")
         page.screenshot(path=str(ARTIFACTS / "live-tab.png"), full_page=True)
     finally:
