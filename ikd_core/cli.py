@@ -67,7 +67,7 @@ def _train_config(args: argparse.Namespace):
 
     settings = recipe_settings(
         args.recipe, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        schedule=args.schedule, student=args.student, loss=args.loss, denoise=args.denoise or None,
+        schedule=args.schedule, student=args.student, loss=args.loss, denoise=args.denoise,
         level_norm=args.level_norm or None, combine=args.combine or ("sum" if args.level_norm else None),
         score_topk=args.score_topk, ood_penalty=args.ood_penalty)
     if args.epochs is None and args.max_minutes is not None:
@@ -247,7 +247,7 @@ def _add_train_parser(sub: Any) -> None:
     _add_data_args(p)
     p.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
                    help="settings for what is not given: paper (AdamW 5e-5, batch 2, 50 epochs, the paper's loss "
-                        "and map; default) or cpu (batch 8, lr 1e-2, 60 epochs)")
+                        "and map; default) or cpu (batch 8, lr 1e-2, 60 epochs, denoising student)")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet_lite0")
     p.add_argument("--teacher-weights", help="local teacher weights file, or hub / packaged (default: auto)")
     p.add_argument("--image-size", type=int)
@@ -263,8 +263,9 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--student", choices=STUDENTS, help="forward (paper) or reverse (RD4AD decoder from a one-class "
                                                        "bottleneck of the teacher's levels)")
     p.add_argument("--loss", choices=LOSSES, help="ikd (AHSM + CSL) or cosine (RD4AD's per-level 1 - cos)")
-    p.add_argument("--denoise", action="store_true",
-                   help="denoising student: it sees a synthetic anomaly and must output the clean image's features")
+    p.add_argument("--denoise", action=argparse.BooleanOptionalAction,
+                   help="denoising student: it sees a synthetic anomaly and must output the clean image's features "
+                        "(default: the recipe's; cpu: on, paper: off)")
     p.add_argument("--ood-penalty", type=float, metavar="W",
                    help="EfficientAD's penalty: weight of the student's output on foreign textures, relative to its "
                         "output on the training images (0 = off)")

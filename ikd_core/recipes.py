@@ -4,6 +4,7 @@ keeps its defaults."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -11,11 +12,44 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"image_size": 256, "epochs": 50, "batch_size": 2, "lr": 5e-5, "schedule": "constant",
               "student": "forward", "loss": "ikd", "denoise": False, "level_norm": False, "combine": "product",
               "score_topk": 1, "ood_penalty": 0.0},
-    # The README's CPU recipe: efficientnet_lite0 at 256 px, batch 8, lr 1e-2, 60 epochs or the time limit.
+    # The README's CPU recipe: efficientnet_lite0 at 256 px, batch 8, lr 1e-2, 60 epochs or the time limit, and the
+    # denoising student (the winner of the real-image bench at 3 and 10 minutes: results/real_bench_3min.md,
+    # results/real_bench_10min.md); the paper's loss and map.
     "cpu": {"image_size": 256, "epochs": 60, "batch_size": 8, "lr": 1e-2, "schedule": "constant",
-            "student": "forward", "loss": "ikd", "denoise": False, "level_norm": False, "combine": "product",
+            "student": "forward", "loss": "ikd", "denoise": True, "level_norm": False, "combine": "product",
             "score_topk": 1, "ood_penalty": 0.0},
 }
+
+#: The settings that choose the method (student, loss, score side), as opposed to the optimisation's.
+METHOD_KEYS = ("student", "loss", "denoise", "level_norm", "combine", "score_topk", "ood_penalty")
+
+
+def method_parts(settings: Mapping[str, Any]) -> list[str]:
+    """In words, each method setting of ``settings`` (a ``TrainConfig`` as a dict, e.g. a checkpoint's
+    ``train_config``) that is not the paper's; empty for the paper's method. Values of any type are shown as text."""
+    s = {k: settings.get(k, RECIPES["paper"][k]) for k in METHOD_KEYS}
+    parts = []
+    if s["student"] != "forward":
+        parts.append(f"{s['student']} student")
+    if s["loss"] != "ikd":
+        parts.append(f"{s['loss']} loss")
+    if s["denoise"]:
+        parts.append("denoising student")
+    if s["level_norm"]:
+        parts.append("level normalisation")
+    if s["combine"] != "product":
+        parts.append(f"{s['combine']} of levels")
+    if s["score_topk"] != 1:
+        parts.append(f"score: mean of top {s['score_topk']}")
+    if s["ood_penalty"]:
+        parts.append(f"OOD penalty {s['ood_penalty']}")
+    return parts
+
+
+def paper_method(**given: Any) -> dict[str, Any]:
+    """The paper's method settings (:data:`METHOD_KEYS` of the ``paper`` recipe), overridden by ``given``: what the
+    real-image bench lays its methods on, whatever a recipe's default."""
+    return {**{k: RECIPES["paper"][k] for k in METHOD_KEYS}, **given}
 
 
 def recipe_settings(name: str, **given: Any) -> dict[str, Any]:

@@ -84,3 +84,15 @@ def test_help_lists_commands() -> None:
     assert res.returncode == 0
     for cmd in ("demo-data", "download", "train", "eval", "predict", "gif"):
         assert cmd in res.stdout
+
+
+@pytest.mark.parametrize(("flags", "denoise", "batch"), [
+    ((), False, 2), (("--recipe", "cpu"), True, 8), (("--recipe", "cpu", "--no-denoise"), False, 8),
+    (("--denoise",), True, 2),
+])
+def test_the_recipe_sets_the_denoising_student_and_a_flag_overrides_it(flags, denoise, batch) -> None:
+    from ikd_core.cli import _train_config, build_parser
+
+    args = build_parser().parse_args(["train", "--data", "demo", "--category", "demo_object", *flags])
+    cfg = _train_config(args)
+    assert (cfg.denoise, cfg.batch_size, cfg.loss, cfg.student) == (denoise, batch, "ikd", "forward")

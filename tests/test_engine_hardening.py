@@ -621,13 +621,15 @@ def test_checkpoint_description_is_inert(ckpt_dir: Path, tiny_checkpoint) -> Non
     """Text from a checkpoint's metadata cannot inject Markdown or HTML into the description."""
     evil = "`<img src=x onerror=alert(1)>` **x** [a](javascript:b)"
     _with_meta(tiny_checkpoint, ckpt_dir, "evil.safetensors", category=evil[:100], n_train="<b>bold</b>",
-               device="``<i>i</i>", metrics={"<script>s</script>": 0.5}, created="\n# h1")
+               device="``<i>i</i>", metrics={"<script>s</script>": 0.5}, created="\n# h1",
+               train_config={**tiny_checkpoint.metadata["train_config"], "denoise": True})
     info = service.checkpoint_info(ckpt_dir / "evil.safetensors")
     assert info.ok
     html = _rendered(info.describe())
     for tag in ("<img", "<b>", "<i>", "<script", "<a ", "<h1", "<strong>x"):
         assert tag not in html, (tag, html)
     assert "&lt;img src=x onerror=alert(1)&gt;" in html  # shown, as text
+    assert "denoising student" in html, "the method's levers are shown (their values are checked on reading)"
     bad = _with_meta(tiny_checkpoint, ckpt_dir, "bad.safetensors", backbone="<img src=x>")
     html = _rendered(service.checkpoint_info(bad).describe())
     assert "cannot be used" in html and "<img" not in html

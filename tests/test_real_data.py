@@ -185,3 +185,11 @@ def test_epoch_matched_mode_takes_each_methods_measured_rate_or_its_kinds(tmp_pa
     info = {"split": "dev", "minutes": 3, "seeds": [0], "command": "c", "machine": "m", "load": "0",
             "epochs_like": [str(a)]}
     assert "**Epoch-matched**" in build_report([run("ikd", 16)], info)
+
+
+def test_the_benchs_ikd_is_the_papers_method_whatever_the_cpu_recipes_default() -> None:
+    from benchmarks.real_bench import KD_METHODS, cpu_paper_settings
+
+    base = cpu_paper_settings(256)
+    assert (base["denoise"], base["student"], base["combine"], base["batch_size"]) == (False, "forward", "product", 8)
+    assert cpu_paper_settings(256, **KD_METHODS["ikd+denoise"])["denoise"] is True

@@ -181,3 +181,14 @@ def test_progress_shows_category_epoch_and_eta(demo_root: Path, tmp_path: Path, 
                   assets=tmp_path / "a", pretrained_dir=tmp_path / "p", **{**TINY, "progress": True})
     err = capsys.readouterr().err
     assert "benchmark" in err and "demo_texture epoch 1/1" in err and "category ETA" in err
+
+
+def test_the_model_line_names_the_levers_a_checkpoint_was_trained_with() -> None:
+    from ikd_core.reproduce.report import settings_text
+
+    paper = {"backbone": "efficientnet_lite0", "image_size": 256, "epochs": 60, "batch_size": 8, "lr": 0.01,
+             "seed": 0, "student": "forward", "loss": "ikd", "denoise": False, "combine": "product", "score_topk": 1}
+    assert settings_text(paper) == "backbone efficientnet_lite0, image size 256 px, epochs 60, batch size 8, " \
+        "lr 0.01, seed 0"
+    levers = settings_text({**paper, "denoise": True, "student": "reverse", "combine": "sum", "score_topk": 10})
+    assert levers.endswith("reverse student, denoising student, sum of levels, score: mean of top 10")

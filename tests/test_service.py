@@ -99,6 +99,7 @@ def test_list_checkpoints_reads_metadata_and_flags_bad_files(ckpt_dir: Path) -> 
     assert good.image_size == 64 and set(good.metrics) >= {"image_auroc", "pixel_auroc"}
     text = good.describe()
     assert "efficientnet_lite0" in text and "Image AUROC" in text and "64 px" in text
+    assert "- method: `the paper's" in text, "the fixture is trained with the paper's method"
     assert service.default_checkpoint(infos, ["missing.safetensors"]) == good.name
     assert service.list_checkpoints(ckpt_dir / "nope") == []
 
@@ -466,7 +467,10 @@ def test_recipes_fill_the_form_and_the_settings_it_does_not_show(monkeypatch) ->
     cfg = training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="levers")
     assert (cfg.student, cfg.score_topk, cfg.image_size, cfg.batch_size) == ("reverse", 7, 64, 4), "form fields win"
     paper = training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0)
-    assert (paper.student, paper.score_topk, paper.level_norm) == ("forward", 1, False)
+    assert (paper.student, paper.score_topk, paper.level_norm, paper.denoise) == ("forward", 1, False, False)
+    cpu = training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="cpu")
+    assert (cpu.student, cpu.loss, cpu.denoise, cpu.combine) == ("forward", "ikd", True, "product"), \
+        "the CPU recipe (the app's CPU default) is the bench's winner: the paper's loss with the denoising student"
     with pytest.raises(training.TrainingRequestError, match="unknown recipe"):
         training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="<script>")
 

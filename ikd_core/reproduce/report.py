@@ -24,6 +24,7 @@ from ..data.mvtec import MVTEC_CATEGORIES
 from ..data.synthetic import DEMO_CATEGORIES
 from ..evaluation import Curves
 from ..machine import machine_lines
+from ..recipes import method_parts
 from ..visualize import figure_to_png, plot_pro, plot_roc
 
 #: Column order of the tables (the seed README's).
@@ -284,6 +285,7 @@ def settings_text(s: dict[str, Any]) -> str:
         parts.append("AHSM off")
     if s.get("gamma") is not None and s["gamma"] != 1.0:
         parts.append(f"gamma {s['gamma']:g}")
+    parts += method_parts(s)
     return ", ".join(parts)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from ..checkpoint import read_metadata, sidecar_path
 from ..errors import CheckpointError, IKDError
 from ..fileio import atomic_write_bytes
+from ..recipes import method_parts
 from .paths import sanitize_name
 from .validate import escape_markdown
 
@@ -178,6 +179,8 @@ class CheckpointInfo:
             return f"**{escape_markdown(self.name)}**: cannot be used: {escape_markdown(self.error, 400)}"
         m = self.metadata
         data = m.get("data") if isinstance(m.get("data"), dict) else {}
+        tc = m.get("train_config") if isinstance(m.get("train_config"), dict) else {}
+        method = ", ".join(method_parts(tc)) or "the paper's (IKD loss, forward student, product of levels)"
         lines = [
             f"**{escape_markdown(self.name)}**",
             "",
@@ -185,6 +188,7 @@ class CheckpointInfo:
             f"- backbone: {_code(self.backbone)}, image size {_value(self.image_size)} px",
             f"- trained: {_value(m.get('epochs_completed', '?'))} epochs on {_value(m.get('n_train', '?'))} good "
             f"images, {_value(m.get('train_seconds', '?'))} s on {_code(m.get('device', '?'))}",
+            f"- method: {_code(method)}",
             f"- created: {_code(self.created)}",
         ]
         metrics = self.metrics
