@@ -34,6 +34,7 @@ from ..gif import make_gif, pick_samples
 from ..loading import load_model
 from ..machine import machine_info
 from ..predict import Predictor
+from ..recipes import METHOD_KEYS
 from ..train import TrainConfig, train
 from .report import (
     DEMO_LABEL,
@@ -50,7 +51,8 @@ GIF_FRAMES = 8
 GIF_FPS = 2.0
 GIF_MAX_WIDTH = 1024
 #: Training settings recorded in a checkpoint that the report's Model line shows.
-SETTINGS_KEYS = ("backbone", "image_size", "epochs", "batch_size", "lr", "seed", "max_minutes", "hard_mining", "gamma")
+SETTINGS_KEYS = ("backbone", "image_size", "epochs", "batch_size", "lr", "seed", "max_minutes", "hard_mining", "gamma",
+                 *METHOD_KEYS)
 
 
 def parse_categories(categories: str | Sequence[str] | None, data: str) -> list[str]:
