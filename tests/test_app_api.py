@@ -303,8 +303,11 @@ def test_tiling_uses_the_tile_threshold_and_needs_calibration(studio, client) ->
 @pytest.mark.parametrize("category", ["demo_texture", "demo_object"])
 def test_shipped_checkpoints_work_in_tile_mode(studio, client, tmp_path: Path, category: str) -> None:
     """The checkpoints in pretrained/ carry a threshold fitted on held-out tiles, so the app's tile toggle works on
-    the demo: through the API, good test images fall below the fitted threshold and defective ones above it."""
+    the demo: through the API, on the whole test split (12 good images, 6 of each defect type), the fitted
+    threshold gets at least 80 % of the good and 80 % of the defective images right, and the scores rank them
+    (image AUROC >= 0.9). One image per type would make the verdict hang on which image comes first."""
     from gradio_client import handle_file
+    from sklearn.metrics import roc_auc_score
 
     from ikd_core.checkpoint import read_metadata
     from ikd_core.data.synthetic import generate_demo_dataset
@@ -314,13 +317,14 @@ def test_shipped_checkpoints_work_in_tile_mode(studio, client, tmp_path: Path, c
     name = f"shipped-{shipped.name}"
     shutil.copy(shipped, studio.pretrained / name)
     test = generate_demo_dataset(tmp_path / "demo", categories=(category,), n_train=1) / category / "test"
-    good = sorted((test / "good").glob("*.png"))[:4]
-    bad = [sorted(d.glob("*.png"))[0] for d in sorted(test.iterdir()) if d.is_dir() and d.name != "good"]
+    good = sorted((test / "good").glob("*.png"))
+    bad = sorted(p for d in test.iterdir() if d.is_dir() and d.name != "good" for p in d.glob("*.png"))
     scores = []
     for p in good + bad:
         out = client.predict([handle_file(str(p))], name, 0.5, 0.5, "jet", True, api_name="/inspect")
         scores.append(out[4])
     good_scores, bad_scores = scores[: len(good)], scores[len(good) :]
-    assert sum(s < 0.5 for s in good_scores) >= len(good) - 1, good_scores
-    assert sum(s >= 0.5 for s in bad_scores) >= len(bad) - 1, bad_scores
+    assert sum(s < 0.5 for s in good_scores) >= 0.8 * len(good), good_scores
+    assert sum(s >= 0.5 for s in bad_scores) >= 0.8 * len(bad), bad_scores
+    assert roc_auc_score([0] * len(good) + [1] * len(bad), scores) >= 0.9
     (studio.pretrained / name).unlink()
