@@ -81,7 +81,14 @@ class AnomalyMapGenerator(nn.Module):
         return torch.cat(levels, dim=1)
 
     def _combine_and_blur(self, levels: Tensor, size: tuple[int, int]) -> Tensor:
-        result = levels.prod(dim=1, keepdim=True) if self.combine == "product" else levels.sum(dim=1, keepdim=True)
+        return self.blur(self.combine_levels(levels), size)
+
+    def combine_levels(self, levels: Tensor) -> Tensor:
+        """(B, L, H, W) level maps -> (B, 1, H, W): their product or sum."""
+        return levels.prod(dim=1, keepdim=True) if self.combine == "product" else levels.sum(dim=1, keepdim=True)
+
+    def blur(self, result: Tensor, size: tuple[int, int]) -> Tensor:
+        """The Gaussian blur of a (B, 1, H, W) map at ``size`` (none when ``sigma`` is 0)."""
         if self.sigma > 0:
             # Kernel of +-4 sigma, no larger than reflect padding allows on small maps.
             k = min(2 * int(4.0 * self.sigma + 0.5) + 1, 2 * min(size) - 1)

@@ -1,7 +1,9 @@
 """Calibration on held-out good images: the threshold and colour scale (whole images and tiles), and the per-level
-map normalisation."""
+map normalisation (and that of the distillation and segmentation maps before they are fused)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -103,16 +105,35 @@ def fit_level_normalization(model: nn.Module, loader: DataLoader, device: torch.
     Returns:
         ``lo`` and ``hi`` (one value per level) and the ``quantiles`` they are.
     """
+    def levels(x: torch.Tensor) -> torch.Tensor:
+        t, s = model.features(x)
+        return model.anomaly_map.level_maps(t, s, (x.shape[-2], x.shape[-1]))
+
+    return _fit_quantiles(levels, model, loader, device, quantiles, max_pixels)
+
+
+@torch.no_grad()
+def fit_fusion_normalization(model: nn.Module, loader: DataLoader, device: torch.device,
+                             quantiles: tuple[float, float] = LEVEL_QUANTILES,
+                             max_pixels: int = 1_000_000) -> dict[str, list[float]]:
+    """The quantiles of the distillation map and of the segmentation head's map over held-out good images: what
+    :meth:`~ikd_core.torch_model.IKDModel.set_fusion_normalization` maps to 0 and 0.1 before the two are summed
+    (EfficientAD's fusion of its two maps). Arguments and result as :func:`fit_level_normalization`, two values."""
+    return _fit_quantiles(model.fusion_components, model, loader, device, quantiles, max_pixels)
+
+
+def _fit_quantiles(components: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, loader: DataLoader,
+                   device: torch.device, quantiles: tuple[float, float], max_pixels: int) -> dict[str, list[float]]:
+    """Per channel of ``components(x)`` (B, C, H, W), its ``quantiles`` over the loader's pixels."""
     model.eval()
-    levels = []
+    maps = []
     for batch in loader:
         x = batch["image"].to(device)
         with full_precision(device):
-            t, s = model.features(x)
-            levels.append(model.anomaly_map.level_maps(t, s, (x.shape[-2], x.shape[-1])).cpu())
-    per_level = torch.cat(levels).transpose(0, 1).flatten(1)  # (L, pixels)
+            maps.append(components(x).cpu())
+    per_level = torch.cat(maps).transpose(0, 1).flatten(1)  # (C, pixels)
     if per_level.shape[1] > max_pixels:
         keep = torch.randperm(per_level.shape[1], generator=torch.Generator().manual_seed(0))[:max_pixels]
         per_level = per_level[:, keep]
-    q = torch.quantile(per_level.double(), torch.tensor(quantiles, dtype=torch.float64), dim=1)  # (2, L)
+    q = torch.quantile(per_level.double(), torch.tensor(quantiles, dtype=torch.float64), dim=1)  # (2, C)
     return {"lo": q[0].tolist(), "hi": q[1].tolist(), "quantiles": list(quantiles)}

@@ -22,6 +22,7 @@ from . import __version__
 from .backbones import BACKBONES
 from .errors import CheckpointError
 from .fileio import atomic_write_bytes
+from .segmentation import SEGMENT_MAPS
 
 FORMAT = "ikd-studio-checkpoint/1"
 META_KEY = "ikd"
@@ -154,7 +155,7 @@ def _check_train_config(tcfg: dict[str, Any], name: str) -> None:
     topk = tcfg.get("score_topk", 1)
     if not isinstance(topk, int) or isinstance(topk, bool) or not 1 <= topk <= MAX_SCORE_TOPK:
         raise CheckpointError(f"{name}: metadata train_config.score_topk must be a whole number in 1-{MAX_SCORE_TOPK}")
-    for key, allowed in (("student", STUDENT_KINDS), ("combine", ("product", "sum"))):
+    for key, allowed in (("student", STUDENT_KINDS), ("combine", ("product", "sum")), ("segment_map", SEGMENT_MAPS)):
         if key in tcfg and tcfg[key] not in allowed:
             raise CheckpointError(f"{name}: metadata train_config.{key} must be one of {', '.join(allowed)}")
     sigma = tcfg.get("sigma", 4.0)
@@ -163,22 +164,28 @@ def _check_train_config(tcfg: dict[str, Any], name: str) -> None:
     ood = tcfg.get("ood_penalty", 0.0)
     if not (_is_number(ood) and math.isfinite(ood) and 0 <= ood <= 1e6):
         raise CheckpointError(f"{name}: metadata train_config.ood_penalty must be a number in 0-1e6")
-    for key in ("feature_pool", "level_norm", "denoise"):
+    for key in ("feature_pool", "level_norm", "denoise", "segment"):
         if not isinstance(tcfg.get(key, False), bool):
             raise CheckpointError(f"{name}: metadata train_config.{key} must be true or false")
+    if tcfg.get("segment") and tcfg.get("level_norm"):
+        raise CheckpointError(f"{name}: metadata train_config: level normalisation does not apply with a segmentation "
+                              "head")
     if tcfg.get("level_norm") and tcfg.get("combine", "product") == "product":
         raise CheckpointError(f"{name}: metadata train_config: level normalisation needs combine 'sum'")
 
 
-def _check_level_normalization(value: object, name: str) -> None:
-    """``level_normalization``: ``lo`` and ``hi`` lists of finite numbers of one length (one per level)."""
+def _check_level_normalization(value: object, name: str, key: str = "level_normalization",
+                               length: int | None = None) -> None:
+    """``level_normalization`` (``fusion_normalization``): ``lo`` and ``hi`` lists of finite numbers of one length
+    (one per level; ``length`` when given)."""
     if value is None:
         return
     ok = isinstance(value, dict) and all(
-        isinstance(value.get(k), list) and 0 < len(value[k]) <= 16
+        isinstance(value.get(k), list) and 0 < len(value[k]) <= 16 and len(value[k]) == (length or len(value[k]))
         and all(_is_number(x) and math.isfinite(x) for x in value[k]) for k in ("lo", "hi"))
     if not ok or len(value["lo"]) != len(value["hi"]):  # type: ignore[index]
-        raise CheckpointError(f"{name}: metadata level_normalization must hold lo and hi lists of finite numbers")
+        raise CheckpointError(f"{name}: metadata {key} must hold lo and hi lists of "
+                              f"{f'{length} ' if length else ''}finite numbers")
 
 
 def validate_metadata(meta: dict[str, Any], name: str, max_image_size: int | None = None) -> dict[str, Any]:
@@ -246,6 +253,7 @@ def validate_metadata(meta: dict[str, Any], name: str, max_image_size: int | Non
         raise CheckpointError(f"{name}: metadata data values must be text")
     _check_train_config(_flat_dict(meta, "train_config", name), name)
     _check_level_normalization(meta.get("level_normalization"), name)
+    _check_level_normalization(meta.get("fusion_normalization"), name, "fusion_normalization", 2)
     _flat_dict(meta, "teacher", name)
     _int_list(meta, "levels", name)
     _int_list(meta, "channels", name)

@@ -67,7 +67,8 @@ def _train_config(args: argparse.Namespace):
 
     settings = recipe_settings(
         args.recipe, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        schedule=args.schedule, student=args.student, loss=args.loss, denoise=args.denoise,
+        schedule=args.schedule, student=args.student, loss=args.loss, denoise=args.denoise, segment=args.segment,
+        segment_map=args.segment_map,
         level_norm=args.level_norm or None, combine=args.combine or ("sum" if args.level_norm else None),
         score_topk=args.score_topk, ood_penalty=args.ood_penalty)
     if args.epochs is None and args.max_minutes is not None:
@@ -266,6 +267,12 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--denoise", action=argparse.BooleanOptionalAction,
                    help="denoising student: it sees a synthetic anomaly and must output the clean image's features "
                         "(default: the recipe's; cpu: on, paper: off)")
+    p.add_argument("--segment", action=argparse.BooleanOptionalAction,
+                   help="DeSTSeg's segmentation head, trained on the denoising student's synthetic anomalies; its "
+                        "output is the anomaly map (needs --denoise; default: the recipe's, off in both)")
+    p.add_argument("--segment-map", choices=("head", "fused"),
+                   help="with --segment: the head's map (DeSTSeg's; default) or its sum with the distillation map, "
+                        "each normalised on held-out images (0.9 quantile -> 0, 0.995 -> 0.1)")
     p.add_argument("--ood-penalty", type=float, metavar="W",
                    help="EfficientAD's penalty: weight of the student's output on foreign textures, relative to its "
                         "output on the training images (0 = off)")

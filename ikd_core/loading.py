@@ -12,7 +12,8 @@ from .backbones import build_student
 from .checkpoint import check_state_matches, load_student_state, read_metadata
 from .device import select_device
 from .errors import CheckpointError, IKDError
-from .torch_model import IKDModel, make_student
+from .segmentation import SegmentationHead
+from .torch_model import SEGMENTER_PREFIX, IKDModel, make_student
 
 
 def _teacher_source(meta: dict[str, Any], name: str, teacher_weights: str | os.PathLike[str] | None) -> str | None:
@@ -58,6 +59,7 @@ def load_model(
     state = load_student_state(path)
     source = _teacher_source(meta, path.name, teacher_weights)
     kind = tcfg.get("student", "forward")
+    segment = bool(tcfg.get("segment", False))
     try:
         arch = build_student(backbone)  # cheap: check the tensors before fetching a teacher
         student = make_student(backbone, kind, arch) if kind != "forward" else arch
@@ -65,8 +67,11 @@ def load_model(
         raise CheckpointError(f"{path.name}: {exc}") from exc
     if meta.get("levels") is not None and list(meta["levels"]) != list(arch.spec.out_indices):
         raise CheckpointError(f"{path.name}: levels {meta['levels']} do not match backbone {backbone}")
-    check_state_matches(state, student.state_dict(), path.name,
-                        lambda: f"backbone {backbone}, {kind} student, image size {image_size}")
+    expected = dict(student.state_dict())
+    if segment:
+        expected.update({f"{SEGMENTER_PREFIX}{k}": v for k, v in SegmentationHead(arch.channels).state_dict().items()})
+    check_state_matches(state, expected, path.name, lambda: f"backbone {backbone}, {kind} student"
+                        f"{' with a segmentation head' if segment else ''}, image size {image_size}")
     model = IKDModel(
         backbone,
         teacher_weights=source,
@@ -76,6 +81,8 @@ def load_model(
         student=student,
         score_topk=int(tcfg.get("score_topk", 1)),
         student_kind=kind,
+        segment=segment,
+        segment_map=str(tcfg.get("segment_map", "head")),
     )
     level_norm = meta.get("level_normalization")
     if level_norm is not None:
@@ -83,12 +90,17 @@ def load_model(
             raise CheckpointError(f"{path.name}: level_normalization has {len(level_norm['lo'])} levels, the "
                                   f"{backbone} model {len(model.levels)}")
         model.anomaly_map.set_level_normalization(level_norm["lo"], level_norm["hi"])
+    fusion = meta.get("fusion_normalization")
+    if segment and model.segment_map == "fused":
+        if fusion is None:
+            raise CheckpointError(f"{path.name}: metadata has no fusion_normalization for its fused map")
+        model.set_fusion_normalization(fusion["lo"], fusion["hi"])
     want = (meta.get("teacher") or {}).get("fingerprint")
     if want and want != model.teacher_fingerprint:
         raise CheckpointError(
             f"{path.name} was trained against a different {backbone} teacher ({want}) than the one "
             f"found here ({model.teacher_fingerprint}, {model.teacher_source})"
         )
-    model.student.load_state_dict(state)
+    model.load_trainable_state(state)
     model.to(select_device(str(device))).eval()
     return model, meta

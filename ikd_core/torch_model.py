@@ -11,8 +11,11 @@ from torch import Tensor, nn
 from .anomaly_map import AnomalyMapGenerator
 from .backbones import BACKBONES, FeatureExtractor, build_student, build_teacher
 from .reverse import ReverseStudent
+from .segmentation import SEGMENT_MAPS, SegmentationHead, segmentation_loss
 
 STUDENT_KINDS = ("forward", "reverse")
+#: Where the segmentation head's tensors sit in a checkpoint (beside the student's).
+SEGMENTER_PREFIX = "segmenter."
 
 
 def make_student(backbone: str, kind: str = "forward", teacher: FeatureExtractor | None = None) -> nn.Module:
@@ -41,6 +44,9 @@ class IKDModel(nn.Module):
     ``forward`` returns normalised (teacher, student) feature lists in training mode and anomaly
     maps (B, 1, H, W) in eval mode. The teacher always stays in eval mode.
 
+    The trainable part is the student and, with ``segment``, the segmentation head:
+    :meth:`trainable_state_dict` / :meth:`load_trainable_state` (the head's tensors under ``segmenter.``).
+
     Args:
         backbone: a key of :data:`~ikd_core.backbones.BACKBONES`.
         teacher_weights: a local weights file (default: the hub when online, else packaged weights).
@@ -51,6 +57,11 @@ class IKDModel(nn.Module):
         score_topk: image score = max of the map (1) or mean of its ``score_topk`` highest pixels.
         student_kind: ``forward`` (paper: a randomly initialised copy of the teacher's architecture, fed the image)
             or ``reverse`` (RD4AD: a decoder that rebuilds the teacher's levels from a one-class bottleneck of them).
+        segment: add DeSTSeg's segmentation head (:class:`~ikd_core.segmentation.SegmentationHead`); its sigmoid
+            output, upsampled and blurred, is then the anomaly map instead of the distillation map.
+        segment_map: with ``segment``: ``head`` (the head's map, DeSTSeg's) or ``fused``: the distillation map and
+            the head's, each mapped by held-out quantiles (:meth:`set_fusion_normalization`: 0.9 -> 0, 0.995 -> 0.1)
+            and summed, as EfficientAD fuses its two maps.
     """
 
     def __init__(
@@ -63,6 +74,8 @@ class IKDModel(nn.Module):
         student: nn.Module | None = None,
         score_topk: int = 1,
         student_kind: str = "forward",
+        segment: bool = False,
+        segment_map: str = "head",
     ) -> None:
         super().__init__()
         if student_kind not in STUDENT_KINDS:
@@ -74,6 +87,29 @@ class IKDModel(nn.Module):
         self.feature_pool = feature_pool
         self.anomaly_map = AnomalyMapGenerator(combine=combine, sigma=sigma, num_levels=len(self.teacher.channels))
         self.score_topk = int(score_topk)  # image score: max (1) or mean of the top k pixels at model resolution
+        if segment_map not in SEGMENT_MAPS:
+            raise ValueError(f"segment_map must be one of {', '.join(SEGMENT_MAPS)}, not {segment_map!r}")
+        self.segmenter = SegmentationHead(self.teacher.channels) if segment else None
+        self.segment_map = segment_map
+        # the fused map's normalisation of (distillation, head) maps; identity until fitted
+        self.register_buffer("fusion_lo", torch.zeros(2))
+        self.register_buffer("fusion_hi", torch.ones(2))
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """The student's tensors, plus the segmentation head's under ``segmenter.`` (what a checkpoint holds)."""
+        state = dict(self.student.state_dict())
+        if self.segmenter is not None:
+            state.update({f"{SEGMENTER_PREFIX}{k}": v for k, v in self.segmenter.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        """Load what :meth:`trainable_state_dict` returned (strict)."""
+        head = {k[len(SEGMENTER_PREFIX):]: v for k, v in state.items() if k.startswith(SEGMENTER_PREFIX)}
+        self.student.load_state_dict({k: v for k, v in state.items() if not k.startswith(SEGMENTER_PREFIX)})
+        if self.segmenter is not None:
+            self.segmenter.load_state_dict(head)
+        elif head:
+            raise ValueError(f"{len(head)} segmentation head tensors for a model without a head")
 
     @property
     def default_level_weights(self) -> tuple[float, ...]:
@@ -137,17 +173,64 @@ class IKDModel(nn.Module):
                   for o, f in zip(ood, s_raw, strict=True)]
         return torch.stack(ratios).mean()
 
+    def set_fusion_normalization(self, lo: list[float], hi: list[float]) -> None:
+        """The held-out quantiles of the (distillation, head) maps that the fused map sends to 0 and 0.1."""
+        lo_t = torch.as_tensor(list(lo), dtype=torch.float32, device=self.fusion_lo.device)
+        hi_t = torch.as_tensor(list(hi), dtype=torch.float32, device=self.fusion_lo.device)
+        if lo_t.shape != (2,) or hi_t.shape != (2,):
+            raise ValueError("the fusion normalisation has two values (distillation map, head map) per quantile")
+        self.fusion_lo = lo_t
+        self.fusion_hi = torch.maximum(hi_t, lo_t + 1e-12)
+
+    def fusion_components(self, x: Tensor) -> Tensor:
+        """(B, 2, H, W) float32: the distillation map (levels combined, not blurred) and the head's probability
+        upsampled, of a normalised image batch (eval mode)."""
+        t, _, s = self._features(x, None)
+        return self._components(t, s, (x.shape[-2], x.shape[-1]))
+
+    def _components(self, t: list[Tensor], s: list[Tensor], size: tuple[int, int]) -> Tensor:
+        if self.segmenter is None:
+            raise ValueError("this model has no segmentation head")
+        with torch.autocast(device_type=t[0].device.type, enabled=False):
+            t, s = [f.float() for f in t], [f.float() for f in s]
+            prob = F.interpolate(torch.sigmoid(self.segmenter(t, s)), size=size, mode="bilinear", align_corners=False)
+            if self.segment_map == "head":
+                return prob
+            return torch.cat([self.anomaly_map.combine_levels(self.anomaly_map.level_maps(t, s, size)), prob], dim=1)
+
     @property
     def levels(self) -> list[int]:
         """The teacher's feature levels (timm indices)."""
         return list(self.teacher.spec.out_indices)
 
+    def segment_loss(self, x_aug: Tensor, s_aug: list[Tensor], mask: Tensor) -> Tensor:
+        """The segmentation head's loss on augmented images ``x_aug`` with anomaly ``mask``; ``s_aug`` are the
+        student's normalised features of ``x_aug``, detached here so that the loss trains only the head."""
+        if self.segmenter is None:
+            raise ValueError("this model has no segmentation head")
+        with torch.no_grad():
+            t_aug = normalize_features(self._pool(self.teacher(x_aug)))
+        return segmentation_loss(self.segmenter(t_aug, [f.detach() for f in s_aug]), mask)
+
     def forward(
-        self, x: Tensor, x_student: Tensor | None = None, x_ood: Tensor | None = None
-    ) -> tuple[list[Tensor], list[Tensor]] | tuple[list[Tensor], list[Tensor], Tensor] | Tensor:
-        """Training: ``(teacher, student)`` normalised features, plus :meth:`ood_ratio` when ``x_ood`` is given.
+        self, x: Tensor, x_student: Tensor | None = None, x_ood: Tensor | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor | list[Tensor], ...] | Tensor:
+        """Training: ``(teacher, student)`` normalised features, then :meth:`ood_ratio` when ``x_ood`` is given, then
+        :meth:`segment_loss` when ``mask`` (the anomaly mask of ``x_student``) is given.
         Eval: anomaly maps (B, 1, H, W)."""
         t, s_raw, s = self._features(x, x_student)
+        size = (x.shape[-2], x.shape[-1])
         if self.training:
-            return (t, s) if x_ood is None else (t, s, self.ood_ratio(x_ood, s_raw))
-        return self.anomaly_map(t, s, size=(x.shape[-2], x.shape[-1]))
+            out: tuple[Tensor | list[Tensor], ...] = (t, s)
+            if x_ood is not None:
+                out += (self.ood_ratio(x_ood, s_raw),)
+            if mask is not None:
+                out += (self.segment_loss(x if x_student is None else x_student, s, mask),)
+            return out
+        if self.segmenter is None:
+            return self.anomaly_map(t, s, size=size)
+        maps = self._components(t, s, size)
+        if self.segment_map == "fused":
+            lo = self.fusion_lo.view(1, 2, 1, 1)
+            maps = (0.1 * (maps - lo) / (self.fusion_hi.view(1, 2, 1, 1) - lo)).sum(dim=1, keepdim=True)
+        return self.anomaly_map.blur(maps, size)

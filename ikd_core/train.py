@@ -25,7 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import __version__
-from .calibration import fit_level_normalization, fit_normalization, fit_tile_normalization
+from .calibration import (
+    fit_fusion_normalization,
+    fit_level_normalization,
+    fit_normalization,
+    fit_tile_normalization,
+)
 from .checkpoint import save_checkpoint
 from .data.anomaly_synthesis import AnomalySynthesizer
 from .data.batching import CachedDataset, collate_images, normalize_uint8, split_holdout
@@ -35,6 +40,7 @@ from .distributed import EpochSampler, all_reduce_sum, convert_batch_norm, distr
 from .errors import IKDError
 from .evaluation import EVAL_BATCH_SIZE, evaluate_model, predict_maps
 from .loss import CosineDistillationLoss, IKDLoss
+from .segmentation import SEGMENT_LR, SEGMENT_MAPS
 from .torch_model import IKDModel
 
 
@@ -86,6 +92,12 @@ class TrainConfig:
     student: str = "forward"
     loss: str = "ikd"
     denoise: bool = False
+    # DeSTSeg's second stage: a segmentation head on teacher x student features of the denoising student's augmented
+    # images, trained on their anomaly masks beside the student (ikd_core/segmentation.py); its output is the map.
+    segment: bool = False
+    # with segment: "head" (the head's map, DeSTSeg's) or "fused" (distillation map + head map, each normalised by
+    # held-out quantiles as EfficientAD fuses its two maps)
+    segment_map: str = "head"
     # EfficientAD's penalty: weight of the student's mean squared raw output on out-of-distribution images
     # (transformed procedural textures), relative to its output on the batch (IKDModel.ood_ratio); 0 = off.
     ood_penalty: float = 0.0
@@ -101,9 +113,15 @@ class TrainConfig:
             raise ValueError(f"ood_penalty must be a finite number >= 0, got {self.ood_penalty}")
         if self.score_topk < 1:
             raise ValueError(f"score_topk must be >= 1, got {self.score_topk}")
+        if self.segment and not self.denoise:
+            raise ValueError("the segmentation head learns from the denoising student's synthetic anomalies: "
+                             "segment needs denoise")
+        if self.segment and self.level_norm:
+            raise ValueError("with the segmentation head the map is the head's output: level normalisation does "
+                             "not apply")
         if self.level_norm and self.combine == "product":
             raise ValueError("level normalisation maps good pixels below 0: combine the levels with 'sum'")
-        for key, allowed in (("student", STUDENTS), ("loss", LOSSES)):
+        for key, allowed in (("student", STUDENTS), ("loss", LOSSES), ("segment_map", SEGMENT_MAPS)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose one of: {', '.join(allowed)}")
 
@@ -199,6 +217,7 @@ class _Run:
         self.t_train = 0.0
         self.train_seconds = 0.0
         self.level_norm: dict[str, list[float]] | None = None
+        self.fusion_norm: dict[str, list[float]] | None = None
         # denoising student: synthetic anomalies drawn from a generator of the run's seed and this rank
         self.synthesizer = AnomalySynthesizer() if cfg.denoise else None
         # out-of-distribution images of the penalty: the synthesizer's foreign textures, whole images
@@ -254,18 +273,21 @@ class _Run:
     def step(self, batch: dict[str, Tensor], progress: float, step: int) -> None:
         """One optimisation step at run ``progress`` (sets the scheduled learning rate first)."""
         cfg = self.cfg
-        self.lr_now = cfg.lr * lr_factor(cfg.schedule, progress)
+        factor = lr_factor(cfg.schedule, progress)
+        self.lr_now = cfg.lr * factor
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_now
+            group["lr"] = group["initial_lr"] * factor
         x = batch["image"].to(self.device, non_blocking=True)
         x = normalize_uint8(x, self.fmt) if x.dtype == torch.uint8 else x.contiguous(memory_format=self.fmt)
-        x_student = self.synthesizer(x, self.generator)[0] if self.synthesizer is not None else None
+        x_student, mask = self.synthesizer(x, self.generator) if self.synthesizer is not None else (None, None)
         x_ood = self.ood_images(x)
         with training_autocast(self.device, self.use_amp):
-            out = self.net(x, x_student, x_ood)
-        loss = self.criterion(out[0], out[1], **self.reduce_kwargs)
+            t, s, *extra = self.net(x, x_student, x_ood, mask if cfg.segment else None)
+        loss = self.criterion(t, s, **self.reduce_kwargs)
         if x_ood is not None:
-            loss = loss + self.cfg.ood_penalty * out[2]
+            loss = loss + self.cfg.ood_penalty * extra.pop(0)
+        if cfg.segment:
+            loss = loss + extra.pop(0)  # only the head's parameters get its gradient
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"the loss became {loss.item()} at epoch {self.epoch}, step {step}; training stopped and "
@@ -287,7 +309,8 @@ def _setup(train_ds: Dataset, cfg: TrainConfig, device: torch.device | None) -> 
     np.random.seed(cfg.seed)
     run = _Run(train_ds, cfg, device)
     model = IKDModel(cfg.backbone, cfg.teacher_weights, cfg.combine, cfg.sigma, cfg.feature_pool,
-                     score_topk=cfg.score_topk, student_kind=cfg.student).to(run.device)
+                     score_topk=cfg.score_topk, student_kind=cfg.student, segment=cfg.segment,
+                     segment_map=cfg.segment_map).to(run.device)
     # channels_last only on one process: under DDP (gloo, CPU) it made the two-process run drift from the
     # one-process run on the same global batch (tests/test_distributed.py), so DDP keeps the default layout.
     run.fmt = torch.channels_last if cfg.channels_last and not run.distributed else torch.contiguous_format
@@ -303,7 +326,10 @@ def _setup(train_ds: Dataset, cfg: TrainConfig, device: torch.device | None) -> 
         run.reduce_kwargs = {"all_reduce": all_reduce_sum}
         run.net = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
                                           find_unused_parameters=cfg.backbone.startswith("hrnet"))
-    run.optimizer = torch.optim.AdamW(model.student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [{"params": list(model.student.parameters()), "lr": cfg.lr, "initial_lr": cfg.lr}]
+    if model.segmenter is not None:
+        groups.append({"params": list(model.segmenter.parameters()), "lr": SEGMENT_LR, "initial_lr": SEGMENT_LR})
+    run.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run.use_amp = cfg.amp and run.device.type == "cuda"
     run.scaler = torch.amp.GradScaler("cuda", enabled=run.use_amp and not torch.cuda.is_bf16_supported())
     n_fit = len(run.fit_ds)  # type: ignore[arg-type]
@@ -363,6 +389,9 @@ def _calibrate(run: _Run, train_ds: Dataset) -> tuple[dict[str, Any], dict[str, 
     if cfg.level_norm:
         run.level_norm = fit_level_normalization(run.model, loader, run.device)
         run.model.anomaly_map.set_level_normalization(run.level_norm["lo"], run.level_norm["hi"])
+    if cfg.segment and cfg.segment_map == "fused":
+        run.fusion_norm = fit_fusion_normalization(run.model, loader, run.device)
+        run.model.set_fusion_normalization(run.fusion_norm["lo"], run.fusion_norm["hi"])
     hold = predict_maps(run.model, loader, run.device)
     norm: dict[str, Any] = fit_normalization(hold["maps"], cfg.threshold_k, cfg.score_topk)
     norm["holdout_is_train"] = not run.hold_idx
@@ -395,6 +424,7 @@ def _metadata(run: _Run, category: str, data_info: dict[str, Any] | None, norm: 
         "score_normalization": norm,
         **({"tile_normalization": tile_norm} if tile_norm is not None else {}),
         **({"level_normalization": run.level_norm} if run.level_norm is not None else {}),
+        **({"fusion_normalization": run.fusion_norm} if run.fusion_norm is not None else {}),
         "margins": [float(m.margin) for m in getattr(run.criterion, "margins", [])],
         "metrics": metrics,
         "epochs_completed": round(len(history) / run.steps, 2),
@@ -491,7 +521,7 @@ def _finish(run: _Run, train_ds: Dataset, test_ds: Dataset | None, out_path: str
     metadata = _metadata(run, category, data_info, norm, tile_norm, metrics)
     ckpt = None
     if out_path is not None:
-        ckpt = save_checkpoint(out_path, run.model.student.state_dict(), metadata)
+        ckpt = save_checkpoint(out_path, run.model.trainable_state_dict(), metadata)
     run.report(callback, run.steps, "done")
     return TrainResult(run.model, metadata, metrics, run.history, ckpt, seconds=time.perf_counter() - start,
                        test_outputs=test_outputs)

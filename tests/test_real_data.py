@@ -181,7 +181,8 @@ def test_epoch_matched_mode_takes_each_methods_measured_rate_or_its_kinds(tmp_pa
     assert matched_epochs("ikd+all", rates, 1) == 3  # reverse + denoise at 6.0, times the penalty's 2.5 / 5.5
     with pytest.raises(SystemExit, match="ikd\\+denoise"):
         matched_epochs("ikd+denoise", rates, 3)
-    assert set(KD_METHODS) >= {"ikd+ood", "ikd+reverse+denoise", "ikd+denoise+score", "ikd+denoise+ood"}
+    assert set(KD_METHODS) >= {"ikd+ood", "ikd+reverse+denoise", "ikd+denoise+score", "ikd+denoise+ood",
+                               "ikd+denoise+seg"}
     info = {"split": "dev", "minutes": 3, "seeds": [0], "command": "c", "machine": "m", "load": "0",
             "epochs_like": [str(a)]}
     assert "**Epoch-matched**" in build_report([run("ikd", 16)], info)
@@ -193,3 +194,23 @@ def test_the_benchs_ikd_is_the_papers_method_whatever_the_cpu_recipes_default() 
     base = cpu_paper_settings(256)
     assert (base["denoise"], base["student"], base["combine"], base["batch_size"]) == (False, "forward", "product", 8)
     assert cpu_paper_settings(256, **KD_METHODS["ikd+denoise"])["denoise"] is True
+
+
+def test_au_pro_by_defect_scores_each_type_against_the_good_images() -> None:
+    import torch
+
+    from benchmarks.real_bench import au_pro_by_defect, build_report
+
+    masks = torch.zeros(4, 1, 16, 16)
+    masks[1, :, 4:8, 4:8] = 1
+    masks[2, :, 8:12, 8:12] = 1
+    maps = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.1
+    maps[1] += masks[1]  # the scratch is found, the hole is not
+    by = au_pro_by_defect({"maps": maps, "masks": masks}, ["good", "scratch", "hole", "good"])
+    assert set(by) == {"scratch", "hole"} and by["scratch"] > 0.95 and by["hole"] < 0.5
+    row = {"category": "real_skimage_c", "method": "ikd+denoise+seg", "seed": 0, "minutes": 1, "epochs": 1.0,
+           "image_auroc": 0.5, "pixel_auroc": 0.5, "au_pro": 0.5, "au_pro_by_defect": by}
+    info = {"split": "dev", "minutes": 1, "seeds": [0], "command": "c", "machine": "m", "load": "0"}
+    report = build_report([row, {**row, "method": "ikd", "au_pro_by_defect": {}}], info)
+    assert "## AU-PRO by defect type" in report
+    assert f"| ikd+denoise+seg | {by['hole']:.3f} | {by['scratch']:.3f} | 1 |" in report

@@ -144,7 +144,7 @@ def run_category(
         raise IKDError(f"{category}: the test set has no labelled images")
     if r.trained:
         meta = {**meta, "metrics": r.metrics}
-        save_checkpoint(checkpoint, model.student.state_dict(), meta)
+        save_checkpoint(checkpoint, model.trainable_state_dict(), meta)
 
     title = f"{category} ({meta.get('backbone', cfg.backbone)})"
     r.curves = save_curves(compute_curves(evaluation.outputs, r.metrics), curves_dir, category, title)

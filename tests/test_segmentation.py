@@ -1,0 +1,208 @@
+"""DeSTSeg's segmentation head (``--segment``): shapes, gradients, learning, metadata, export parity, runtime."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_export import _run_runtime
+
+from ikd_core.checkpoint import load_student_state, read_metadata, save_checkpoint, validate_metadata
+from ikd_core.cli import _train_config as cli_train_config
+from ikd_core.cli import build_parser, main
+from ikd_core.data.sources import DataSpec, build_datasets
+from ikd_core.errors import CheckpointError
+from ikd_core.evaluation import evaluate_model
+from ikd_core.loading import load_model
+from ikd_core.metrics import image_auroc
+from ikd_core.predict import Predictor
+from ikd_core.recipes import method_parts
+from ikd_core.runtime import OnnxPredictor
+from ikd_core.segmentation import SegmentationHead, segmentation_loss
+from ikd_core.torch_model import SEGMENTER_PREFIX, IKDModel
+from ikd_core.train import TrainConfig, train
+
+
+def _features(n: int, channels: tuple[int, ...], size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    return [F.normalize(torch.randn(n, c, size >> i, size >> i, generator=gen), dim=1) for i, c in enumerate(channels)]
+
+
+def test_the_head_learns_where_teacher_and_student_disagree() -> None:
+    """Logits at the finest level; trained on masks where the student's features are the teacher's negated, the
+    head separates those positions from the rest (pixel AUROC on fresh features and masks)."""
+    gen = torch.Generator().manual_seed(0)
+    channels = (8, 12, 16)
+    head = SegmentationHead(channels, width=16)
+
+    def batch() -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        t = _features(4, channels, 16, gen)
+        mask = torch.zeros(4, 1, 64, 64)
+        for b in range(4):
+            y, x = torch.randint(0, 40, (2,), generator=gen).tolist()
+            mask[b, :, y:y + 24, x:x + 24] = 1.0
+        s = []
+        for f in t:  # the student disagrees inside the mask (its features negated there), agrees elsewhere
+            m = F.interpolate(mask, size=f.shape[-2:], mode="nearest")
+            s.append(f * (1 - 2 * m))
+        return t, s, mask
+
+    t, s, mask = batch()
+    logits = head(t, s)
+    assert logits.shape == (4, 1, 16, 16)
+    assert torch.sigmoid(logits).mean().item() == pytest.approx(0.05, abs=0.02)  # the prior of the output bias
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        t, s, mask = batch()
+        loss = segmentation_loss(head(t, s), mask)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+    head.eval()
+    t, s, mask = batch()
+    with torch.no_grad():
+        prob = torch.sigmoid(head(t, s))
+    target = F.adaptive_avg_pool2d(mask, 16) >= 0.5
+    assert image_auroc(prob.flatten().numpy(), target.flatten().numpy()) > 0.95
+
+
+def test_the_segmentation_loss_trains_the_head_only() -> None:
+    model = IKDModel("efficientnet_lite0", segment=True).train()
+    x = torch.randn(2, 3, 64, 64)
+    x_aug = x.clone()
+    x_aug[:, :, 16:48, 16:48] = torch.randn(2, 3, 32, 32)
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[:, :, 16:48, 16:48] = 1
+    t, s, seg = model(x, x_aug, None, mask)
+    assert seg.ndim == 0 and torch.isfinite(seg)
+    seg.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.segmenter.parameters())
+    assert all(p.grad is None for p in model.student.parameters()), "the head's loss must not reach the student"
+    assert all(p.grad is None for p in model.teacher.parameters())
+    model.eval()
+    with torch.no_grad():
+        maps = model(x)
+    assert maps.shape == (2, 1, 64, 64) and maps.min() >= 0 and maps.max() <= 1  # a blurred probability
+
+
+def test_segment_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="needs denoise"):
+        TrainConfig(segment=True)
+    with pytest.raises(ValueError, match="level normalisation"):
+        TrainConfig(segment=True, denoise=True, level_norm=True, combine="sum")
+    args = build_parser().parse_args(["train", "--data", "demo", "--recipe", "cpu", "--segment"])
+    cfg = cli_train_config(args)
+    assert (cfg.segment, cfg.denoise) == (True, True)
+    assert cli_train_config(build_parser().parse_args(["train", "--data", "demo", "--recipe", "cpu"])).segment is False
+    assert "segmentation head" in method_parts({"denoise": True, "segment": True})
+    assert method_parts({"denoise": True}) == ["denoising student"]
+
+
+def _seg_train(demo_root, tmp_path_factory: pytest.TempPathFactory, segment_map: str):
+    spec = DataSpec("demo", "demo_texture", str(demo_root))
+    train_ds, test_ds = build_datasets(spec, 64)
+    out = tmp_path_factory.mktemp("seg") / f"seg-{segment_map}.safetensors"
+    cfg = TrainConfig(image_size=64, epochs=2, batch_size=4, lr=1e-3, denoise=True, segment=True,
+                      segment_map=segment_map)
+    return train(train_ds, test_ds, cfg, out_path=out, category="demo_texture", data_info=spec.to_dict()), test_ds
+
+
+@pytest.fixture(scope="module")
+def seg_run(demo_root, tmp_path_factory: pytest.TempPathFactory):
+    return _seg_train(demo_root, tmp_path_factory, "head")
+
+
+@pytest.fixture(scope="module")
+def fused_run(demo_root, tmp_path_factory: pytest.TempPathFactory):
+    return _seg_train(demo_root, tmp_path_factory, "fused")
+
+
+def test_a_segment_run_saves_the_head_and_reloads_to_the_same_maps(seg_run) -> None:
+    result, test_ds = seg_run
+    assert result.metadata["train_config"]["segment"] is True
+    state = load_student_state(result.checkpoint)
+    head = {k for k in state if k.startswith(SEGMENTER_PREFIX)}
+    assert head == {SEGMENTER_PREFIX + k for k in result.model.segmenter.state_dict()}
+    assert len(state) == len(head) + len(result.model.student.state_dict())
+    maps = result.test_outputs["maps"]
+    assert maps.min() >= 0 and maps.max() <= 1
+    model, _ = load_model(result.checkpoint)
+    assert model.segmenter is not None
+    again = evaluate_model(model, test_ds, torch.device("cpu")).outputs
+    assert torch.allclose(again["maps"], maps, rtol=1e-4, atol=1e-6)
+    # the head's output, not the distillation map
+    x = torch.stack([test_ds[i]["image"] for i in range(2)])
+    with torch.no_grad():
+        t, s = model.features(x)
+        assert not torch.allclose(model(x), model.anomaly_map(t, s, (64, 64)))
+
+
+def test_segment_checkpoints_are_checked_on_loading(seg_run, tmp_path) -> None:
+    result, _ = seg_run
+    meta = read_metadata(result.checkpoint)
+    with pytest.raises(CheckpointError, match="segment"):
+        validate_metadata({**meta, "train_config": {**meta["train_config"], "segment": "yes"}}, "bad.safetensors")
+    # the flag without the head's tensors, and the head's tensors without the flag
+    no_head = save_checkpoint(tmp_path / "no_head.safetensors", result.model.student.state_dict(), meta)
+    with pytest.raises(CheckpointError, match="segmentation head.*missing"):
+        load_model(no_head)
+    plain = {**meta, "train_config": {**meta["train_config"], "segment": False}}
+    extra = save_checkpoint(tmp_path / "extra.safetensors", result.model.trainable_state_dict(), plain)
+    with pytest.raises(CheckpointError, match="unexpected"):
+        load_model(extra)
+
+
+def test_the_fused_map_sums_the_two_maps_mapped_by_their_held_out_quantiles(fused_run, tmp_path) -> None:
+    result, test_ds = fused_run
+    fusion = result.metadata["fusion_normalization"]
+    assert fusion["quantiles"] == [0.9, 0.995] and all(h > lo for lo, h in zip(fusion["lo"], fusion["hi"],
+                                                                                    strict=True))
+    assert "fused with the distillation map" in ", ".join(method_parts(result.metadata["train_config"]))
+    model, meta = load_model(result.checkpoint)
+    assert model.segment_map == "fused"
+    assert torch.allclose(model.fusion_lo, torch.tensor(fusion["lo"], dtype=torch.float32))
+    x = torch.stack([test_ds[i]["image"] for i in range(3)])
+    with torch.no_grad():
+        parts = model.fusion_components(x)
+        t, s = model.features(x)
+        assert torch.allclose(parts[:, :1], model.anomaly_map.combine_levels(model.anomaly_map.level_maps(
+            t, s, (64, 64))))
+        lo, hi = torch.tensor(fusion["lo"])[None, :, None, None], torch.tensor(fusion["hi"])[None, :, None, None]
+        want = model.anomaly_map.blur((0.1 * (parts - lo) / (hi - lo)).sum(1, keepdim=True), (64, 64))
+        assert torch.allclose(model(x), want, atol=1e-6)
+    # the quantiles are part of the model: a fused checkpoint without them is refused
+    meta = dict(meta)
+    del meta["fusion_normalization"]
+    bare = save_checkpoint(tmp_path / "bare.safetensors", result.model.trainable_state_dict(), meta)
+    with pytest.raises(CheckpointError, match="fusion_normalization"):
+        load_model(bare)
+    with pytest.raises(CheckpointError, match="fusion_normalization"):
+        validate_metadata({**meta, "fusion_normalization": {"lo": [0.1], "hi": [0.2]}}, "bad.safetensors")
+
+
+@pytest.mark.parametrize("run", ["seg_run", "fused_run"])
+def test_a_segment_export_matches_torch_and_runs_without_torch(run, demo_root, tmp_path, request) -> None:
+    result, _ = request.getfixturevalue(run)
+    model, meta = load_model(result.checkpoint)
+    images = sorted((Path(demo_root) / "demo_texture" / "test").rglob("*.png"))[::2]
+    onnx_file = tmp_path / "seg.onnx"
+    assert main(["export", "--checkpoint", str(result.checkpoint), "--out", str(onnx_file)]) == 0
+    scale = meta["score_normalization"]["threshold"] - meta["score_normalization"]["lo"]
+    ref = Predictor(model, meta).predict(images)
+    for a, b in zip(ref, OnnxPredictor(onnx_file).predict(images), strict=True):
+        assert np.abs(a.anomaly_map - b.anomaly_map).max() / scale < 1e-3
+        assert abs(a.score - b.score) / scale < 1e-3
+    res = _run_runtime(sys.executable, onnx_file, images, tmp_path / "maps.npz")
+    assert res.returncode == 0, res.stderr
+    data = np.load(tmp_path / "maps.npz")
+    rows = [json.loads(line) for line in res.stdout.strip().splitlines()]
+    for i, (p, row) in enumerate(zip(ref, rows, strict=True)):
+        assert np.abs(data[f"map_{i}"] - p.anomaly_map).max() / scale < 1e-3
+        assert row["verdict"] == ("anomalous" if p.is_anomalous() else "normal")
