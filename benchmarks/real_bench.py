@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -36,6 +37,7 @@ from ikd_core.backbones import build_teacher
 from ikd_core.data.mvtec import MVTecDataset
 from ikd_core.device import select_device
 from ikd_core.evaluation import evaluate_model
+from ikd_core.metrics import au_pro
 from ikd_core.patchcore import PatchCore
 from ikd_core.recipes import paper_method, recipe_settings
 from ikd_core.train import TrainConfig, train
@@ -55,6 +57,8 @@ KD_METHODS: dict[str, dict[str, Any]] = {
     "ikd+reverse+denoise": {"student": "reverse", "denoise": True},
     "ikd+denoise+score": {"denoise": True, "level_norm": True, "combine": "sum", "score_topk": 10},
     "ikd+denoise+ood": {"denoise": True, "ood_penalty": 1.0},
+    "ikd+denoise+seg": {"denoise": True, "segment": True},
+    "ikd+denoise+fuse": {"denoise": True, "segment": True, "segment_map": "fused"},
     "ikd+all": {"student": "reverse", "denoise": True, "level_norm": True, "combine": "sum", "score_topk": 10,
                 "ood_penalty": 1.0},
 }
@@ -115,7 +119,8 @@ def matched_epochs(method: str, rates: dict[str, float], minutes: float) -> int:
     its kind without the penalty, times the penalty's measured slow-down (``ikd+ood`` over ``ikd``)."""
     def kind(m: str) -> tuple[Any, ...]:
         o = KD_METHODS[m]
-        return o.get("student", "forward"), o.get("denoise", False), o.get("ood_penalty", 0.0) > 0
+        return (o.get("student", "forward"), o.get("denoise", False), o.get("segment", False),
+                o.get("ood_penalty", 0.0) > 0)
 
     def same(k: tuple[Any, ...]) -> list[float]:
         return [r for m, r in rates.items() if kind(m) == k]
@@ -124,8 +129,8 @@ def matched_epochs(method: str, rates: dict[str, float], minutes: float) -> int:
     k = kind(method)
     if rate is None and same(k):
         rate = statistics.mean(same(k))
-    elif rate is None and k[2] and same(k[:2] + (False,)) and {"ikd", "ikd+ood"} <= rates.keys():
-        rate = statistics.mean(same(k[:2] + (False,))) * rates["ikd+ood"] / rates["ikd"]
+    elif rate is None and k[3] and same(k[:3] + (False,)) and {"ikd", "ikd+ood"} <= rates.keys():
+        rate = statistics.mean(same(k[:3] + (False,))) * rates["ikd+ood"] / rates["ikd"]
     if rate is None:
         raise SystemExit(f"--epochs-like: no measured rate for {method} or a method of its kind {k}")
     return max(1, round(rate * minutes))
@@ -157,11 +162,25 @@ def run_one(root: Path, category: str, method: str, seed: int, minutes: float,
                 row["inference_ms"] = inference_ms(ckpt, [s.path for s in test_ds.samples[:20]])
         model = result.model
         row.update(fit_seconds=result.metadata["train_seconds"], epochs=result.metadata["epochs_completed"])
-    metrics = evaluate_model(model, test_ds, device).metrics
+    evaluation = evaluate_model(model, test_ds, device)
+    metrics = evaluation.metrics
     if not has_pixel_masks(root.parent, category):
         metrics = {**metrics, "pixel_auroc": math.nan, "pixel_f1_max": math.nan, "au_pro": math.nan}
+    else:
+        row["au_pro_by_defect"] = au_pro_by_defect(evaluation.outputs, [s.defect_type for s in test_ds.samples])
     row.update({k: metrics.get(k, math.nan) for k in METRICS}, total_seconds=round(time.perf_counter() - t0, 1))
     return row
+
+
+def au_pro_by_defect(outputs: dict[str, Tensor], defects: list[str]) -> dict[str, float]:
+    """AU-PRO of each defect type on its images and all the good ones (``outputs`` of ``evaluate_model``, in the
+    order of ``defects``)."""
+    kinds = np.array(defects)
+    out = {}
+    for d in sorted(set(defects) - {"good"}):
+        keep = torch.from_numpy((kinds == d) | (kinds == "good"))
+        out[d] = round(au_pro(outputs["maps"][keep], outputs["masks"][keep]), 4)
+    return out
 
 
 def warm_up(root: Path, categories: list[str]) -> None:
@@ -236,9 +255,31 @@ def build_report(runs: list[dict[str, Any]], info: dict[str, Any],
         ms = [r["inference_ms"] for r in runs if r["method"] == m and "inference_ms" in r]
         cells.append(f"{statistics.median(ms):.1f}" if ms else "n/a")
         lines.append(f"| {m} | {' | '.join(cells)} | {len(per_cat)} |")
+    lines += defect_section(runs, methods)
     for candidate in candidates:
         lines += goals_section(runs, candidate)
     return "\n".join(lines) + "\n"
+
+
+def defect_section(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    """AU-PRO by defect type (runs that recorded it), mean over the categories and seeds that have it."""
+    rows = [r for r in runs if r.get("au_pro_by_defect")]
+    if not rows:
+        return []
+    defects = sorted({d for r in rows for d in r["au_pro_by_defect"]})
+    cats = sorted({r["category"] for r in rows})
+    lines = ["", "## AU-PRO by defect type", "",
+             f"Each defect type's images with all the good ones, mean over {', '.join(cats)} and the seeds (runs "
+             "that recorded it). `contamination` (another photo through a Perlin-noise blob) is the planted defect "
+             "closest to the synthetic anomalies that the denoising student and the segmentation head train on.", "",
+             f"| method | {' | '.join(defects)} | runs |", "|---|" + "---|" * (len(defects) + 1)]
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        if rs:
+            cells = [_mean_std([r["au_pro_by_defect"].get(d, math.nan) for r in rs]).split(" ± ")[0]
+                     for d in defects]
+            lines.append(f"| {m} | {' | '.join(cells)} | {len(rs)} |")
+    return lines
 
 
 def _method_means(runs: list[dict[str, Any]], method: str, cats: list[str]) -> dict[str, float]:
