@@ -303,6 +303,9 @@ def goals_section(runs: list[dict[str, Any]], candidate: str) -> list[str]:
     lines = ["", f"## Goals for `{candidate}`", "", "| goal | measured | met |", "|---|---|---|"]
     for k, need in (("image_auroc", 0.03), ("au_pro", 0.05)):
         d = cand[k] - stfpm[k]
+        if math.isnan(d):
+            lines.append(f"| {k} vs stfpm ≥ +{need} | n/a (no stfpm runs here) | n/a |")
+            continue
         lines.append(f"| {k} vs stfpm ≥ +{need} | {d:+.3f} ({cand[k]:.3f} vs {stfpm[k]:.3f}) | "
                      f"{'yes' if d >= need else 'no'} |")
     for source in sorted({c.split("_")[1] for c in cats}):
@@ -343,14 +346,17 @@ def main(argv: list[str] | None = None) -> int:
                                                                                                args.minutes):
         p.error(f"{store} holds runs of the {saved['info']['split']} split at {saved['info']['minutes']:g} min; "
                 "resume with the same --split and --minutes, or write another --out")
+    this = "python -m benchmarks.real_bench " + " ".join(argv if argv is not None else os.sys.argv[1:])
     info = saved.get("info") or {
         "split": args.split, "minutes": args.minutes, "seeds": args.seeds,
-        "command": "python -m benchmarks.real_bench " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "command": this,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads"
                    + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
         "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
         "epochs_like": [str(f) for f in args.epochs_like or []]}
+    if saved and not args.report_only and this not in info["command"].split("`, then `"):
+        info["command"] += f"`, then `{this}"  # a resumed report names every command that made its runs
     rates = epoch_rates(args.epochs_like) if args.epochs_like else None
     if not args.report_only:
         if not (data / "bench.json").is_file():
