@@ -306,8 +306,13 @@ def goals_section(runs: list[dict[str, Any]], candidate: str) -> list[str]:
         if math.isnan(d):
             lines.append(f"| {k} vs stfpm ≥ +{need} | n/a (no stfpm runs here) | n/a |")
             continue
-        lines.append(f"| {k} vs stfpm ≥ +{need} | {d:+.3f} ({cand[k]:.3f} vs {stfpm[k]:.3f}) | "
-                     f"{'yes' if d >= need else 'no'} |")
+        shared = sorted({r["seed"] for r in runs if r["method"] == candidate}
+                        & {r["seed"] for r in runs if r["method"] == "stfpm"})
+        deltas = [(s, _method_means([r for r in runs if r["seed"] == s], candidate, cats)[k]
+                   - _method_means([r for r in runs if r["seed"] == s], "stfpm", cats)[k]) for s in shared]
+        per_seed = ", ".join(f"seed {s}: {v:+.3f}" for s, v in deltas) if len(deltas) > 1 else ""
+        lines.append(f"| {k} vs stfpm ≥ +{need} | {d:+.3f} ({cand[k]:.3f} vs {stfpm[k]:.3f}"
+                     f"{'; ' + per_seed if per_seed else ''}) | {'yes' if d >= need else 'no'} |")
     for source in sorted({c.split("_")[1] for c in cats}):
         scats = [c for c in cats if c.split("_")[1] == source]
         a, b = _method_means(runs, candidate, scats), _method_means(runs, "patchcore", scats)
