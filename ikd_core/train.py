@@ -115,10 +115,10 @@ class TrainConfig:
             raise ValueError(f"score_topk must be >= 1, got {self.score_topk}")
         if self.segment and not self.denoise:
             raise ValueError("the segmentation head learns from the denoising student's synthetic anomalies: "
-                             "segment needs denoise")
+                             "segment needs denoise (--no-segment turns the head off)")
         if self.segment and self.level_norm:
             raise ValueError("with the segmentation head the map is the head's output: level normalisation does "
-                             "not apply")
+                             "not apply (--no-segment turns the head off)")
         if self.level_norm and self.combine == "product":
             raise ValueError("level normalisation maps good pixels below 0: combine the levels with 'sum'")
         for key, allowed in (("student", STUDENTS), ("loss", LOSSES), ("segment_map", SEGMENT_MAPS)):

@@ -86,13 +86,18 @@ def test_help_lists_commands() -> None:
         assert cmd in res.stdout
 
 
-@pytest.mark.parametrize(("flags", "denoise", "batch"), [
-    ((), False, 2), (("--recipe", "cpu"), True, 8), (("--recipe", "cpu", "--no-denoise"), False, 8),
-    (("--denoise",), True, 2),
+@pytest.mark.parametrize(("flags", "denoise", "segment", "batch"), [
+    ((), False, (False, "head"), 2), (("--recipe", "cpu"), True, (True, "fused"), 8),
+    (("--recipe", "cpu", "--no-denoise"), False, (False, "fused"), 8),
+    (("--recipe", "cpu", "--no-segment"), True, (False, "fused"), 8),
+    (("--recipe", "cpu", "--segment-map", "head"), True, (True, "head"), 8),
+    (("--denoise",), True, (False, "head"), 2),
 ])
-def test_the_recipe_sets_the_denoising_student_and_a_flag_overrides_it(flags, denoise, batch) -> None:
+def test_the_recipe_sets_the_denoising_student_and_its_head_and_a_flag_overrides_them(flags, denoise, segment,
+                                                                                    batch) -> None:
     from ikd_core.cli import _train_config, build_parser
 
     args = build_parser().parse_args(["train", "--data", "demo", "--category", "demo_object", *flags])
-    cfg = _train_config(args)
+    cfg = _train_config(args)  # a head without the denoising student would be refused here
     assert (cfg.denoise, cfg.batch_size, cfg.loss, cfg.student) == (denoise, batch, "ikd", "forward")
+    assert (cfg.segment, cfg.segment_map) == segment

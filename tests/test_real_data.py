@@ -193,6 +193,7 @@ def test_the_benchs_ikd_is_the_papers_method_whatever_the_cpu_recipes_default() 
 
     base = cpu_paper_settings(256)
     assert (base["denoise"], base["student"], base["combine"], base["batch_size"]) == (False, "forward", "product", 8)
+    assert base["segment"] is False
     assert cpu_paper_settings(256, **KD_METHODS["ikd+denoise"])["denoise"] is True
 
 

@@ -97,10 +97,13 @@ def test_segment_settings_are_checked() -> None:
         TrainConfig(segment=True)
     with pytest.raises(ValueError, match="level normalisation"):
         TrainConfig(segment=True, denoise=True, level_norm=True, combine="sum")
-    args = build_parser().parse_args(["train", "--data", "demo", "--recipe", "cpu", "--segment"])
+    args = build_parser().parse_args(["train", "--data", "demo", "--segment", "--denoise"])
     cfg = cli_train_config(args)
-    assert (cfg.segment, cfg.denoise) == (True, True)
-    assert cli_train_config(build_parser().parse_args(["train", "--data", "demo", "--recipe", "cpu"])).segment is False
+    assert (cfg.segment, cfg.denoise, cfg.segment_map) == (True, True, "head")
+    assert cli_train_config(build_parser().parse_args(["train", "--data", "demo"])).segment is False
+    with pytest.raises(ValueError, match="--no-segment"):
+        cli_train_config(build_parser().parse_args(["train", "--data", "demo", "--recipe", "cpu", "--no-denoise",
+                                                    "--segment"]))
     assert "segmentation head" in method_parts({"denoise": True, "segment": True})
     assert method_parts({"denoise": True}) == ["denoising student"]
 
