@@ -190,6 +190,21 @@ def test_the_fused_map_sums_the_two_maps_mapped_by_their_held_out_quantiles(fuse
         validate_metadata({**meta, "fusion_normalization": {"lo": [0.1], "hi": [0.2]}}, "bad.safetensors")
 
 
+def test_the_parts_of_the_fused_map_add_up_to_it(fused_run) -> None:
+    from benchmarks.fusion_parts import PARTS, FusionPart, build_report
+
+    result, test_ds = fused_run
+    x = torch.stack([test_ds[i]["image"] for i in range(3)])
+    with torch.no_grad():
+        dist, head, fused = (FusionPart(result.model, p)(x) for p in PARTS)
+    assert torch.allclose(dist + head, fused, atol=1e-6), "the blur is linear: the fused map is the parts' sum"
+    assert not torch.allclose(dist, head) and head.abs().sum() > 0
+    rows = [{"category": "c", "seed": 0, "part": p, "epochs": 2.0, "image_auroc": v, "pixel_auroc": v,
+             "au_pro": float("nan") if p == "head" else v} for p, v in zip(PARTS, (0.5, 0.75, 1.0), strict=True)]
+    report = build_report(rows, "python -m benchmarks.fusion_parts", 3, "dev")
+    assert "| head | 0.750 | 0.750 | n/a |" in report and "| c | fused | 1.000 | 1.000 | 1.000 | 2.0 |" in report
+
+
 @pytest.mark.parametrize("run", ["seg_run", "fused_run"])
 def test_a_segment_export_matches_torch_and_runs_without_torch(run, demo_root, tmp_path, request) -> None:
     result, _ = request.getfixturevalue(run)
