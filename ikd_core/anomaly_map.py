@@ -88,9 +88,12 @@ class AnomalyMapGenerator(nn.Module):
         return levels.prod(dim=1, keepdim=True) if self.combine == "product" else levels.sum(dim=1, keepdim=True)
 
     def blur(self, result: Tensor, size: tuple[int, int]) -> Tensor:
-        """The Gaussian blur of a (B, 1, H, W) map at ``size`` (none when ``sigma`` is 0)."""
+        """The Gaussian blur of a (B, 1, H, W) map at ``size`` (none when ``sigma`` is 0), in float32 with autocast
+        off whatever the caller's context (the segmentation head's maps are blurred outside :meth:`forward`)."""
+        result = result.float()
         if self.sigma > 0:
             # Kernel of +-4 sigma, no larger than reflect padding allows on small maps.
             k = min(2 * int(4.0 * self.sigma + 0.5) + 1, 2 * min(size) - 1)
-            result = gaussian_blur2d(result, (k, k), (self.sigma, self.sigma))
+            with torch.autocast(device_type=result.device.type, enabled=False):
+                result = gaussian_blur2d(result, (k, k), (self.sigma, self.sigma))
         return result

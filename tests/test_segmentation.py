@@ -190,6 +190,20 @@ def test_the_fused_map_sums_the_two_maps_mapped_by_their_held_out_quantiles(fuse
         validate_metadata({**meta, "fusion_normalization": {"lo": [0.1], "hi": [0.2]}}, "bad.safetensors")
 
 
+@pytest.mark.parametrize("run", ["seg_run", "fused_run"])
+def test_the_heads_maps_stay_float32_under_autocast(run, request) -> None:
+    """As the distillation map (tests/test_amp.py): the head's and the fused map are blurred in float32 under bf16
+    autocast (CPU bf16 casts conv2d as CUDA AMP does), close to the float32 map."""
+    result, test_ds = request.getfixturevalue(run)
+    x = torch.stack([test_ds[i]["image"] for i in range(2)])
+    with torch.no_grad():
+        ref = result.model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            amp = result.model(x)
+    assert ref.dtype == amp.dtype == torch.float32
+    assert torch.allclose(amp, ref, rtol=0.1, atol=0.05 * float(ref.abs().max()))
+
+
 def test_the_parts_of_the_fused_map_add_up_to_it(fused_run) -> None:
     from benchmarks.fusion_parts import PARTS, FusionPart, build_report
 
