@@ -248,8 +248,7 @@ def _add_train_parser(sub: Any) -> None:
     _add_data_args(p)
     p.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
                    help="settings for what is not given: paper (AdamW 5e-5, batch 2, 50 epochs, the paper's loss "
-                        "and map; default) or cpu (batch 8, lr 1e-2, 60 epochs, denoising student, fused segmentation "
-                        "head)")
+                        "and map; default) or cpu (batch 8, lr 1e-2, 60 epochs, denoising student)")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet_lite0")
     p.add_argument("--teacher-weights", help="local teacher weights file, or hub / packaged (default: auto)")
     p.add_argument("--image-size", type=int)
@@ -270,12 +269,10 @@ def _add_train_parser(sub: Any) -> None:
                         "(default: the recipe's; cpu: on, paper: off)")
     p.add_argument("--segment", action=argparse.BooleanOptionalAction,
                    help="DeSTSeg's segmentation head, trained on the denoising student's synthetic anomalies; its "
-                        "output is the anomaly map (needs --denoise; default: the recipe's; cpu: on, fused; paper: "
-                        "off)")
+                        "output is the anomaly map (needs --denoise; default: the recipe's, off in both)")
     p.add_argument("--segment-map", choices=("head", "fused"),
                    help="with --segment: the head's map (DeSTSeg's) or its sum with the distillation map, "
-                        "each normalised on held-out images (0.9 quantile -> 0, 0.995 -> 0.1); default: the recipe's "
-                        "(cpu: fused, paper: head)")
+                        "each normalised on held-out images (0.9 quantile -> 0, 0.995 -> 0.1); default: head")
     p.add_argument("--ood-penalty", type=float, metavar="W",
                    help="EfficientAD's penalty: weight of the student's output on foreign textures, relative to its "
                         "output on the training images (0 = off)")

@@ -87,11 +87,10 @@ def test_help_lists_commands() -> None:
 
 
 @pytest.mark.parametrize(("flags", "denoise", "segment", "batch"), [
-    ((), False, (False, "head"), 2), (("--recipe", "cpu"), True, (True, "fused"), 8),
-    (("--recipe", "cpu", "--no-denoise"), False, (False, "fused"), 8),
-    (("--recipe", "cpu", "--no-segment"), True, (False, "fused"), 8),
-    (("--recipe", "cpu", "--segment-map", "head"), True, (True, "head"), 8),
-    (("--denoise",), True, (False, "head"), 2),
+    ((), False, (False, "head"), 2), (("--recipe", "cpu"), True, (False, "head"), 8),
+    (("--recipe", "cpu", "--no-denoise"), False, (False, "head"), 8),
+    (("--recipe", "cpu", "--segment", "--segment-map", "fused"), True, (True, "fused"), 8),
+    (("--denoise",), True, (False, "head"), 2), (("--denoise", "--segment"), True, (True, "head"), 2),
 ])
 def test_the_recipe_sets_the_denoising_student_and_its_head_and_a_flag_overrides_them(flags, denoise, segment,
                                                                                     batch) -> None:

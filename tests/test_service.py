@@ -471,8 +471,7 @@ def test_recipes_fill_the_form_and_the_settings_it_does_not_show(monkeypatch) ->
     cpu = training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="cpu")
     assert (cpu.student, cpu.loss, cpu.denoise, cpu.combine) == ("forward", "ikd", True, "product"), \
         "the CPU recipe (the app's CPU default) is the bench's winner: the paper's loss with the denoising student"
-    assert (cpu.segment, cpu.segment_map) == (True, "fused"), "... and the segmentation head, fused"
-    assert (paper.segment, paper.segment_map) == (False, "head")
+    assert (cpu.segment, paper.segment) == (False, False), "the segmentation head is an option in both"
     with pytest.raises(training.TrainingRequestError, match="unknown recipe"):
         training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="<script>")
 

@@ -317,10 +317,9 @@ class TrainingPanel:
         gr.Markdown(
             "Defaults: " + ("the paper's setting (hrnet_w32, 256 px, batch 2, lr 5e-5, 50 epochs)" if gpu.has_gpu()
                             else "the CPU recipe (efficientnet_lite0, 256 px, batch 8, lr 1e-2, 60 epochs, 10 min, "
-                                 "denoising student, segmentation head)")
+                                 "denoising student)")
             + ". A recipe (paper: the paper's setting; cpu: minutes on a CPU, with the denoising student, which "
-            "sees synthetic defects while it learns, and a small segmentation head trained on those defects, whose "
-            "map is added to the distillation map) fills the fields. Leave Epochs empty "
+            "sees synthetic defects while it learns) fills the fields. Leave Epochs empty "
             "(or 0) to train until the time limit."
         )
         with gr.Row():
