@@ -368,7 +368,44 @@ def test_inspection_does_not_wait_for_training_and_stop_keeps_files(studio, clie
 
 
 # ------------------------------------------------------------------------------------------ temporary files
+def test_the_sweep_survives_an_upload_that_lands_during_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradio's own sweep iterates the live set of temporary files: an upload added meanwhile raised "Set changed size
+    during iteration" and ended the scheduled sweep for good (seen in CI: the canary below was never deleted). The
+    app's sweep works on a snapshot: the old files go, the new upload stays (on disk and in the set), nothing raises,
+    and a sweep that fails is logged and leaves the schedule running."""
+    from types import SimpleNamespace
+
+    from ui import cache_sweep
+
+    old = [_write(tmp_path, f"old{i}.png", b"x") for i in range(3)]
+    kept = _write(tmp_path, "kept.png", b"k")
+    upload = _write(tmp_path, "upload.png", b"y")
+    temp = {str(f) for f in (*old, kept)}
+    blocks = SimpleNamespace(blocks={0: SimpleNamespace(keep_in_cache={str(kept)})}, temp_file_sets=[temp])
+    real_lstat = Path.lstat
+
+    def racing_lstat(self: Path, *args, **kwargs):
+        temp.add(str(upload))  # an upload lands while the sweep runs
+        return real_lstat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "lstat", racing_lstat)
+    cache_sweep.delete_files_created_by_app(blocks, -1)  # every file is older than -1 s, and each one is lstat-ed
+    assert not any(f.exists() for f in old) and kept.exists() and upload.exists()
+    assert temp == {str(kept), str(upload)}
+    monkeypatch.undo()
+    cache_sweep.delete_files_created_by_app(blocks, 3600)  # younger than the age: nothing goes
+    assert kept.exists() and upload.exists()
+    cache_sweep.delete_files_created_by_app(blocks, None)  # all but what a component keeps
+    assert kept.exists() and not upload.exists() and temp == {str(kept)}
+    cache_sweep.delete_files_created_by_app(SimpleNamespace(blocks=None, temp_file_sets=[]), None)  # logged, no raise
+
+
 def test_gradio_temporary_files_are_swept(studio) -> None:
+    from gradio import route_utils
+
+    from ui import cache_sweep
+
+    assert route_utils.delete_files_created_by_app is cache_sweep.delete_files_created_by_app
     assert studio.app.demo.delete_cache == (1, CACHE_AGE)
     assert studio.canary is not None, "needs test_upload_limit_file_types_and_canary"
     found, t_upload = studio.canary

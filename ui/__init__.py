@@ -15,7 +15,7 @@ import torch
 
 from ikd_core.service import Settings
 
-from . import gif_tab, gpu, inspect_tab, live_tab, model_tab
+from . import cache_sweep, gif_tab, gpu, inspect_tab, live_tab, model_tab
 from .common import example_gallery
 from .context import AppContext
 
@@ -90,6 +90,7 @@ def build_app(settings: Settings | None = None) -> StudioApp:
     """
     settings = settings or Settings.from_env()
     ctx = AppContext.create(settings)
+    cache_sweep.install()  # Gradio's own sweep dies on the first upload that races it
     with gr.Blocks(title="IKD Studio", delete_cache=settings.delete_cache) as demo:
         gr.Markdown(
             "# IKD Studio\nUnsupervised anomaly segmentation with **Informative Knowledge Distillation**: a student "
