@@ -1,7 +1,9 @@
 """What each part of the fused map does (issue 16): train the denoising student with the segmentation head
 (``ikd+denoise+fuse`` of the real-image bench, the CPU recipe) and evaluate, on the same trained model, the
 distillation map alone, the head's map alone and their fusion, so that a goal the fused map misses can be traced
-to the part that misses it.
+to the part that misses it. Each part also gets the app's threshold (mean + 3 std of the held-out good images'
+scores, or their max: :func:`~ikd_core.calibration.fit_normalization`, on the training run's own held-out images),
+and the report gives the share of good and of defective test images it calls right.
 
     python -m benchmarks.fusion_parts --split dev --minutes 3 --out results/fusion_parts_dev.md
 """
@@ -17,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
 
 from benchmarks.real_bench import IMAGE_SIZE, KD_METHODS, METRICS, cpu_paper_settings, warm_up
 from benchmarks.real_data import build_real_bench, has_pixel_masks
 from benchmarks.report import command_line, machine_lines
+from ikd_core.calibration import fit_normalization
+from ikd_core.data.batching import split_holdout
 from ikd_core.data.mvtec import MVTecDataset
 from ikd_core.device import select_device
-from ikd_core.evaluation import evaluate_model
+from ikd_core.evaluation import EVAL_BATCH_SIZE, evaluate_model, predict_maps
 from ikd_core.torch_model import IKDModel
 from ikd_core.train import TrainConfig, train
 
@@ -55,14 +60,26 @@ def run_parts(root: Path, category: str, seed: int, minutes: float) -> list[dict
     cfg = replace(TrainConfig(**cpu_paper_settings(IMAGE_SIZE)), epochs=None, max_minutes=minutes, seed=seed,
                   **KD_METHODS["ikd+denoise+fuse"])
     result = train(train_ds, None, cfg, category=category, device=device)
+    held_out = Subset(train_ds, split_holdout(len(train_ds), cfg.holdout_fraction, seed)[1])
     rows = []
     for part in PARTS:
-        metrics = evaluate_model(FusionPart(result.model, part), test_ds, device).metrics
+        model = FusionPart(result.model, part)
+        hold = predict_maps(model, DataLoader(held_out, batch_size=EVAL_BATCH_SIZE), device)
+        evaluation = evaluate_model(model, test_ds, device)
+        metrics = evaluation.metrics
         if not has_pixel_masks(root.parent, category):
             metrics = {**metrics, "pixel_auroc": math.nan, "au_pro": math.nan}
         rows.append({"category": category, "seed": seed, "part": part, "epochs": result.metadata["epochs_completed"],
-                     **{k: metrics.get(k, math.nan) for k in METRICS}})
+                     **{k: metrics.get(k, math.nan) for k in METRICS},
+                     **verdicts(evaluation.outputs, fit_normalization(hold["maps"])["threshold"])})
     return rows
+
+
+def verdicts(outputs: dict[str, Tensor], threshold: float) -> dict[str, float]:
+    """The share of good test images scored under ``threshold`` and of defective ones at or above it."""
+    scores, labels = outputs["scores"], outputs["labels"]
+    return {"good_right": float((scores[labels == 0] < threshold).float().mean()),
+            "defective_right": float((scores[labels == 1] >= threshold).float().mean())}
 
 
 def _fmt(v: float) -> str:
@@ -76,18 +93,23 @@ def build_report(rows: list[dict[str, Any]], command: str, minutes: float, split
              "One training per category (the CPU recipe's method, `ikd+denoise+fuse`); each part evaluated on the same "
              "model: the distillation map and the head's map, each mapped by its held-out quantiles (0.9 -> 0, "
              "0.995 -> 0.1) and blurred as the fused map is, and the fused map (their sum). Image score: the map's "
-             "maximum.", "", "| category | part | image AUROC | pixel AUROC | AU-PRO | epochs |",
-             "|---|---|---|---|---|---|"]
+             "maximum. Good right / defective right: the share of good / defective test images called right at the "
+             "part's threshold, fitted on the run's held-out good images as the app fits it (mean + 3 std of their "
+             "scores, or their max).",
+             "", "| category | part | image AUROC | pixel AUROC | AU-PRO | good right | defective right | epochs |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['category']} | {r['part']} | {_fmt(r['image_auroc'])} | {_fmt(r['pixel_auroc'])} | "
-                     f"{_fmt(r['au_pro'])} | {r['epochs']:.1f} |")
-    lines += ["", "## Mean over the categories", "", "| part | image AUROC | pixel AUROC | AU-PRO |",
-              "|---|---|---|---|"]
+                     f"{_fmt(r['au_pro'])} | {_fmt(r.get('good_right', math.nan))} | "
+                     f"{_fmt(r.get('defective_right', math.nan))} | {r['epochs']:.1f} |")
+    lines += ["", "## Mean over the categories", "",
+              "| part | image AUROC | pixel AUROC | AU-PRO | good right | defective right |",
+              "|---|---|---|---|---|---|"]
     for part in PARTS:
         sel = [r for r in rows if r["part"] == part]
         means = []
-        for k in METRICS:
-            vals = [r[k] for r in sel if not math.isnan(r[k])]
+        for k in (*METRICS, "good_right", "defective_right"):
+            vals = [r[k] for r in sel if not math.isnan(r.get(k, math.nan))]
             means.append(_fmt(sum(vals) / len(vals)) if vals else "n/a")
         lines.append(f"| {part} | " + " | ".join(means) + " |")
     return "\n".join(lines) + "\n"

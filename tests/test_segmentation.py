@@ -205,7 +205,7 @@ def test_the_heads_maps_stay_float32_under_autocast(run, request) -> None:
 
 
 def test_the_parts_of_the_fused_map_add_up_to_it(fused_run) -> None:
-    from benchmarks.fusion_parts import PARTS, FusionPart, build_report
+    from benchmarks.fusion_parts import PARTS, FusionPart, build_report, verdicts
 
     result, test_ds = fused_run
     x = torch.stack([test_ds[i]["image"] for i in range(3)])
@@ -215,8 +215,12 @@ def test_the_parts_of_the_fused_map_add_up_to_it(fused_run) -> None:
     assert not torch.allclose(dist, head) and head.abs().sum() > 0
     rows = [{"category": "c", "seed": 0, "part": p, "epochs": 2.0, "image_auroc": v, "pixel_auroc": v,
              "au_pro": float("nan") if p == "head" else v} for p, v in zip(PARTS, (0.5, 0.75, 1.0), strict=True)]
+    rows[2].update(good_right=0.5, defective_right=1.0)
     report = build_report(rows, "python -m benchmarks.fusion_parts", 3, "dev")
-    assert "| head | 0.750 | 0.750 | n/a |" in report and "| c | fused | 1.000 | 1.000 | 1.000 | 2.0 |" in report
+    assert "| head | 0.750 | 0.750 | n/a | n/a | n/a |" in report
+    assert "| c | fused | 1.000 | 1.000 | 1.000 | 0.500 | 1.000 | 2.0 |" in report
+    out = {"scores": torch.tensor([0.1, 0.6, 0.4, 0.7, 0.9]), "labels": torch.tensor([0, 0, 1, 1, 1])}
+    assert verdicts(out, 0.5) == pytest.approx({"good_right": 0.5, "defective_right": 2 / 3})
 
 
 @pytest.mark.parametrize("run", ["seg_run", "fused_run"])
