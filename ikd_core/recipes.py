@@ -64,12 +64,8 @@ def recipe_settings(name: str, **given: Any) -> dict[str, Any]:
         given: settings chosen explicitly (None = not given).
 
     Returns:
-        Keyword arguments for :class:`~ikd_core.train.TrainConfig`. Turning the denoising student off also turns
-        off the recipe's segmentation head, unless ``segment`` is given.
+        Keyword arguments for :class:`~ikd_core.train.TrainConfig`.
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
-    settings = {**RECIPES[name], **{k: v for k, v in given.items() if v is not None}}
-    if given.get("denoise") is False and given.get("segment") is None:
-        settings["segment"] = False  # the head trains on the denoising student's synthetic anomalies: it goes too
-    return settings
+    return {**RECIPES[name], **{k: v for k, v in given.items() if v is not None}}
