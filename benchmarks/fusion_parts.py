@@ -47,9 +47,7 @@ class FusionPart(nn.Module):
         if self.part == "fused":
             return self.model(x)
         k = PARTS.index(self.part)
-        comp = self.model.fusion_components(x)[:, k : k + 1]
-        lo, hi = self.model.fusion_lo[k], self.model.fusion_hi[k]
-        return self.model.anomaly_map.blur(0.1 * (comp - lo) / (hi - lo), (x.shape[-2], x.shape[-1]))
+        return self.model.anomaly_map.blur(self.model.fusion_parts(x)[:, k : k + 1], (x.shape[-2], x.shape[-1]))
 
 
 def run_parts(root: Path, category: str, seed: int, minutes: float) -> list[dict[str, Any]]:

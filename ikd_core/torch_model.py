@@ -188,6 +188,15 @@ class IKDModel(nn.Module):
         t, _, s = self._features(x, None)
         return self._components(t, s, (x.shape[-2], x.shape[-1]))
 
+    def fusion_parts(self, x: Tensor) -> Tensor:
+        """(B, 2, H, W) float32: :meth:`fusion_components`, each mapped by its held-out quantiles (0.9 -> 0,
+        0.995 -> 0.1); the fused map is the blur of their sum (eval mode)."""
+        return self._normalize_fusion(self.fusion_components(x))
+
+    def _normalize_fusion(self, maps: Tensor) -> Tensor:
+        lo = self.fusion_lo.view(1, 2, 1, 1)
+        return 0.1 * (maps - lo) / (self.fusion_hi.view(1, 2, 1, 1) - lo)
+
     def _components(self, t: list[Tensor], s: list[Tensor], size: tuple[int, int]) -> Tensor:
         if self.segmenter is None:
             raise ValueError("this model has no segmentation head")
@@ -231,6 +240,5 @@ class IKDModel(nn.Module):
             return self.anomaly_map(t, s, size=size)
         maps = self._components(t, s, size)
         if self.segment_map == "fused":
-            lo = self.fusion_lo.view(1, 2, 1, 1)
-            maps = (0.1 * (maps - lo) / (self.fusion_hi.view(1, 2, 1, 1) - lo)).sum(dim=1, keepdim=True)
+            maps = self._normalize_fusion(maps).sum(dim=1, keepdim=True)
         return self.anomaly_map.blur(maps, size)
