@@ -214,7 +214,7 @@ def amp_training_section(device: str, image_size: int, minutes: float) -> str:
         _, hold_idx = split_holdout(len(train_ds), cfg.holdout_fraction, cfg.seed)
         hold = evaluate_model(model, Subset(train_ds, hold_idx), dev).outputs
         norm = res.metadata["score_normalization"]
-        refit = fit_normalization(hold["maps"], cfg.threshold_k)
+        refit = fit_normalization(hold["maps"], cfg.threshold_k, score_maps=hold.get("score_maps"))
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             x = next(iter(DataLoader(test_ds, batch_size=1)))["image"].to(dev)
             under_amp = model(x)

@@ -59,6 +59,7 @@ KD_METHODS: dict[str, dict[str, Any]] = {
     "ikd+denoise+ood": {"denoise": True, "ood_penalty": 1.0},
     "ikd+denoise+seg": {"denoise": True, "segment": True},
     "ikd+denoise+fuse": {"denoise": True, "segment": True, "segment_map": "fused"},
+    "ikd+denoise+fuse+dscore": {"denoise": True, "segment": True, "segment_map": "fused", "score_map": "distillation"},
     "ikd+all": {"student": "reverse", "denoise": True, "level_norm": True, "combine": "sum", "score_topk": 10,
                 "ood_penalty": 1.0},
 }
@@ -231,6 +232,8 @@ def build_report(runs: list[dict[str, Any]], info: dict[str, Any],
         lines[2] = (f"Command: `{info['command']}`. **Epoch-matched**, not timed: each method trains the epochs it "
                     f"reaches in {info['minutes']:g} CPU minutes at its rate in {', '.join(info['epochs_like'])}; "
                     f"{IMAGE_SIZE} px, efficientnet_lite0 teacher, seeds {seeds}.")
+    else:
+        lines[4:4] = _matched_note(runs, info["minutes"])
     lines += ["| category | method | image AUROC | pixel AUROC | AU-PRO | epochs | runs |",
               "|---|---|---|---|---|---|---|"]
     for cat in cats:
@@ -259,6 +262,19 @@ def build_report(runs: list[dict[str, Any]], info: dict[str, Any],
     for candidate in candidates:
         lines += goals_section(runs, candidate)
     return "\n".join(lines) + "\n"
+
+
+def _matched_note(runs: list[dict[str, Any]], minutes: float) -> list[str]:
+    """A line on the runs of a timed report that were epoch-matched (``--epochs-like`` on a resumed report)."""
+    matched = [r for r in runs if r.get("epochs_matched")]
+    if not matched:
+        return []
+    methods = sorted({r["method"] for r in matched}, key=METHODS.index)
+    files = sorted({f for r in matched for f in r["epochs_matched"]})
+    return [f"**Epoch-matched runs**: {', '.join(f'`{m}`' for m in methods)} trained, instead of a wall-clock budget, "
+            f"the epochs their method (or, without runs of its own, the mean of its kind) reaches in {minutes:g} CPU "
+            f"minutes at its rate in {', '.join(files)}, so that a faster machine does not favour them; no inference "
+            "time is taken on such runs.", ""]
 
 
 def defect_section(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
@@ -379,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                     timing = not rates and not any("inference_ms" in r for r in runs
                                                    if (r["category"], r["method"]) == (cat, method))
                     runs.append(run_one(root, cat, method, seed, args.minutes, timing=timing, epochs=epochs))
+                    if epochs:
+                        runs[-1]["epochs_matched"] = [str(f) for f in args.epochs_like]
                     print(json.dumps(runs[-1]), flush=True)
                     out.parent.mkdir(parents=True, exist_ok=True)
                     store.write_text(json.dumps({"info": info, "runs": runs}, indent=1))

@@ -88,7 +88,7 @@ class AnomalyMapGenerator(nn.Module):
         return levels.prod(dim=1, keepdim=True) if self.combine == "product" else levels.sum(dim=1, keepdim=True)
 
     def blur(self, result: Tensor, size: tuple[int, int]) -> Tensor:
-        """The Gaussian blur of a (B, 1, H, W) map at ``size`` (none when ``sigma`` is 0), in float32 with autocast
+        """The Gaussian blur of (B, C, H, W) maps at ``size`` (none when ``sigma`` is 0), in float32 with autocast
         off whatever the caller's context (the segmentation head's maps are blurred outside :meth:`forward`)."""
         result = result.float()
         if self.sigma > 0:

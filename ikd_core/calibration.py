@@ -18,7 +18,8 @@ from .tiling import tiled_map
 
 
 def fit_normalization(maps: Tensor | list[Tensor], k: float = 3.0, score_topk: int = 1,
-                      image_size: int | None = None) -> dict[str, float]:
+                      image_size: int | None = None,
+                      score_maps: Tensor | list[Tensor] | None = None) -> dict[str, float]:
     """Threshold and colour scale from held-out good maps.
 
     threshold = max(mean + k * std, max) of the image scores (max of each map), so no held-out good image is above
@@ -30,10 +31,23 @@ def fit_normalization(maps: Tensor | list[Tensor], k: float = 3.0, score_topk: i
         score_topk: how image scores are taken (:func:`~ikd_core.scoring.image_scores`), at model resolution.
         image_size: the model's input size, to scale ``score_topk`` on maps of another size (tiles); default: the
             maps' own size.
+        score_maps: the maps the image score is taken on, where that is not ``maps`` (a model with
+            ``score_map="distillation"``): ``threshold`` and ``lo`` are then theirs, and ``map_threshold`` and
+            ``map_lo`` (the same rule on ``maps``) scale the map.
 
     Returns:
-        ``threshold``, ``lo`` and the held-out score statistics (``holdout_score_mean/std/max``, ``n_holdout``).
+        ``threshold``, ``lo`` and the held-out score statistics (``holdout_score_mean/std/max``, ``n_holdout``);
+        ``map_threshold`` and ``map_lo`` with ``score_maps``.
     """
+    norm = _fit_scale(score_maps if score_maps is not None else maps, k, score_topk, image_size)
+    if score_maps is not None:
+        own = _fit_scale(maps, k, score_topk, image_size)
+        norm.update(map_threshold=own["threshold"], map_lo=own["lo"])
+    return norm
+
+
+def _fit_scale(maps: Tensor | list[Tensor], k: float, score_topk: int, image_size: int | None) -> dict[str, float]:
+    """:func:`fit_normalization` of one set of maps."""
     def score(m: Tensor) -> Tensor:
         size = image_size or max(m.shape[-2:])
         return image_scores(m.reshape(-1, *m.shape[-2:]), top_k_for(m.shape[-2], m.shape[-1], size, score_topk))
@@ -68,7 +82,7 @@ def fit_tile_normalization(model: nn.Module, paths: list[str], image_size: int, 
     """Threshold and colour scale for tile mode.
 
     Args:
-        model: the eval-mode model (normalised batch -> (B, 1, S, S) maps).
+        model: the eval-mode model (normalised batch -> (B, C, S, S) maps, as :func:`fit_normalization` reads them).
         paths: the held-out good images, scored in ``image_size`` tiles at native resolution as a predictor in tile
             mode scores them (:func:`~ikd_core.tiling.tiled_map`).
         image_size: the model's input size (the tile side).
@@ -83,10 +97,11 @@ def fit_tile_normalization(model: nn.Module, paths: list[str], image_size: int, 
 
     def maps_fn(batch: np.ndarray) -> np.ndarray:
         with full_precision(device):
-            return model(torch.from_numpy(batch).to(device))[:, 0].float().cpu().numpy()
+            return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
     maps = [torch.from_numpy(tiled_map(normalize_array(load_image(p)), image_size, maps_fn)) for p in paths]
-    return fit_normalization(maps, k, score_topk, image_size)
+    score_maps = [m[-1] for m in maps] if maps and maps[0].shape[0] > 1 else None
+    return fit_normalization([m[0] for m in maps], k, score_topk, image_size, score_maps)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from . import __version__
 from .backbones import BACKBONES
 from .errors import CheckpointError
 from .fileio import atomic_write_bytes
-from .segmentation import SEGMENT_MAPS
+from .segmentation import SCORE_MAPS, SEGMENT_MAPS
 
 FORMAT = "ikd-studio-checkpoint/1"
 META_KEY = "ikd"
@@ -155,7 +155,8 @@ def _check_train_config(tcfg: dict[str, Any], name: str) -> None:
     topk = tcfg.get("score_topk", 1)
     if not isinstance(topk, int) or isinstance(topk, bool) or not 1 <= topk <= MAX_SCORE_TOPK:
         raise CheckpointError(f"{name}: metadata train_config.score_topk must be a whole number in 1-{MAX_SCORE_TOPK}")
-    for key, allowed in (("student", STUDENT_KINDS), ("combine", ("product", "sum")), ("segment_map", SEGMENT_MAPS)):
+    for key, allowed in (("student", STUDENT_KINDS), ("combine", ("product", "sum")), ("segment_map", SEGMENT_MAPS),
+                         ("score_map", SCORE_MAPS)):
         if key in tcfg and tcfg[key] not in allowed:
             raise CheckpointError(f"{name}: metadata train_config.{key} must be one of {', '.join(allowed)}")
     sigma = tcfg.get("sigma", 4.0)
@@ -167,6 +168,8 @@ def _check_train_config(tcfg: dict[str, Any], name: str) -> None:
     for key in ("feature_pool", "level_norm", "denoise", "segment"):
         if not isinstance(tcfg.get(key, False), bool):
             raise CheckpointError(f"{name}: metadata train_config.{key} must be true or false")
+    if tcfg.get("score_map", "map") != "map" and not (tcfg.get("segment") and tcfg.get("segment_map") == "fused"):
+        raise CheckpointError(f"{name}: metadata train_config: a score from the distillation map needs the fused map")
     if tcfg.get("segment") and tcfg.get("level_norm"):
         raise CheckpointError(f"{name}: metadata train_config: level normalisation does not apply with a segmentation "
                               "head")
@@ -186,6 +189,17 @@ def _check_level_normalization(value: object, name: str, key: str = "level_norma
     if not ok or len(value["lo"]) != len(value["hi"]):  # type: ignore[index]
         raise CheckpointError(f"{name}: metadata {key} must hold lo and hi lists of "
                               f"{f'{length} ' if length else ''}finite numbers")
+
+
+def _check_scale(norm: dict[str, Any], name: str, hi_key: str, lo_key: str) -> None:
+    """``norm[hi_key]`` and ``norm[lo_key]`` are finite numbers, the first above the second."""
+    threshold, lo = norm.get(hi_key), norm.get(lo_key)
+    if not (_is_number(threshold) and _is_number(lo) and math.isfinite(threshold) and math.isfinite(lo)
+            and threshold > lo):
+        raise CheckpointError(
+            f"{name}: score normalisation in its metadata is invalid ({hi_key} {str(threshold)[:40]}, "
+            f"{lo_key} {str(lo)[:40]}); the file is damaged or was not made by IKD Studio"
+        )
 
 
 def validate_metadata(meta: dict[str, Any], name: str, max_image_size: int | None = None) -> dict[str, Any]:
@@ -228,13 +242,9 @@ def validate_metadata(meta: dict[str, Any], name: str, max_image_size: int | Non
     norm = meta["score_normalization"]
     if not isinstance(norm, dict):
         raise CheckpointError(f"{name}: score normalisation in its metadata is not an object")
-    threshold, lo = norm.get("threshold"), norm.get("lo")
-    if not (_is_number(threshold) and _is_number(lo) and math.isfinite(threshold) and math.isfinite(lo)
-            and threshold > lo):
-        raise CheckpointError(
-            f"{name}: score normalisation in its metadata is invalid (threshold {str(threshold)[:40]}, "
-            f"lo {str(lo)[:40]}); the file is damaged or was not made by IKD Studio"
-        )
+    _check_scale(norm, name, "threshold", "lo")
+    if "map_threshold" in norm or "map_lo" in norm:
+        _check_scale(norm, name, "map_threshold", "map_lo")
     metrics = meta.get("metrics", {})
     if not isinstance(metrics, dict) or not all(_is_number(v) for v in metrics.values()):
         raise CheckpointError(f"{name}: metadata metrics must map names to numbers")

@@ -68,7 +68,7 @@ def _train_config(args: argparse.Namespace):
     settings = recipe_settings(
         args.recipe, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         schedule=args.schedule, student=args.student, loss=args.loss, denoise=args.denoise, segment=args.segment,
-        segment_map=args.segment_map,
+        segment_map=args.segment_map, score_map=args.score_map,
         level_norm=args.level_norm or None, combine=args.combine or ("sum" if args.level_norm else None),
         score_topk=args.score_topk, ood_penalty=args.ood_penalty)
     if args.epochs is None and args.max_minutes is not None:
@@ -242,6 +242,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def _add_train_parser(sub: Any) -> None:
     from .backbones import BACKBONES
     from .recipes import RECIPES
+    from .segmentation import SCORE_MAPS
     from .train import LOSSES, SCHEDULES, STUDENTS
 
     p = sub.add_parser("train", help="train a student; writes pretrained/<category>-<backbone>.safetensors")
@@ -273,6 +274,9 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--segment-map", choices=("head", "fused"),
                    help="with --segment: the head's map (DeSTSeg's) or its sum with the distillation map, "
                         "each normalised on held-out images (0.9 quantile -> 0, 0.995 -> 0.1); default: head")
+    p.add_argument("--score-map", choices=SCORE_MAPS,
+                   help="with --segment-map fused: take the image score (and its threshold) on the fused map or on "
+                        "its distillation part (the map shown stays the fused one); default: map")
     p.add_argument("--ood-penalty", type=float, metavar="W",
                    help="EfficientAD's penalty: weight of the student's output on foreign textures, relative to its "
                         "output on the training images (0 = off)")

@@ -43,7 +43,8 @@ class Evaluation:
     """What :func:`evaluate_model` measured.
 
     Attributes:
-        outputs: :func:`predict_maps`'s ``maps`` (N, H, W), ``scores`` (N,), ``labels`` (N,), ``masks`` (N, H, W).
+        outputs: :func:`predict_maps`'s ``maps`` (N, H, W), ``scores`` (N,), ``labels`` (N,), ``masks`` (N, H, W)
+            and, for a model that scores another map, ``score_maps`` (N, H, W).
         metrics: ``image_auroc``, ``pixel_auroc``, ``pixel_f1_max``, ``au_pro`` (NaN where undefined); empty when
             no image is labelled.
         curves: the curves, when asked for.
@@ -60,24 +61,30 @@ def predict_maps(model: nn.Module, loader: DataLoader, device: torch.device) -> 
     the metrics and the predictors must all see the same maps; mixed precision is for training steps).
 
     Args:
-        model: maps a normalised (B, 3, S, S) batch to (B, 1, S, S) anomaly maps in eval mode.
+        model: maps a normalised (B, 3, S, S) batch to (B, C, S, S) maps in eval mode: the anomaly map, and in the
+            last channel the map the image score is taken on (the same when C is 1).
         loader: items with ``image``, ``label`` and ``mask``, in order.
         device: where the model is.
 
     Returns:
-        ``maps`` (N, H, W), ``scores`` (N,) (the max of each map, or the mean of its ``model.score_topk`` highest
-        pixels), ``labels`` (N,), ``masks`` (N, H, W); on the CPU.
+        ``maps`` (N, H, W), ``scores`` (N,) (the max of each score map, or the mean of its ``model.score_topk``
+        highest pixels), ``labels`` (N,), ``masks`` (N, H, W), and ``score_maps`` (N, H, W) where the model scores
+        another map than ``maps``; on the CPU.
     """
     model.eval()
-    maps, labels, masks = [], [], []
+    maps, score_maps, labels, masks = [], [], [], []
     for batch in loader:
         with full_precision(device):
-            m = model(batch["image"].to(device, non_blocking=True))
-        maps.append(m.float()[:, 0].cpu())
+            m = model(batch["image"].to(device, non_blocking=True)).float().cpu()
+        maps.append(m[:, 0])
+        if m.shape[1] > 1:
+            score_maps.append(m[:, -1])
         labels.append(torch.as_tensor(batch["label"]))
         masks.append(batch["mask"][:, 0])
     out = {"maps": torch.cat(maps), "labels": torch.cat(labels), "masks": torch.cat(masks)}
-    out["scores"] = image_scores(out["maps"], getattr(model, "score_topk", 1))
+    if score_maps:
+        out["score_maps"] = torch.cat(score_maps)
+    out["scores"] = image_scores(out.get("score_maps", out["maps"]), getattr(model, "score_topk", 1))
     return out
 
 

@@ -27,6 +27,7 @@ from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
 from .errors import IKDError
 from .fileio import atomic_write_bytes, file_digest
 from .loading import load_model
+from .predictor_base import Scale, score_norm
 from .runtime import EXPORT_FORMAT, INPUT_NAME, META_JSON_KEY, OUTPUT_NAME, OnnxEngine
 from .torch_model import IKDModel
 
@@ -64,7 +65,8 @@ def metadata_props(meta: dict[str, Any], checkpoint_sha256: str | None = None) -
         "backbone": str(meta["backbone"]),
         "teacher_fingerprint": str((meta.get("teacher") or {}).get("fingerprint", "")),
         "input": f"{INPUT_NAME}: float32 (B, 3, S, S), ImageNet-normalised RGB",
-        "output": f"{OUTPUT_NAME}: float32 (B, 1, S, S), raw anomaly map (score = max)",
+        "output": f"{OUTPUT_NAME}: float32 (B, C, S, S), raw anomaly map (channel 0) and the map the image score is "
+                  "taken on (channel C - 1, the same when C = 1)",
         "ikd_core_version": __version__,
         "torch_version": torch.__version__,
     }
@@ -101,20 +103,26 @@ def sample_batch(size: int, n: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.stack([image_to_tensor(im, size) for im in imgs])
 
 
-def check_parity(model: IKDModel, path: str | os.PathLike[str], threshold: float, lo: float) -> float:
-    """Max |ORT map - torch map| in units of (threshold - lo) on two synthetic images; raises ExportError
-    where a pixel differs by more than 1e-3 (threshold - lo) + 1e-4 |torch map| (float32 rounding)."""
+def check_parity(model: IKDModel, path: str | os.PathLike[str], scale: Scale) -> float:
+    """Max |ORT map - torch map| in units of (threshold - lo) on two synthetic images, each output channel in its
+    own units (the map's, the score map's); raises ExportError where a pixel differs by more than
+    1e-3 (threshold - lo) + 1e-4 |torch map| (float32 rounding)."""
     engine = OnnxEngine(path, threads=torch.get_num_threads(), micro_batch=2)
     x = sample_batch(int(engine.metadata["image_size"]))
     with torch.no_grad():
-        ref = model.cpu().eval()(x)[:, 0].numpy()
+        ref = model.cpu().eval()(x).numpy()
     got = engine.maps(x.numpy())
-    scale = max(threshold - lo, 1e-12)
-    err = np.abs(got - ref)
-    if not bool(np.all(err <= 1e-3 * scale + 1e-4 * np.abs(ref))):
+    if got.shape != ref.shape:
+        raise ExportError(f"{Path(path).name}: exported maps have shape {got.shape}, the torch model's {ref.shape}")
+    units = np.full(ref.shape[1], max(scale.threshold - scale.lo, 1e-12))
+    if scale.map_threshold is not None and scale.map_lo is not None:
+        units[0] = max(scale.map_threshold - scale.map_lo, 1e-12)
+    units = units.reshape(1, -1, 1, 1)
+    err = np.abs(got - ref) / units
+    if not bool(np.all(err <= 1e-3 + 1e-4 * np.abs(ref) / units)):
         raise ExportError(f"{Path(path).name}: exported maps differ from the torch model by up to "
-                          f"{float(err.max()) / scale:.2g} of (threshold - lo); the export is not exact")
-    return float(err.max()) / scale
+                          f"{float(err.max()):.2g} of (threshold - lo); the export is not exact")
+    return float(err.max())
 
 
 def export_onnx(model: IKDModel, meta: dict[str, Any], out: str | os.PathLike[str],
@@ -128,8 +136,7 @@ def export_onnx(model: IKDModel, meta: dict[str, Any], out: str | os.PathLike[st
     try:
         Path(tmp).write_bytes(data)
         if check:
-            norm = meta["score_normalization"]
-            check_parity(model, tmp, float(norm["threshold"]), float(norm["lo"]))
+            check_parity(model, tmp, score_norm(meta, tiled=False))
         atomic_write_bytes(out, data)
     finally:
         with contextlib.suppress(OSError):

@@ -83,6 +83,7 @@ def load_model(
         student_kind=kind,
         segment=segment,
         segment_map=str(tcfg.get("segment_map", "head")),
+        score_map=str(tcfg.get("score_map", "map")),
     )
     level_norm = meta.get("level_normalization")
     if level_norm is not None:

@@ -75,11 +75,12 @@ class Predictor(MapPredictor):
         return next(self.model.student.parameters()).device
 
     def maps(self, batch: np.ndarray) -> np.ndarray:
-        """Raw maps (B, S, S) float32 of a normalised (B, 3, S, S) batch, by the engine or torch eager."""
+        """Raw maps (B, C, S, S) float32 of a normalised (B, 3, S, S) batch, by the engine or torch eager (a
+        :data:`~ikd_core.tiling.MapsFn`)."""
         if self.engine is not None:
             return self.engine.maps(batch)
         with torch.no_grad():
-            return self.model(torch.from_numpy(batch).to(self.device))[:, 0].float().cpu().numpy()
+            return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
 
 def _onnx_engine(path: str | os.PathLike[str], model: IKDModel, meta: dict[str, Any], required: bool) -> Any:

@@ -35,17 +35,25 @@ def normalize_scores(values: np.ndarray, threshold: float, lo: float) -> np.ndar
 
 @dataclass
 class Prediction:
-    """Result for one image. ``anomaly_map`` is at the image's own resolution (H, W)."""
+    """Result for one image. ``anomaly_map`` is at the image's own resolution (H, W).
+
+    ``threshold`` and ``lo`` scale the score; the map has its own (``map_threshold``, ``map_lo``) when the score is
+    taken on another map (a model with ``score_map="distillation"``), else it shares them.
+    """
 
     anomaly_map: np.ndarray
     score: float  # image score at model resolution (raw units): the max, or the mean of the top k pixels
     threshold: float  # raw units
     lo: float
+    map_threshold: float | None = None
+    map_lo: float | None = None
 
     @property
     def norm_map(self) -> np.ndarray:
-        """Map normalised with the held-out statistics: 0.5 is the fitted threshold."""
-        return normalize_scores(self.anomaly_map, self.threshold, self.lo)
+        """Map normalised with the held-out statistics: 0.5 is the fitted threshold (of the map)."""
+        if self.map_threshold is None or self.map_lo is None:
+            return normalize_scores(self.anomaly_map, self.threshold, self.lo)
+        return normalize_scores(self.anomaly_map, self.map_threshold, self.map_lo)
 
     @property
     def norm_score(self) -> float:
@@ -66,14 +74,29 @@ class Prediction:
         return self.norm_map >= norm_threshold
 
 
-def score_norm(metadata: dict[str, Any], tiled: bool) -> tuple[float, float]:
-    """(threshold, lo) for whole images, or for tiles when ``tiled`` and the model was calibrated on tiles."""
+@dataclass(frozen=True)
+class Scale:
+    """The fitted (threshold, lo) of the image score, and of the map where the score is taken on another map."""
+
+    threshold: float
+    lo: float
+    map_threshold: float | None = None
+    map_lo: float | None = None
+
+    def prediction(self, anomaly_map: np.ndarray, score: float) -> Prediction:
+        return Prediction(anomaly_map, score, self.threshold, self.lo, self.map_threshold, self.map_lo)
+
+
+def score_norm(metadata: dict[str, Any], tiled: bool) -> Scale:
+    """The :class:`Scale` for whole images, or for tiles when ``tiled`` and the model was calibrated on tiles."""
     tn = metadata.get("tile_normalization")
     norm = tn if tiled and isinstance(tn, dict) else metadata["score_normalization"]
-    return float(norm["threshold"]), float(norm["lo"])
+    own = "map_threshold" in norm and "map_lo" in norm
+    return Scale(float(norm["threshold"]), float(norm["lo"]),
+                 float(norm["map_threshold"]) if own else None, float(norm["map_lo"]) if own else None)
 
 
-def predict_images(maps: MapsFn, images: Sequence[Image.Image], size: int, threshold: float, lo: float,
+def predict_images(maps: MapsFn, images: Sequence[Image.Image], size: int, scale: Scale,
                    batch_size: int = 16, score_topk: int = 1) -> list[Prediction]:
     """Whole-image predictions.
 
@@ -81,8 +104,7 @@ def predict_images(maps: MapsFn, images: Sequence[Image.Image], size: int, thres
         maps: the model as a :data:`~ikd_core.tiling.MapsFn`.
         images: RGB images of any size; each is resized to ``size`` (antialiased) and normalised.
         size: the model's input size.
-        threshold: raw score at the fitted threshold.
-        lo: raw score shown as 0 on the normalised scale.
+        scale: the fitted thresholds (:func:`score_norm`).
         batch_size: images per call of ``maps``.
         score_topk: image score = max (1) or mean of the k highest pixels of the map at model size.
 
@@ -95,22 +117,22 @@ def predict_images(maps: MapsFn, images: Sequence[Image.Image], size: int, thres
         chunk = images[i : i + batch_size]
         out = maps(np.stack([image_to_array(im, size) for im in chunk]))
         for img, m in zip(chunk, out, strict=True):
-            same = m.shape == (img.height, img.width)  # no resampling (and no view of the whole batch)
-            full = m.copy() if same else resize_bilinear(m, img.height, img.width)
-            results.append(Prediction(full, image_score(m, score_topk), threshold, lo))
+            same = m.shape[-2:] == (img.height, img.width)  # no resampling (and no view of the whole batch)
+            full = m[0].copy() if same else resize_bilinear(m[0], img.height, img.width)
+            results.append(scale.prediction(full, image_score(m[-1], score_topk)))
     return results
 
 
-def predict_tiles(maps: MapsFn, images: Sequence[Image.Image], size: int, threshold: float,
-                  lo: float, score_topk: int = 1) -> list[Prediction]:
+def predict_tiles(maps: MapsFn, images: Sequence[Image.Image], size: int, scale: Scale,
+                  score_topk: int = 1) -> list[Prediction]:
     """Predictions at each image's own resolution from overlapping ``size`` px tiles
     (:func:`~ikd_core.tiling.tiled_map`); the score is taken on the whole map (``score_topk`` scaled to its
     area)."""
     results = []
     for img in images:
         full = tiled_map(normalize_array(img), size, maps)
-        k = top_k_for(full.shape[0], full.shape[1], size, score_topk)
-        results.append(Prediction(full, image_score(full, k), threshold, lo))
+        k = top_k_for(full.shape[-2], full.shape[-1], size, score_topk)
+        results.append(scale.prediction(full[0], image_score(full[-1], k)))
     return results
 
 
@@ -130,12 +152,14 @@ class MapPredictor:
     def __init__(self, metadata: dict[str, Any], tile: bool = False) -> None:
         self.metadata = metadata
         self.image_size = int(metadata["image_size"])
-        self.threshold, self.lo = score_norm(metadata, tiled=False)
+        self.scale = score_norm(metadata, tiled=False)
+        self.threshold, self.lo = self.scale.threshold, self.scale.lo
         self.tile = tile
         self.score_topk = int((metadata.get("train_config") or {}).get("score_topk", 1))
 
     def maps(self, batch: np.ndarray) -> np.ndarray:
-        """Raw anomaly maps (B, S, S) float32 at model resolution of a normalised (B, 3, S, S) float32 batch."""
+        """Raw maps (B, C, S, S) float32 at model resolution of a normalised (B, 3, S, S) float32 batch (a
+        :data:`~ikd_core.tiling.MapsFn`: channel 0 the anomaly map, the last the map the score is taken on)."""
         raise NotImplementedError
 
     @property
@@ -157,8 +181,8 @@ class MapPredictor:
             images = [images]
         pils = [load_image(im) for im in images]
         if self.tile:
-            return predict_tiles(self.maps, pils, self.image_size, *score_norm(self.metadata, tiled=True),
+            return predict_tiles(self.maps, pils, self.image_size, score_norm(self.metadata, tiled=True),
                                  score_topk=self.score_topk)
         if self.micro_batch is not None:
             batch_size = min(batch_size, self.micro_batch)
-        return predict_images(self.maps, pils, self.image_size, self.threshold, self.lo, batch_size, self.score_topk)
+        return predict_images(self.maps, pils, self.image_size, self.scale, batch_size, self.score_topk)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IKDError
-from .predictor_base import MapPredictor
+from .predictor_base import MapPredictor, score_norm
 
 #: ``metadata_props`` keys written by :mod:`ikd_core.export`; ``ikd`` holds the checkpoint's full metadata (JSON).
 META_JSON_KEY = "ikd"
@@ -66,8 +66,7 @@ def parse_metadata(props: dict[str, str], name: str) -> dict[str, Any]:
                                 "make one with: python -m ikd_core export --checkpoint CK --out FILE.onnx")
     try:
         meta = json.loads(props[META_JSON_KEY])
-        norm = meta["score_normalization"]
-        float(norm["threshold"]), float(norm["lo"]), int(meta["image_size"])
+        score_norm(meta, tiled=False), score_norm(meta, tiled=True), int(meta["image_size"])
         topk = (meta.get("train_config") or {}).get("score_topk", 1)
         if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
             raise ValueError(f"score_topk {str(topk)[:40]!r} is not a whole number >= 1")
@@ -77,7 +76,7 @@ def parse_metadata(props: dict[str, str], name: str) -> dict[str, Any]:
 
 
 class OnnxEngine:
-    """An onnxruntime session of an IKD export: normalised (B, 3, S, S) float32 -> maps (B, S, S)."""
+    """An onnxruntime session of an IKD export: normalised (B, 3, S, S) float32 -> maps (B, C, S, S)."""
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None,
                  providers: Sequence[str] | None = None, micro_batch: int = 1) -> None:
@@ -99,12 +98,13 @@ class OnnxEngine:
         self.micro_batch = max(1, int(micro_batch))
 
     def maps(self, batch: np.ndarray) -> np.ndarray:
-        """Anomaly maps (B, S, S) float32 of a normalised image batch, run ``micro_batch`` images at a time
-        (on CPU, small batches keep the activations in cache: larger ones are slower per image)."""
+        """Maps (B, C, S, S) float32 of a normalised image batch (a :data:`~ikd_core.tiling.MapsFn`), run
+        ``micro_batch`` images at a time (on CPU, small batches keep the activations in cache: larger ones are slower
+        per image)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         outs = [self.session.run([OUTPUT_NAME], {INPUT_NAME: batch[i : i + self.micro_batch]})[0]
                 for i in range(0, len(batch), self.micro_batch)]
-        return np.concatenate(outs)[:, 0]
+        return np.concatenate(outs)
 
 
 class OnnxPredictor(MapPredictor):
@@ -127,7 +127,7 @@ class OnnxPredictor(MapPredictor):
         self.micro_batch = self.engine.micro_batch  # one image read, run, resized at a time
 
     def maps(self, batch: np.ndarray) -> np.ndarray:
-        """Raw maps (B, S, S) at model resolution of a normalised (B, 3, S, S) batch."""
+        """Raw maps (B, C, S, S) at model resolution of a normalised (B, 3, S, S) batch."""
         return self.engine.maps(batch)
 
 

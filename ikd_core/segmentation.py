@@ -25,6 +25,8 @@ from torchvision.ops import sigmoid_focal_loss
 #: What a model with a head outputs: the head's map (DeSTSeg's), or its sum with the distillation map, each mapped
 #: by held-out quantiles (EfficientAD's fusion of two maps).
 SEGMENT_MAPS = ("head", "fused")
+#: Where the image score is taken: on the anomaly map itself, or (a fused map only) on its distillation part.
+SCORE_MAPS = ("map", "distillation")
 #: Learning rate of the head (AdamW), whatever the student's.
 SEGMENT_LR = 1e-3
 #: The head's output probability before training (the output bias), a little above the share of anomalous pixels.

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import numpy as np
 
 MapsFn = Callable[[np.ndarray], np.ndarray]
-"""Turns a normalised float32 (N, 3, S, S) batch into (N, S, S) anomaly maps."""
+"""Turns a normalised float32 (N, 3, S, S) batch into (N, C, S, S) maps: channel 0 the anomaly map, channel C - 1
+the map the image score is taken on (the same one when C is 1)."""
 
 
 def resize_bilinear(a: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -58,20 +59,22 @@ def tiled_map(x: np.ndarray, size: int, maps: MapsFn, chunk: int = 16) -> np.nda
         chunk: tiles per call of ``maps``.
 
     Returns:
-        The (H, W) float32 map, the mean of the tiles' maps where they overlap.
+        The (C, H, W) float32 maps, the mean of the tiles' maps where they overlap.
     """
     _, h, w = x.shape
     if h < size or w < size:
         x = resize_bilinear(x, max(h, size), max(w, size))
     _, hh, ww = x.shape
-    acc = np.zeros((hh, ww), np.float32)
+    acc: np.ndarray | None = None
     cnt = np.zeros((hh, ww), np.float32)
     tiles = tile_origins(hh, ww, size)
     for i in range(0, len(tiles), chunk):
         part = tiles[i : i + chunk]
         out = maps(np.stack([x[:, y : y + size, x0 : x0 + size] for y, x0 in part]))
+        if acc is None:
+            acc = np.zeros((out.shape[1], hh, ww), np.float32)
         for (y, x0), m in zip(part, out, strict=True):
-            acc[y : y + size, x0 : x0 + size] += m
+            acc[:, y : y + size, x0 : x0 + size] += m
             cnt[y : y + size, x0 : x0 + size] += 1
     full = acc / cnt
     return resize_bilinear(full, h, w) if (hh, ww) != (h, w) else full

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .anomaly_map import AnomalyMapGenerator
 from .backbones import BACKBONES, FeatureExtractor, build_student, build_teacher
 from .reverse import ReverseStudent
-from .segmentation import SEGMENT_MAPS, SegmentationHead, segmentation_loss
+from .segmentation import SCORE_MAPS, SEGMENT_MAPS, SegmentationHead, segmentation_loss
 
 STUDENT_KINDS = ("forward", "reverse")
 #: Where the segmentation head's tensors sit in a checkpoint (beside the student's).
@@ -42,7 +42,8 @@ class IKDModel(nn.Module):
     """Teacher / student pair.
 
     ``forward`` returns normalised (teacher, student) feature lists in training mode and anomaly
-    maps (B, 1, H, W) in eval mode. The teacher always stays in eval mode.
+    maps (B, 1, H, W) in eval mode; (B, 2, H, W) with ``score_map="distillation"``: the anomaly map, then the map
+    the image score is taken on (:attr:`map_channels`). The teacher always stays in eval mode.
 
     The trainable part is the student and, with ``segment``, the segmentation head:
     :meth:`trainable_state_dict` / :meth:`load_trainable_state` (the head's tensors under ``segmenter.``).
@@ -62,6 +63,8 @@ class IKDModel(nn.Module):
         segment_map: with ``segment``: ``head`` (the head's map, DeSTSeg's) or ``fused``: the distillation map and
             the head's, each mapped by held-out quantiles (:meth:`set_fusion_normalization`: 0.9 -> 0, 0.995 -> 0.1)
             and summed, as EfficientAD fuses its two maps.
+        score_map: ``map`` (the image score is taken on the anomaly map) or ``distillation`` (with the fused map
+            only: on its distillation part, normalised and blurred as in the fusion; the map stays the fused one).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class IKDModel(nn.Module):
         student_kind: str = "forward",
         segment: bool = False,
         segment_map: str = "head",
+        score_map: str = "map",
     ) -> None:
         super().__init__()
         if student_kind not in STUDENT_KINDS:
@@ -91,6 +95,12 @@ class IKDModel(nn.Module):
             raise ValueError(f"segment_map must be one of {', '.join(SEGMENT_MAPS)}, not {segment_map!r}")
         self.segmenter = SegmentationHead(self.teacher.channels) if segment else None
         self.segment_map = segment_map
+        if score_map not in SCORE_MAPS:
+            raise ValueError(f"score_map must be one of {', '.join(SCORE_MAPS)}, not {score_map!r}")
+        if score_map == "distillation" and not (segment and segment_map == "fused"):
+            raise ValueError("an image score from the distillation map needs the fused map (segment, segment_map "
+                             "'fused'); without the head the map is the distillation map already")
+        self.score_map = score_map
         # the fused map's normalisation of (distillation, head) maps; identity until fitted
         self.register_buffer("fusion_lo", torch.zeros(2))
         self.register_buffer("fusion_hi", torch.ones(2))
@@ -208,6 +218,12 @@ class IKDModel(nn.Module):
             return torch.cat([self.anomaly_map.combine_levels(self.anomaly_map.level_maps(t, s, size)), prob], dim=1)
 
     @property
+    def map_channels(self) -> int:
+        """Channels of the eval output: 1 (the map, scored as is) or 2 (the map, then the map the score is taken
+        on)."""
+        return 2 if self.score_map == "distillation" else 1
+
+    @property
     def levels(self) -> list[int]:
         """The teacher's feature levels (timm indices)."""
         return list(self.teacher.spec.out_indices)
@@ -226,7 +242,7 @@ class IKDModel(nn.Module):
     ) -> tuple[Tensor | list[Tensor], ...] | Tensor:
         """Training: ``(teacher, student)`` normalised features, then :meth:`ood_ratio` when ``x_ood`` is given, then
         :meth:`segment_loss` when ``mask`` (the anomaly mask of ``x_student``) is given.
-        Eval: anomaly maps (B, 1, H, W)."""
+        Eval: anomaly maps (B, :attr:`map_channels`, H, W)."""
         t, s_raw, s = self._features(x, x_student)
         size = (x.shape[-2], x.shape[-1])
         if self.training:
@@ -240,5 +256,8 @@ class IKDModel(nn.Module):
             return self.anomaly_map(t, s, size=size)
         maps = self._components(t, s, size)
         if self.segment_map == "fused":
-            maps = self._normalize_fusion(maps).sum(dim=1, keepdim=True)
+            parts = self._normalize_fusion(maps)
+            maps = parts.sum(dim=1, keepdim=True)
+            if self.score_map == "distillation":
+                maps = torch.cat([maps, parts[:, :1]], dim=1)
         return self.anomaly_map.blur(maps, size)

@@ -40,7 +40,7 @@ from .distributed import EpochSampler, all_reduce_sum, convert_batch_norm, distr
 from .errors import IKDError
 from .evaluation import EVAL_BATCH_SIZE, evaluate_model, predict_maps
 from .loss import CosineDistillationLoss, IKDLoss
-from .segmentation import SEGMENT_LR, SEGMENT_MAPS
+from .segmentation import SCORE_MAPS, SEGMENT_LR, SEGMENT_MAPS
 from .torch_model import IKDModel
 
 
@@ -98,6 +98,9 @@ class TrainConfig:
     # with segment: "head" (the head's map, DeSTSeg's) or "fused" (distillation map + head map, each normalised by
     # held-out quantiles as EfficientAD fuses its two maps)
     segment_map: str = "head"
+    # with the fused map: where the image score (and its threshold) is taken, "map" (the fused map) or
+    # "distillation" (its distillation part; the map shown stays the fused one)
+    score_map: str = "map"
     # EfficientAD's penalty: weight of the student's mean squared raw output on out-of-distribution images
     # (transformed procedural textures), relative to its output on the batch (IKDModel.ood_ratio); 0 = off.
     ood_penalty: float = 0.0
@@ -121,9 +124,13 @@ class TrainConfig:
                              "not apply (--no-segment turns the head off)")
         if self.level_norm and self.combine == "product":
             raise ValueError("level normalisation maps good pixels below 0: combine the levels with 'sum'")
-        for key, allowed in (("student", STUDENTS), ("loss", LOSSES), ("segment_map", SEGMENT_MAPS)):
+        for key, allowed in (("student", STUDENTS), ("loss", LOSSES), ("segment_map", SEGMENT_MAPS),
+                             ("score_map", SCORE_MAPS)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose one of: {', '.join(allowed)}")
+        if self.score_map != "map" and not (self.segment and self.segment_map == "fused"):
+            raise ValueError("an image score from the distillation map needs the fused map (--segment --segment-map "
+                             "fused): without the head the map is the distillation map already")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -310,7 +317,7 @@ def _setup(train_ds: Dataset, cfg: TrainConfig, device: torch.device | None) -> 
     run = _Run(train_ds, cfg, device)
     model = IKDModel(cfg.backbone, cfg.teacher_weights, cfg.combine, cfg.sigma, cfg.feature_pool,
                      score_topk=cfg.score_topk, student_kind=cfg.student, segment=cfg.segment,
-                     segment_map=cfg.segment_map).to(run.device)
+                     segment_map=cfg.segment_map, score_map=cfg.score_map).to(run.device)
     # channels_last only on one process: under DDP (gloo, CPU) it made the two-process run drift from the
     # one-process run on the same global batch (tests/test_distributed.py), so DDP keeps the default layout.
     run.fmt = torch.channels_last if cfg.channels_last and not run.distributed else torch.contiguous_format
@@ -393,7 +400,8 @@ def _calibrate(run: _Run, train_ds: Dataset) -> tuple[dict[str, Any], dict[str, 
         run.fusion_norm = fit_fusion_normalization(run.model, loader, run.device)
         run.model.set_fusion_normalization(run.fusion_norm["lo"], run.fusion_norm["hi"])
     hold = predict_maps(run.model, loader, run.device)
-    norm: dict[str, Any] = fit_normalization(hold["maps"], cfg.threshold_k, cfg.score_topk)
+    norm: dict[str, Any] = fit_normalization(hold["maps"], cfg.threshold_k, cfg.score_topk,
+                                             score_maps=hold.get("score_maps"))
     norm["holdout_is_train"] = not run.hold_idx
     samples = getattr(train_ds, "samples", None)
     if samples is None:

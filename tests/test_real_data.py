@@ -186,6 +186,11 @@ def test_epoch_matched_mode_takes_each_methods_measured_rate_or_its_kinds(tmp_pa
     info = {"split": "dev", "minutes": 3, "seeds": [0], "command": "c", "machine": "m", "load": "0",
             "epochs_like": [str(a)]}
     assert "**Epoch-matched**" in build_report([run("ikd", 16)], info)
+    # a timed report resumed with --epochs-like names the matched runs
+    timed = {**info, "epochs_like": []}
+    assert "Epoch-matched runs" not in build_report([run("ikd", 16)], timed)
+    report = build_report([run("ikd", 16), {**run("ikd+denoise", 9), "epochs_matched": [str(a)]}], timed)
+    assert "**Epoch-matched runs**: `ikd+denoise` trained" in report and str(a) in report
 
 
 def test_the_benchs_ikd_is_the_papers_method_whatever_the_cpu_recipes_default() -> None:

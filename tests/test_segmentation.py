@@ -108,12 +108,12 @@ def test_segment_settings_are_checked() -> None:
     assert method_parts({"denoise": True}) == ["denoising student"]
 
 
-def _seg_train(demo_root, tmp_path_factory: pytest.TempPathFactory, segment_map: str):
+def _seg_train(demo_root, tmp_path_factory: pytest.TempPathFactory, segment_map: str, score_map: str = "map"):
     spec = DataSpec("demo", "demo_texture", str(demo_root))
     train_ds, test_ds = build_datasets(spec, 64)
-    out = tmp_path_factory.mktemp("seg") / f"seg-{segment_map}.safetensors"
+    out = tmp_path_factory.mktemp("seg") / f"seg-{segment_map}-{score_map}.safetensors"
     cfg = TrainConfig(image_size=64, epochs=2, batch_size=4, lr=1e-3, denoise=True, segment=True,
-                      segment_map=segment_map)
+                      segment_map=segment_map, score_map=score_map)
     return train(train_ds, test_ds, cfg, out_path=out, category="demo_texture", data_info=spec.to_dict()), test_ds
 
 
@@ -125,6 +125,11 @@ def seg_run(demo_root, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def fused_run(demo_root, tmp_path_factory: pytest.TempPathFactory):
     return _seg_train(demo_root, tmp_path_factory, "fused")
+
+
+@pytest.fixture(scope="module")
+def dscore_run(demo_root, tmp_path_factory: pytest.TempPathFactory):
+    return _seg_train(demo_root, tmp_path_factory, "fused", "distillation")
 
 
 def test_a_segment_run_saves_the_head_and_reloads_to_the_same_maps(seg_run) -> None:
@@ -223,22 +228,104 @@ def test_the_parts_of_the_fused_map_add_up_to_it(fused_run) -> None:
     assert verdicts(out, 0.5) == pytest.approx({"good_right": 0.5, "defective_right": 2 / 3})
 
 
-@pytest.mark.parametrize("run", ["seg_run", "fused_run"])
+@pytest.mark.parametrize("run", ["seg_run", "fused_run", "dscore_run"])
 def test_a_segment_export_matches_torch_and_runs_without_torch(run, demo_root, tmp_path, request) -> None:
     result, _ = request.getfixturevalue(run)
     model, meta = load_model(result.checkpoint)
     images = sorted((Path(demo_root) / "demo_texture" / "test").rglob("*.png"))[::2]
     onnx_file = tmp_path / "seg.onnx"
     assert main(["export", "--checkpoint", str(result.checkpoint), "--out", str(onnx_file)]) == 0
-    scale = meta["score_normalization"]["threshold"] - meta["score_normalization"]["lo"]
+    norm = meta["score_normalization"]
+    scale = norm["threshold"] - norm["lo"]
+    map_scale = norm.get("map_threshold", norm["threshold"]) - norm.get("map_lo", norm["lo"])
     ref = Predictor(model, meta).predict(images)
     for a, b in zip(ref, OnnxPredictor(onnx_file).predict(images), strict=True):
-        assert np.abs(a.anomaly_map - b.anomaly_map).max() / scale < 1e-3
+        assert np.abs(a.anomaly_map - b.anomaly_map).max() / map_scale < 1e-3
         assert abs(a.score - b.score) / scale < 1e-3
+        assert (a.map_threshold, a.map_lo) == (b.map_threshold, b.map_lo)
     res = _run_runtime(sys.executable, onnx_file, images, tmp_path / "maps.npz")
     assert res.returncode == 0, res.stderr
     data = np.load(tmp_path / "maps.npz")
     rows = [json.loads(line) for line in res.stdout.strip().splitlines()]
     for i, (p, row) in enumerate(zip(ref, rows, strict=True)):
-        assert np.abs(data[f"map_{i}"] - p.anomaly_map).max() / scale < 1e-3
+        assert np.abs(data[f"map_{i}"] - p.anomaly_map).max() / map_scale < 1e-3
+        assert abs(data["scores"][i] - p.score) / scale < 1e-3
         assert row["verdict"] == ("anomalous" if p.is_anomalous() else "normal")
+
+
+def test_the_score_from_the_distillation_map_is_checked() -> None:
+    with pytest.raises(ValueError, match="needs the fused map"):
+        TrainConfig(denoise=True, segment=True, score_map="distillation")
+    with pytest.raises(ValueError, match="needs the fused map"):
+        TrainConfig(score_map="distillation")
+    with pytest.raises(ValueError, match="score_map"):
+        TrainConfig(score_map="head")
+    args = build_parser().parse_args(["train", "--data", "demo", "--recipe", "cpu", "--segment", "--segment-map",
+                                      "fused", "--score-map", "distillation"])
+    assert cli_train_config(args).score_map == "distillation"
+    assert cli_train_config(build_parser().parse_args(["train", "--data", "demo"])).score_map == "map"
+    assert "score from the distillation map" in method_parts({"denoise": True, "segment": True,
+                                                              "segment_map": "fused", "score_map": "distillation"})
+
+
+def test_the_score_can_come_from_the_distillation_part_of_the_fused_map(dscore_run, demo_root) -> None:
+    """``score_map="distillation"``: the map stays the fused one, the image score and its threshold come from the
+    distillation part (normalised and blurred as in the fusion), and the map keeps a threshold of its own."""
+    result, test_ds = dscore_run
+    model, meta = load_model(result.checkpoint)
+    assert (model.score_map, model.map_channels) == ("distillation", 2)
+    x = torch.stack([test_ds[i]["image"] for i in range(3)])
+    with torch.no_grad():
+        out = model(x)
+        parts = model.fusion_parts(x)
+    assert out.shape == (3, 2, 64, 64)
+    assert torch.allclose(out[:, :1], model.anomaly_map.blur(parts.sum(1, keepdim=True), (64, 64)), atol=1e-6)
+    assert torch.allclose(out[:, 1:], model.anomaly_map.blur(parts[:, :1], (64, 64)), atol=1e-6)
+    # evaluation scores the distillation part and measures the pixels on the fused map
+    res = result.test_outputs
+    assert torch.equal(res["scores"], res["score_maps"].flatten(1).amax(1))
+    assert not torch.allclose(res["scores"], res["maps"].flatten(1).amax(1))
+    # two scales, each fitted on the held-out images' own maps: no held-out score above its threshold
+    norm = meta["score_normalization"]
+    assert norm["threshold"] >= norm["holdout_score_max"] and norm["map_threshold"] > norm["map_lo"]
+    assert norm["map_threshold"] != pytest.approx(norm["threshold"])
+    images = sorted((Path(demo_root) / "demo_texture" / "test").rglob("*.png"))[:4]
+    predictor = Predictor(model, meta)
+    raw = predictor.maps(np.stack([_array(p, 64) for p in images]))
+    assert raw.shape == (4, 2, 64, 64)
+    for pred, batch in zip(predictor.predict(images), raw, strict=True):
+        assert pred.score == pytest.approx(float(batch[1].max()), rel=1e-5)
+        assert (pred.threshold, pred.map_threshold) == (norm["threshold"], norm["map_threshold"])
+        want = np.clip(0.5 * (pred.anomaly_map - norm["map_lo"]) / (norm["map_threshold"] - norm["map_lo"]), 0, 1)
+        assert np.allclose(pred.norm_map, want, atol=1e-6)
+    # tile mode: both scales fitted on tiles too
+    tile = meta["tile_normalization"]
+    assert tile["map_threshold"] > tile["map_lo"] and tile["threshold"] > tile["lo"]
+    tiled = Predictor(model, meta, tile=True).predict(images[:1])[0]
+    assert (tiled.threshold, tiled.map_threshold) == (tile["threshold"], tile["map_threshold"])
+
+
+def _array(path: Path, size: int) -> np.ndarray:
+    from ikd_core.data.transforms import image_to_array, load_image
+
+    return image_to_array(load_image(path), size)
+
+
+def test_a_distillation_score_checkpoint_is_checked(dscore_run) -> None:
+    from ikd_core.runtime import RuntimeModelError, parse_metadata
+
+    meta = read_metadata(dscore_run[0].checkpoint)
+    norm = meta["score_normalization"]
+    for bad in ({**norm, "map_threshold": norm["map_lo"] - 1}, {**norm, "map_lo": float("nan")},
+                {**norm, "map_threshold": "high"}):
+        with pytest.raises(CheckpointError, match="map_"):
+            validate_metadata({**meta, "score_normalization": bad}, "bad.safetensors")
+    tcfg = meta["train_config"]
+    with pytest.raises(CheckpointError, match="score_map"):
+        validate_metadata({**meta, "train_config": {**tcfg, "score_map": "head"}}, "bad.safetensors")
+    with pytest.raises(CheckpointError, match="fused map"):
+        validate_metadata({**meta, "train_config": {**tcfg, "segment_map": "head"}}, "bad.safetensors")
+    props = {"format": "ikd-studio-onnx/1", "ikd": json.dumps({**meta, "score_normalization": {**norm,
+                                                                                              "map_lo": "low"}})}
+    with pytest.raises(RuntimeModelError, match="malformed"):
+        parse_metadata(props, "bad.onnx")

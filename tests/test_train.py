@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ikd_core.calibration import fit_normalization
 from ikd_core.data.batching import split_holdout
@@ -74,6 +75,41 @@ def test_fit_normalization_threshold_above_good_scores() -> None:
     assert norm["threshold"] >= scores.max().item()
     assert norm["threshold"] >= scores.mean().item() + 3 * scores.std().item() - 1e-9
     assert norm["lo"] == pytest.approx(maps.median().item(), abs=1e-6)
+
+
+def test_fit_normalization_scales_the_map_and_the_score_maps_apart() -> None:
+    """With ``score_maps`` the threshold is theirs and the map gets ``map_threshold`` / ``map_lo`` of its own; the
+    same maps as score maps give the same values as without them."""
+    gen = torch.Generator().manual_seed(0)
+    maps, score_maps = torch.rand(10, 16, 16, generator=gen), 5 + torch.rand(10, 16, 16, generator=gen)
+    norm = fit_normalization(maps, k=3.0, score_maps=score_maps)
+    alone, scored = fit_normalization(maps, k=3.0), fit_normalization(score_maps, k=3.0)
+    assert (norm["threshold"], norm["lo"]) == (scored["threshold"], scored["lo"])
+    assert (norm["map_threshold"], norm["map_lo"]) == (alone["threshold"], alone["lo"])
+    assert "map_threshold" not in alone
+    tiles = fit_normalization([maps[:4], maps[4:]], k=3.0, score_maps=[score_maps[:4], score_maps[4:]])
+    assert tiles["n_holdout"] == 10 and tiles["map_lo"] == pytest.approx(alone["lo"])
+
+
+def test_tiles_average_every_channel_and_predictions_scale_the_map_on_its_own() -> None:
+    from ikd_core.predictor_base import Prediction, Scale, predict_tiles
+    from ikd_core.tiling import tiled_map
+
+    x = np.random.default_rng(0).normal(size=(3, 48, 80)).astype(np.float32)
+
+    def maps(batch: np.ndarray) -> np.ndarray:  # channel 1 = 3 x channel 0, each tile's own values
+        m = batch[:, :1] ** 2
+        return np.concatenate([m, 3 * m], axis=1)
+
+    full = tiled_map(x, 32, maps)
+    assert full.shape == (2, 48, 80) and np.allclose(full[1], 3 * full[0])
+    assert np.allclose(tiled_map(x, 32, lambda b: maps(b)[:, :1])[0], full[0])
+    pred = predict_tiles(maps, [Image.fromarray(np.zeros((48, 80, 3), np.uint8))], 32, Scale(2.0, 0.0, 1.0, 0.0))[0]
+    assert pred.anomaly_map.shape == (48, 80) and pred.score == pytest.approx(float(pred.anomaly_map.max()) * 3)
+    p = Prediction(np.array([[0.5, 1.0]], np.float32), 1.0, threshold=2.0, lo=0.0, map_threshold=1.0, map_lo=0.0)
+    assert p.norm_score == pytest.approx(0.25) and np.allclose(p.norm_map, [[0.25, 0.5]])
+    assert p.mask().tolist() == [[False, True]] and not p.is_anomalous()
+    assert np.allclose(Prediction(p.anomaly_map, 1.0, 2.0, 0.0).norm_map, [[0.125, 0.25]])
 
 
 def test_predictor_matches_training_maps_and_renders(tiny_checkpoint, demo_root: Path) -> None:
