@@ -6,6 +6,9 @@ scores, or their max: :func:`~ikd_core.calibration.fit_normalization`, on the tr
 and the report gives the share of good and of defective test images it calls right.
 
     python -m benchmarks.fusion_parts --split dev --minutes 3 --out results/fusion_parts_dev.md
+
+``--epochs N`` trains N epochs instead of a wall-clock budget (the epochs a bench run reached, on a machine of
+another speed); the report then says so.
 """
 
 from __future__ import annotations
@@ -50,12 +53,14 @@ class FusionPart(nn.Module):
         return self.model.anomaly_map.blur(self.model.fusion_parts(x)[:, k : k + 1], (x.shape[-2], x.shape[-1]))
 
 
-def run_parts(root: Path, category: str, seed: int, minutes: float) -> list[dict[str, Any]]:
-    """Train ``ikd+denoise+fuse`` on ``category`` for ``minutes`` and evaluate each part of its map."""
+def run_parts(root: Path, category: str, seed: int, minutes: float, epochs: int | None = None) -> list[dict[str, Any]]:
+    """Train ``ikd+denoise+fuse`` on ``category`` for ``minutes`` (or ``epochs``) and evaluate each part of its
+    map."""
     device = select_device("auto")
     train_ds = MVTecDataset(root, category, "train", IMAGE_SIZE)
     test_ds = MVTecDataset(root, category, "test", IMAGE_SIZE)
-    cfg = replace(TrainConfig(**cpu_paper_settings(IMAGE_SIZE)), epochs=None, max_minutes=minutes, seed=seed,
+    cfg = replace(TrainConfig(**cpu_paper_settings(IMAGE_SIZE)), epochs=epochs,
+                  max_minutes=None if epochs else minutes, seed=seed,
                   **KD_METHODS["ikd+denoise+fuse"])
     result = train(train_ds, None, cfg, category=category, device=device)
     held_out = Subset(train_ds, split_holdout(len(train_ds), cfg.holdout_fraction, seed)[1])
@@ -84,9 +89,11 @@ def _fmt(v: float) -> str:
     return "n/a" if math.isnan(v) else f"{v:.3f}"
 
 
-def build_report(rows: list[dict[str, Any]], command: str, minutes: float, split: str) -> str:
+def build_report(rows: list[dict[str, Any]], command: str, minutes: float, split: str,
+                 epochs: int | None = None) -> str:
     """The markdown report: each category's three parts, then the mean over categories."""
-    lines = [f"# The parts of the fused map ({split} split, {minutes:g} min per category)", "",
+    budget = f"{epochs} epochs" if epochs else f"{minutes:g} min"
+    lines = [f"# The parts of the fused map ({split} split, {budget} per category)", "",
              f"Command: `{command}`", "", *machine_lines(), "",
              "One training per category (the CPU recipe's method, `ikd+denoise+fuse`); each part evaluated on the same "
              "model: the distillation map and the head's map, each mapped by its held-out quantiles (0.9 -> 0, "
@@ -119,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="data/real_bench", help="bench root (built by benchmarks.real_data if missing)")
     p.add_argument("--split", choices=("test", "dev"), default="dev")
     p.add_argument("--minutes", type=float, default=3.0)
+    p.add_argument("--epochs", type=int, help="train this many epochs instead of --minutes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--categories", nargs="+", help="default: all of the split")
     args = p.parse_args(argv)
@@ -130,12 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     warm_up(root, cats)
     rows: list[dict[str, Any]] = []
     for cat in cats:
-        rows += run_parts(root, cat, args.seed, args.minutes)
+        rows += run_parts(root, cat, args.seed, args.minutes, args.epochs)
         print(json.dumps(rows[-3:]), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     out.write_text(build_report(rows, command_line("fusion_parts", sys.argv[1:] if argv is None else argv),
-                                args.minutes, args.split))
+                                args.minutes, args.split, args.epochs))
     print(f"report: {out}")
     return 0
 

@@ -220,3 +220,16 @@ def test_au_pro_by_defect_scores_each_type_against_the_good_images() -> None:
     report = build_report([row, {**row, "method": "ikd", "au_pro_by_defect": {}}], info)
     assert "## AU-PRO by defect type" in report
     assert f"| ikd+denoise+seg | {by['hole']:.3f} | {by['scratch']:.3f} | 1 |" in report
+
+
+def test_method_inference_times_each_method_in_interleaved_rounds(bench) -> None:
+    from benchmarks.method_inference import build_report, time_methods
+
+    root, cats = bench
+    cat = next(c for c in cats if c.startswith("real_skimage"))
+    times = time_methods(root / "test", cat, ["ikd", "ikd+denoise+fuse+dscore"], rounds=2, n_images=3,
+                         image_size=64)
+    assert set(times) == {"ikd", "ikd+denoise+fuse+dscore"} and all(len(v) == 2 and min(v) > 0
+                                                                   for v in times.values())
+    report = build_report({"ikd": [10.0, 12.0], "fused": [15.0, 16.0]}, "cmd", cat)
+    assert "| ikd | 11.0 | 10.0, 12.0 | 1.00x |" in report and "| fused | 15.5 | 15.0, 16.0 | 1.41x |" in report

@@ -224,6 +224,8 @@ def test_the_parts_of_the_fused_map_add_up_to_it(fused_run) -> None:
     report = build_report(rows, "python -m benchmarks.fusion_parts", 3, "dev")
     assert "| head | 0.750 | 0.750 | n/a | n/a | n/a |" in report
     assert "| c | fused | 1.000 | 1.000 | 1.000 | 0.500 | 1.000 | 2.0 |" in report
+    assert "(dev split, 3 min per category)" in report
+    assert "(test split, 42 epochs per category)" in build_report(rows, "c", 10, "test", epochs=42)
     out = {"scores": torch.tensor([0.1, 0.6, 0.4, 0.7, 0.9]), "labels": torch.tensor([0, 0, 1, 1, 1])}
     assert verdicts(out, 0.5) == pytest.approx({"good_right": 0.5, "defective_right": 2 / 3})
 
