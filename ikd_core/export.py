@@ -1,9 +1,10 @@
 """Export a checkpoint to one ONNX (or OpenVINO) graph: teacher + student + anomaly map + blur.
 
 The graph takes a normalised image batch ``image`` (B, 3, S, S), B dynamic, and returns ``anomaly_map``
-(B, 1, S, S). The checkpoint's metadata travels inside the file (ONNX ``metadata_props``; OpenVINO
-``rt_info``), so :mod:`ikd_core.runtime` needs nothing else. :mod:`ikd_core.export_cache` keeps one export per
-checkpoint content for :class:`~ikd_core.predict.Predictor`'s ``auto`` backend.
+(B, C, S, S): the map, and with ``score_map="distillation"`` (C = 2) the map the image score is taken on. The
+checkpoint's metadata travels inside the file (ONNX ``metadata_props``; OpenVINO ``rt_info``), so
+:mod:`ikd_core.runtime` needs nothing else. :mod:`ikd_core.export_cache` keeps one export per checkpoint content
+for :class:`~ikd_core.predict.Predictor`'s ``auto`` backend.
 """
 
 from __future__ import annotations
