@@ -242,9 +242,14 @@ def validate_metadata(meta: dict[str, Any], name: str, max_image_size: int | Non
     norm = meta["score_normalization"]
     if not isinstance(norm, dict):
         raise CheckpointError(f"{name}: score normalisation in its metadata is not an object")
-    _check_scale(norm, name, "threshold", "lo")
-    if "map_threshold" in norm or "map_lo" in norm:
-        _check_scale(norm, name, "map_threshold", "map_lo")
+    tile = meta.get("tile_normalization")
+    if tile is not None and not isinstance(tile, dict):
+        raise CheckpointError(f"{name}: tile normalisation in its metadata is not an object")
+    for scale in (norm, tile or {}):
+        if scale is norm or scale:
+            _check_scale(scale, name, "threshold", "lo")
+        if "map_threshold" in scale or "map_lo" in scale:
+            _check_scale(scale, name, "map_threshold", "map_lo")
     metrics = meta.get("metrics", {})
     if not isinstance(metrics, dict) or not all(_is_number(v) for v in metrics.values()):
         raise CheckpointError(f"{name}: metadata metrics must map names to numbers")

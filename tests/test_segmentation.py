@@ -322,6 +322,11 @@ def test_a_distillation_score_checkpoint_is_checked(dscore_run) -> None:
                 {**norm, "map_threshold": "high"}):
         with pytest.raises(CheckpointError, match="map_"):
             validate_metadata({**meta, "score_normalization": bad}, "bad.safetensors")
+        with pytest.raises(CheckpointError, match="map_"):
+            validate_metadata({**meta, "tile_normalization": {**meta["tile_normalization"], **{
+                k: v for k, v in bad.items() if k.startswith("map_")}}}, "bad.safetensors")
+    with pytest.raises(CheckpointError, match="threshold"):
+        validate_metadata({**meta, "tile_normalization": {**meta["tile_normalization"], "threshold": -1e9}}, "b")
     tcfg = meta["train_config"]
     with pytest.raises(CheckpointError, match="score_map"):
         validate_metadata({**meta, "train_config": {**tcfg, "score_map": "head"}}, "bad.safetensors")
