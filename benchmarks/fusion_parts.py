@@ -1,7 +1,7 @@
 """What each part of the fused map does (issue 16): train the denoising student with the segmentation head
-(``ikd+denoise+fuse`` of the real-image bench, the CPU recipe) and evaluate, on the same trained model, the
-distillation map alone, the head's map alone and their fusion, so that a goal the fused map misses can be traced
-to the part that misses it. Each part also gets the app's threshold (mean + 3 std of the held-out good images'
+(``ikd+denoise+fuse`` of the real-image bench, an option beside the CPU recipe) and evaluate, on the same trained
+model, the distillation map alone, the head's map alone and their fusion, so that a goal the fused map misses can
+be traced to the part that misses it. Each part also gets the app's threshold (mean + 3 std of the held-out good images'
 scores, or their max: :func:`~ikd_core.calibration.fit_normalization`, on the training run's own held-out images),
 and the report gives the share of good and of defective test images it calls right.
 
@@ -95,8 +95,8 @@ def build_report(rows: list[dict[str, Any]], command: str, minutes: float, split
     budget = f"{epochs} epochs" if epochs else f"{minutes:g} min"
     lines = [f"# The parts of the fused map ({split} split, {budget} per category)", "",
              f"Command: `{command}`", "", *machine_lines(), "",
-             "One training per category (the CPU recipe's method, `ikd+denoise+fuse`); each part evaluated on the same "
-             "model: the distillation map and the head's map, each mapped by its held-out quantiles (0.9 -> 0, "
+             "One training per category (the fused segmentation head, `ikd+denoise+fuse`); each part evaluated on the "
+             "same model: the distillation map and the head's map, each mapped by its held-out quantiles (0.9 -> 0, "
              "0.995 -> 0.1) and blurred as the fused map is, and the fused map (their sum). Image score: the map's "
              "maximum. Good right / defective right: the share of good / defective test images called right at the "
              "part's threshold, fitted on the run's held-out good images as the app fits it (mean + 3 std of their "
