@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,40 @@ def test_method_inference_times_each_method_in_interleaved_rounds(bench) -> None
                                                                    for v in times.values())
     report = build_report({"ikd": [10.0, 12.0], "fused": [15.0, 16.0]}, "cmd", cat)
     assert "| ikd | 11.0 | 10.0, 12.0 | 1.00x |" in report and "| fused | 15.5 | 15.0, 16.0 | 1.41x |" in report
+
+
+def _run(cat: str, method: str, seed: int, image: float, au_pro: float) -> dict:
+    return {"category": cat, "method": method, "seed": seed, "minutes": 3.0, "epochs": 10.0,
+            "image_auroc": image, "pixel_auroc": 0.8, "au_pro": au_pro}
+
+
+def test_decide_pairs_seeds_and_names_the_winner_of_every_budget(tmp_path: Path) -> None:
+    from benchmarks.decide import decide, main, shared_seeds
+
+    cats = ("real_elpv_mono", "real_skimage_grass")
+    # "a" leads on both metrics at both budgets on the shared seeds 0, 1; its seed-2 run (which "b" lacks) is worse
+    # than b's every run and must not count
+    three = [_run(c, m, s, v, v) for c in cats for s in (0, 1)
+             for m, v in (("a", 0.9 + 0.01 * s), ("b", 0.85))] + [_run(cats[0], "a", 2, 0.1, 0.1)]
+    assert shared_seeds(three, ["a", "b"]) == [0, 1]
+    ten = [{**r, "minutes": 10.0} for r in three if r["seed"] < 2]
+    d = decide({"3 min": three, "10 min": ten}, ["a", "b"])
+    assert d["overall"] == "a" and d["budgets"]["3 min"]["means"]["a"]["image_auroc"] == pytest.approx(0.905)
+    first, second, gaps = d["budgets"]["3 min"]["gaps"]["au_pro"]
+    assert (first, second) == ("a", "b") and gaps == pytest.approx([0.05, 0.06])
+
+    # "b" leads on AU-PRO at 10 minutes: no one wins that budget, and so no one wins every budget
+    ten_split = [{**r, "au_pro": 0.99} if r["method"] == "b" else r for r in ten]
+    d = decide({"3 min": three, "10 min": ten_split}, ["a", "b"])
+    assert d["budgets"]["3 min"]["winner"] == "a" and d["budgets"]["10 min"]["winner"] is None
+    assert d["overall"] is None
+
+    for label, runs in (("3", three), ("10", ten_split)):
+        (tmp_path / f"{label}.json").write_text(json.dumps({"info": {"minutes": float(label)}, "runs": runs}))
+    out = tmp_path / "decision.md"
+    main([str(tmp_path / "3.json"), str(tmp_path / "10.json"), "--candidates", "a", "b", "--out", str(out)])
+    report = out.read_text()
+    assert "Winner: `a`" in report and "Winner: none" in report and "no candidate wins every budget" in report
+    assert "| a | **0.905** | **0.800** | **0.905** |" in report
+    with pytest.raises(SystemExit, match="no runs of c"):
+        decide({"3 min": three}, ["a", "c"])

@@ -1,0 +1,125 @@
+"""Issue 16's rule on defaults, applied to the real-image bench's reports: the candidate that wins on the test split
+at every budget (3 **and** 10 minutes) becomes the CPU recipe.
+
+    python -m benchmarks.decide results/real_bench_3min.json results/real_bench_10min.json \
+        --candidates ikd+denoise ikd+denoise+fuse ikd+denoise+fuse+dscore --out results/decision.md
+
+At each budget the candidates are compared on the seeds that every one of them ran on every category (paired: the
+same seeds, so a lucky seed does not favour one method), on the bench mean (each category first averaged over those
+seeds). A candidate wins a budget when it has the best mean of both of the goals' metrics, image AUROC and AU-PRO;
+the report also gives, per seed, the difference between the two best on each metric, to show whether the gap is
+larger than the seeds' spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.real_bench import METRICS, _method_means
+from benchmarks.report import command_line
+
+#: The metrics a winner must lead on (the issue's goals name these two; pixel AUROC is reported beside them).
+DECIDING = ("image_auroc", "au_pro")
+
+
+def shared_seeds(runs: list[dict[str, Any]], methods: list[str]) -> list[int]:
+    """Seeds on which every method in ``methods`` ran every category of ``runs``."""
+    cats = {r["category"] for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    have = {(r["category"], r["method"], r["seed"]) for r in runs}
+    return [s for s in seeds if all((c, m, s) in have for c in cats for m in methods)]
+
+
+def budget_means(runs: list[dict[str, Any]], methods: list[str],
+                 seeds: list[int]) -> dict[str, dict[str, float]]:
+    """Per method, the bench mean of each metric over ``seeds`` (each category first averaged over them)."""
+    rs = [r for r in runs if r["seed"] in seeds]
+    cats = sorted({r["category"] for r in rs})
+    return {m: _method_means(rs, m, cats) for m in methods}
+
+
+def winner(means: dict[str, dict[str, float]]) -> str | None:
+    """The method with the best mean on every metric of :data:`DECIDING`, or None when no one leads on all."""
+    leaders = {max(means, key=lambda m: means[m][k]) for k in DECIDING}
+    return leaders.pop() if len(leaders) == 1 else None
+
+
+def decide(reports: dict[str, list[dict[str, Any]]], candidates: list[str]) -> dict[str, Any]:
+    """Per budget (a report's label): the shared seeds, the means, the winner and the per-seed gaps between the two
+    best on each deciding metric; ``overall``: the candidate that wins every budget, or None."""
+    out: dict[str, Any] = {"budgets": {}}
+    for label, runs in reports.items():
+        missing = [m for m in candidates if not any(r["method"] == m for r in runs)]
+        if missing:
+            raise SystemExit(f"{label}: no runs of {', '.join(missing)}")
+        seeds = shared_seeds(runs, candidates)
+        if not seeds:
+            raise SystemExit(f"{label}: no seed on which every candidate ran every category")
+        means = budget_means(runs, candidates, seeds)
+        gaps = {}
+        for k in DECIDING:
+            first, second = sorted(candidates, key=lambda m: means[m][k], reverse=True)[:2]
+            per_seed = [budget_means(runs, [first, second], [s]) for s in seeds]
+            gaps[k] = (first, second, [p[first][k] - p[second][k] for p in per_seed])
+        out["budgets"][label] = {"seeds": seeds, "means": means, "winner": winner(means), "gaps": gaps}
+    winners = {b["winner"] for b in out["budgets"].values()}
+    out["overall"] = winners.pop() if len(winners) == 1 and None not in winners else None
+    return out
+
+
+def build_report(decision: dict[str, Any], command: str) -> str:
+    """Markdown: a table per budget, the gaps between the two best, and the rule's verdict."""
+    lines = ["# Decision on the CPU recipe (issue 16's rule)", "", f"Command: `{command}`", "",
+             "A candidate wins a budget with the best bench mean of both image AUROC and AU-PRO, on the seeds that "
+             "every candidate ran on every category (paired). The rule: the candidate that wins every budget "
+             "becomes the CPU recipe.", ""]
+    for label, b in decision["budgets"].items():
+        means = b["means"]
+        best = {k: max(means, key=lambda m: means[m][k]) for k in METRICS}
+        lines += [f"## {label}", "", f"Seeds {b['seeds']}.", "",
+                  "| method | image AUROC | pixel AUROC | AU-PRO |", "|---|---:|---:|---:|"]
+        for m, v in means.items():
+            cells = [("n/a" if math.isnan(v[k]) else (f"**{v[k]:.3f}**" if best[k] == m else f"{v[k]:.3f}"))
+                     for k in METRICS]
+            lines.append(f"| {m} | {' | '.join(cells)} |")
+        lines.append("")
+        for k, (first, second, deltas) in b["gaps"].items():
+            spread = ""
+            if len(deltas) > 1:
+                sd = statistics.stdev(deltas)
+                spread = f", std {sd:.3f}" + ("; within the seeds' spread" if abs(statistics.mean(deltas)) < sd
+                                               else "")
+            lines.append(f"- {k}: `{first}` − `{second}` = {statistics.mean(deltas):+.3f} (per seed "
+                         f"{', '.join(f'{d:+.3f}' for d in deltas)}{spread})")
+        lines += ["", f"Winner: {'`' + b['winner'] + '`' if b['winner'] else 'none (no candidate leads on both)'}", ""]
+    lines.append("**Verdict**: " + (f"`{decision['overall']}` wins every budget." if decision["overall"]
+                                    else "no candidate wins every budget."))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("reports", nargs="+", type=Path, help="real_bench JSON files, one per budget")
+    p.add_argument("--candidates", nargs="+", required=True)
+    p.add_argument("--out", type=Path, default=Path("results/decision.md"))
+    args = p.parse_args(argv)
+    reports = {}
+    for f in args.reports:
+        data = json.loads(f.read_text())
+        reports[f"{data['info']['minutes']:g} min ({f.name})"] = data["runs"]
+    command = command_line("decide", argv if argv is not None else sys.argv[1:])
+    report = build_report(decide(reports, args.candidates), command)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
