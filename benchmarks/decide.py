@@ -9,6 +9,13 @@ same seeds, so a lucky seed does not favour one method), on the bench mean (each
 seeds). A candidate wins a budget when it has the best mean of both of the goals' metrics, image AUROC and AU-PRO;
 the report also gives, per seed, the difference between the two best on each metric, to show whether the gap is
 larger than the seeds' spread.
+
+Seeds move these means by a few hundredths, so the report also applies the rule up to the seeds' spread: ``a``
+*beats* ``b`` when, on the paired per-seed differences, ``a`` leads on one deciding metric by more than their standard
+deviation and ``b`` leads on none by that much (two seeds at least; one seed shows no spread, so it beats no one). The
+candidate that no other beats at any budget is the rule's choice up to noise; where several are unbeaten, the bench
+cannot tell them apart and the report says so. Each candidate's goals (:func:`benchmarks.real_bench.goals_section`)
+follow.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.real_bench import METRICS, _method_means
+from benchmarks.real_bench import METRICS, _method_means, goals_section
 from benchmarks.report import command_line
 
 #: The metrics a winner must lead on (the issue's goals name these two; pixel AUROC is reported beside them).
@@ -50,6 +57,25 @@ def winner(means: dict[str, dict[str, float]]) -> str | None:
     return leaders.pop() if len(leaders) == 1 else None
 
 
+def seed_deltas(runs: list[dict[str, Any]], a: str, b: str, seeds: list[int], metric: str) -> list[float]:
+    """Per seed, ``a``'s bench mean of ``metric`` minus ``b``'s (paired: the same seed and categories)."""
+    per_seed = [budget_means(runs, [a, b], [s]) for s in seeds]
+    return [p[a][metric] - p[b][metric] for p in per_seed]
+
+
+def clearly_ahead(deltas: list[float]) -> bool:
+    """Whether paired differences favour the first method by more than their spread: mean > 0 and mean > std
+    (needs two seeds; one seed has no spread to compare with)."""
+    return len(deltas) > 1 and statistics.mean(deltas) > 0 and statistics.mean(deltas) > statistics.stdev(deltas)
+
+
+def beats(runs: list[dict[str, Any]], a: str, b: str, seeds: list[int]) -> bool:
+    """``a`` is clearly ahead of ``b`` on some deciding metric and ``b`` on none (:func:`clearly_ahead`)."""
+    ahead = {k: clearly_ahead(seed_deltas(runs, a, b, seeds, k)) for k in DECIDING}
+    behind = {k: clearly_ahead(seed_deltas(runs, b, a, seeds, k)) for k in DECIDING}
+    return any(ahead.values()) and not any(behind.values())
+
+
 def decide(reports: dict[str, list[dict[str, Any]]], candidates: list[str]) -> dict[str, Any]:
     """Per budget (a report's label): the shared seeds, the means, the winner and the per-seed gaps between the two
     best on each deciding metric; ``overall``: the candidate that wins every budget, or None."""
@@ -65,11 +91,14 @@ def decide(reports: dict[str, list[dict[str, Any]]], candidates: list[str]) -> d
         gaps = {}
         for k in DECIDING:
             first, second = sorted(candidates, key=lambda m: means[m][k], reverse=True)[:2]
-            per_seed = [budget_means(runs, [first, second], [s]) for s in seeds]
-            gaps[k] = (first, second, [p[first][k] - p[second][k] for p in per_seed])
-        out["budgets"][label] = {"seeds": seeds, "means": means, "winner": winner(means), "gaps": gaps}
+            gaps[k] = (first, second, seed_deltas(runs, first, second, seeds, k))
+        beaten = {c: [o for o in candidates if o != c and beats(runs, o, c, seeds)] for c in candidates}
+        out["budgets"][label] = {"seeds": seeds, "means": means, "winner": winner(means), "gaps": gaps,
+                                 "beaten_by": beaten, "runs": runs}
     winners = {b["winner"] for b in out["budgets"].values()}
     out["overall"] = winners.pop() if len(winners) == 1 and None not in winners else None
+    out["unbeaten"] = [c for c in candidates if not any(b["beaten_by"][c] for b in out["budgets"].values())]
+    out["choice"] = out["overall"] or (out["unbeaten"][0] if len(out["unbeaten"]) == 1 else None)
     return out
 
 
@@ -98,8 +127,20 @@ def build_report(decision: dict[str, Any], command: str) -> str:
             lines.append(f"- {k}: `{first}` − `{second}` = {statistics.mean(deltas):+.3f} (per seed "
                          f"{', '.join(f'{d:+.3f}' for d in deltas)}{spread})")
         lines += ["", f"Winner: {'`' + b['winner'] + '`' if b['winner'] else 'none (no candidate leads on both)'}", ""]
+        lines += [f"- `{c}` is beaten beyond the seeds' spread by " + (", ".join(f"`{o}`" for o in by) or "no one")
+                  for c, by in b["beaten_by"].items()]
+        for c in b["means"]:
+            lines += [ln.replace("## Goals", "### Goals") for ln in goals_section(b["runs"], c)]
+        lines.append("")
     lines.append("**Verdict**: " + (f"`{decision['overall']}` wins every budget." if decision["overall"]
                                     else "no candidate wins every budget."))
+    unbeaten = decision["unbeaten"]
+    lines.append("")
+    lines.append("**Up to the seeds' spread**: " + (
+        f"no other candidate beats {', '.join(f'`{c}`' for c in unbeaten)} at any budget"
+        if unbeaten else "every candidate is beaten at some budget")
+        + (f"; the rule's choice: `{decision['choice']}`." if decision["choice"]
+           else "; the bench cannot tell them apart." if len(unbeaten) > 1 else "."))
     return "\n".join(lines) + "\n"
 
 

@@ -322,8 +322,9 @@ def goals_section(runs: list[dict[str, Any]], candidate: str) -> list[str]:
         if math.isnan(d):
             lines.append(f"| {k} vs stfpm ≥ +{need} | n/a (no stfpm runs here) | n/a |")
             continue
-        shared = sorted({r["seed"] for r in runs if r["method"] == candidate}
-                        & {r["seed"] for r in runs if r["method"] == "stfpm"})
+        have = {(r["category"], r["method"], r["seed"]) for r in runs}
+        shared = sorted(s for s in {r["seed"] for r in runs}  # seeds both ran on every category (paired)
+                        if all((c, m, s) in have for c in cats for m in (candidate, "stfpm")))
         deltas = [(s, _method_means([r for r in runs if r["seed"] == s], candidate, cats)[k]
                    - _method_means([r for r in runs if r["seed"] == s], "stfpm", cats)[k]) for s in shared]
         per_seed = ", ".join(f"seed {s}: {v:+.3f}" for s, v in deltas) if len(deltas) > 1 else ""

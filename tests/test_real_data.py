@@ -271,3 +271,29 @@ def test_decide_pairs_seeds_and_names_the_winner_of_every_budget(tmp_path: Path)
     assert "| a | **0.905** | **0.800** | **0.905** |" in report
     with pytest.raises(SystemExit, match="no runs of c"):
         decide({"3 min": three}, ["a", "c"])
+
+
+def test_decide_up_to_the_seeds_spread(tmp_path: Path) -> None:
+    """A lead smaller than the seeds' spread does not count: "b" has the better mean image AUROC (by 0.002, while the
+    per-seed differences swing by +-0.03), "a" leads AU-PRO by 0.04 on every seed; the strict rule names no winner,
+    the rule up to the spread names "a". With one seed nothing is beyond the spread: no choice."""
+    from benchmarks.decide import beats, build_report, clearly_ahead, decide
+
+    assert clearly_ahead([0.04, 0.05, 0.03]) and not clearly_ahead([0.03, -0.03, 0.006])
+    assert not clearly_ahead([0.5]) and not clearly_ahead([-0.04, -0.05])
+    cats = ("real_elpv_mono", "real_skimage_grass")
+    swing = (0.03, -0.03, -0.006)  # b - a on image AUROC per seed: mean -0.002 ... b leads by 0.002 below
+    runs = [r for c in cats for s in range(3) for r in (
+        _run(c, "a", s, 0.85, 0.74), _run(c, "b", s, 0.85 - swing[s] + 0.004, 0.70),
+        _run(c, "stfpm", s, 0.80, 0.68), _run(c, "patchcore", s, 0.84, 0.60))]
+    assert beats(runs, "a", "b", [0, 1, 2]) and not beats(runs, "b", "a", [0, 1, 2])
+    d = decide({"3 min": runs, "10 min": runs}, ["b", "a"])
+    assert d["budgets"]["3 min"]["winner"] is None and d["overall"] is None
+    assert d["unbeaten"] == ["a"] and d["choice"] == "a"
+    report = build_report(d, "decide")
+    assert "no candidate wins every budget" in report and "the rule's choice: `a`" in report
+    assert "`b` is beaten beyond the seeds' spread by `a`" in report and "### Goals for `a`" in report
+    one = [r for r in runs if r["seed"] == 2]  # b leads image AUROC there, a AU-PRO: no strict winner either
+    d = decide({"3 min": one}, ["b", "a"])
+    assert d["overall"] is None and d["unbeaten"] == ["b", "a"] and d["choice"] is None
+    assert "the bench cannot tell them apart" in build_report(d, "decide")
