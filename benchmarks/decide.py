@@ -107,7 +107,10 @@ def build_report(decision: dict[str, Any], command: str) -> str:
     lines = ["# Decision on the CPU recipe (issue 16's rule)", "", f"Command: `{command}`", "",
              "A candidate wins a budget with the best bench mean of both image AUROC and AU-PRO, on the seeds that "
              "every candidate ran on every category (paired). The rule: the candidate that wins every budget "
-             "becomes the CPU recipe.", ""]
+             "becomes the CPU recipe. Up to the seeds' spread, A beats B when A leads one of them by more than the "
+             "std of the per-seed differences and B leads neither by that much; the candidate no other beats at any "
+             "budget is the bench's choice. The bench does not judge the app's verdict at its fitted threshold "
+             "(`python -m benchmarks.demo_verdict`).", ""]
     for label, b in decision["budgets"].items():
         means = b["means"]
         best = {k: max(means, key=lambda m: means[m][k]) for k in METRICS}
@@ -139,7 +142,7 @@ def build_report(decision: dict[str, Any], command: str) -> str:
     lines.append("**Up to the seeds' spread**: " + (
         f"no other candidate beats {', '.join(f'`{c}`' for c in unbeaten)} at any budget"
         if unbeaten else "every candidate is beaten at some budget")
-        + (f"; the rule's choice: `{decision['choice']}`." if decision["choice"]
+        + (f"; the bench's choice: `{decision['choice']}`." if decision["choice"]
            else "; the bench cannot tell them apart." if len(unbeaten) > 1 else "."))
     return "\n".join(lines) + "\n"
 

@@ -291,7 +291,7 @@ def test_decide_up_to_the_seeds_spread(tmp_path: Path) -> None:
     assert d["budgets"]["3 min"]["winner"] is None and d["overall"] is None
     assert d["unbeaten"] == ["a"] and d["choice"] == "a"
     report = build_report(d, "decide")
-    assert "no candidate wins every budget" in report and "the rule's choice: `a`" in report
+    assert "no candidate wins every budget" in report and "the bench's choice: `a`" in report
     assert "`b` is beaten beyond the seeds' spread by `a`" in report and "### Goals for `a`" in report
     one = [r for r in runs if r["seed"] == 2]  # b leads image AUROC there, a AU-PRO: no strict winner either
     d = decide({"3 min": one}, ["b", "a"])
