@@ -38,9 +38,8 @@ NEEDED = 0.8
 
 def verdicts(checkpoint: Path, category: str, tile: bool) -> dict[str, float]:
     """Image AUROC, threshold and the shares called right on the demo test split of ``category``."""
-    from sklearn.metrics import roc_auc_score
-
     from ikd_core.data.synthetic import generate_demo_dataset
+    from ikd_core.metrics import image_auroc
     from ikd_core.predict import Predictor
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,7 +50,7 @@ def verdicts(checkpoint: Path, category: str, tile: bool) -> dict[str, float]:
     scores = np.array([p.score for p in preds])
     threshold = preds[0].threshold
     g, b = scores[: len(good)], scores[len(good):]
-    return {"image_auroc": float(roc_auc_score([0] * len(g) + [1] * len(b), scores)), "threshold": threshold,
+    return {"image_auroc": image_auroc(scores, [0] * len(g) + [1] * len(b)), "threshold": threshold,
             "good_right": float(np.mean(g < threshold)), "defective_right": float(np.mean(b >= threshold)),
             "n_good": len(g), "n_defective": len(b)}
 
