@@ -13,7 +13,7 @@ larger than the seeds' spread.
 Seeds move these means by a few hundredths, so the report also applies the rule up to the seeds' spread: ``a``
 *beats* ``b`` when, on the paired per-seed differences, ``a`` leads on one deciding metric by more than their standard
 deviation and ``b`` leads on none by that much (two seeds at least; one seed shows no spread, so it beats no one). The
-candidate that no other beats at any budget is the rule's choice up to noise; where several are unbeaten, the bench
+candidate that no other beats at any budget is the bench's choice; where several are unbeaten, the bench
 cannot tell them apart and the report says so. Each candidate's goals (:func:`benchmarks.real_bench.goals_section`)
 follow.
 """
@@ -28,19 +28,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.real_bench import METRICS, _method_means, goals_section
+from benchmarks.real_bench import METRICS, _method_means, goals_section, shared_seeds
 from benchmarks.report import command_line
 
 #: The metrics a winner must lead on (the issue's goals name these two; pixel AUROC is reported beside them).
 DECIDING = ("image_auroc", "au_pro")
-
-
-def shared_seeds(runs: list[dict[str, Any]], methods: list[str]) -> list[int]:
-    """Seeds on which every method in ``methods`` ran every category of ``runs``."""
-    cats = {r["category"] for r in runs}
-    seeds = sorted({r["seed"] for r in runs})
-    have = {(r["category"], r["method"], r["seed"]) for r in runs}
-    return [s for s in seeds if all((c, m, s) in have for c in cats for m in methods)]
 
 
 def budget_means(runs: list[dict[str, Any]], methods: list[str],

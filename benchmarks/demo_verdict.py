@@ -36,17 +36,22 @@ VARIANTS: dict[str, list[str]] = {
 NEEDED = 0.8
 
 
-def verdicts(checkpoint: Path, category: str, tile: bool) -> dict[str, float]:
-    """Image AUROC, threshold and the shares called right on the demo test split of ``category``."""
+def test_split(root: Path, category: str) -> tuple[list[str], list[str]]:
+    """The demo test split of ``category`` written under ``root``: (good image paths, defective image paths)."""
     from ikd_core.data.synthetic import generate_demo_dataset
+
+    test = generate_demo_dataset(root / "demo", categories=(category,), n_train=1) / category / "test"
+    good = sorted((test / "good").glob("*.png"))
+    bad = sorted(p for d in test.iterdir() if d.is_dir() and d.name != "good" for p in d.glob("*.png"))
+    return [str(p) for p in good], [str(p) for p in bad]
+
+
+def verdicts(checkpoint: Path, good: list[str], bad: list[str], tile: bool) -> dict[str, float]:
+    """Image AUROC, threshold and the shares of ``good`` and ``bad`` images called right at the fitted threshold."""
     from ikd_core.metrics import image_auroc
     from ikd_core.predict import Predictor
 
-    with tempfile.TemporaryDirectory() as tmp:
-        test = generate_demo_dataset(Path(tmp) / "demo", categories=(category,), n_train=1) / category / "test"
-        good = sorted((test / "good").glob("*.png"))
-        bad = sorted(p for d in test.iterdir() if d.is_dir() and d.name != "good" for p in d.glob("*.png"))
-        preds = Predictor.from_checkpoint(checkpoint, "cpu", tile=tile).predict([str(p) for p in good + bad])
+    preds = Predictor.from_checkpoint(checkpoint, "cpu", tile=tile).predict(good + bad)
     scores = np.array([p.score for p in preds])
     threshold = preds[0].threshold
     g, b = scores[: len(good)], scores[len(good):]
@@ -65,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/demo_verdict.md")
     args = p.parse_args(argv)
     rows = []
+    tmp = tempfile.TemporaryDirectory()
     for cat in args.categories.split(","):
+        good, bad = test_split(Path(tmp.name) / cat, cat)
         for variant in args.variants.split(","):
             flags = VARIANTS[variant]
             if not flags:
@@ -87,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                              "command": cmd, "epochs": meta["epochs_completed"],
                              "holdout": (held["holdout_score_mean"], held["holdout_score_std"],
                                          held["holdout_score_max"], held["n_holdout"]),
-                             **verdicts(ckpt, cat, tile)})
+                             **verdicts(ckpt, good, bad, tile)})
                 print(json.dumps(rows[-1]), flush=True)
+    tmp.cleanup()
     lines = ["# The app's verdict on the demo categories, per method (synthetic demo data)", "",
              f"- Command: `{command_line('demo_verdict', sys.argv[1:] if argv is None else argv)}`",
              *machine_lines(), "",

@@ -309,6 +309,14 @@ def _method_means(runs: list[dict[str, Any]], method: str, cats: list[str]) -> d
     return out
 
 
+def shared_seeds(runs: list[dict[str, Any]], methods: list[str]) -> list[int]:
+    """Seeds on which every method in ``methods`` ran every category of ``runs``."""
+    cats = {r["category"] for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    have = {(r["category"], r["method"], r["seed"]) for r in runs}
+    return [s for s in seeds if all((c, m, s) in have for c in cats for m in methods)]
+
+
 def goals_section(runs: list[dict[str, Any]], candidate: str) -> list[str]:
     """Issue 16's goals for ``candidate``: vs plain STFPM on the bench mean (+0.03 image AUROC, +0.05 AU-PRO), not
     below PatchCore on any source, inference within 1.5x of today's default (``ikd``)."""
@@ -322,9 +330,7 @@ def goals_section(runs: list[dict[str, Any]], candidate: str) -> list[str]:
         if math.isnan(d):
             lines.append(f"| {k} vs stfpm ≥ +{need} | n/a (no stfpm runs here) | n/a |")
             continue
-        have = {(r["category"], r["method"], r["seed"]) for r in runs}
-        shared = sorted(s for s in {r["seed"] for r in runs}  # seeds both ran on every category (paired)
-                        if all((c, m, s) in have for c in cats for m in (candidate, "stfpm")))
+        shared = shared_seeds(runs, [candidate, "stfpm"])  # paired: seeds both ran on every category
         deltas = [(s, _method_means([r for r in runs if r["seed"] == s], candidate, cats)[k]
                    - _method_means([r for r in runs if r["seed"] == s], "stfpm", cats)[k]) for s in shared]
         per_seed = ", ".join(f"seed {s}: {v:+.3f}" for s, v in deltas) if len(deltas) > 1 else ""
