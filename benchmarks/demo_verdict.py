@@ -8,12 +8,15 @@ A method can rank images well (AUROC) and still give a poor verdict where its go
 the threshold must sit above every held-out good image (``ikd_core.calibration.fit_normalization``). The CPU recipe's
 row reads the shipped checkpoint in ``pretrained/`` (``python -m benchmarks.demo_recipe``); every other variant is
 trained here with the same settings plus its flags (``--reuse`` keeps a checkpoint already trained by this command).
+``--seeds 0,1,2`` trains each variant with each seed (seed 0 of the CPU recipe is the shipped checkpoint, trained with
+seed 0), to tell a method's verdict from one seed's luck: the demo has 6 held-out good images to fit a threshold on.
 ``tests/test_app_api.py::test_shipped_checkpoints_work_in_tile_mode`` asks for 80 % of each in tile mode.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shlex
 import subprocess
@@ -60,6 +63,28 @@ def verdicts(checkpoint: Path, good: list[str], bad: list[str], tile: bool) -> d
             "n_good": len(g), "n_defective": len(b)}
 
 
+def summary_lines(rows: list[dict]) -> list[str]:
+    """Per category, variant and mode with more than one seed: the mean shares called right and how many seeds
+    meet the app's bar."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["category"], r["variant"], r["mode"]), []).append(r)
+    out = [f"| {c} | {v} | {m} | {len(rs)} | {np.mean([r['good_right'] for r in rs]):.2f} | "
+           f"{np.mean([r['defective_right'] for r in rs]):.2f} | "
+           f"{sum(r['good_right'] >= NEEDED and r['defective_right'] >= NEEDED for r in rs)} of {len(rs)} |"
+           for (c, v, m), rs in groups.items() if len(rs) > 1]
+    if not out:
+        return []
+    return ["", "Over the seeds:", "", "| category | variant | mode | seeds | good right | defective right | "
+            "seeds with both ≥ 80 % |", "|---|---|---|---:|---:|---:|---|", *out]
+
+
+def checkpoint_name(category: str, flags: list[str], seed: int) -> str:
+    """The file a variant's checkpoint is trained to: named by its flags (``cpu-recipe`` for none) and seed."""
+    slug = "-".join(f.lstrip("-") for f in flags) or "cpu-recipe"
+    return f"{category}-efficientnet_lite0-{slug}{f'-seed{seed}' if seed else ''}.safetensors"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.demo_verdict", description=__doc__.split("\n\n")[0])
     p.add_argument("--categories", default="demo_texture,demo_object")
@@ -67,22 +92,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="data/demo")
     p.add_argument("--runs", default="runs/demo_verdict", help="where the variants' checkpoints are written")
     p.add_argument("--reuse", action="store_true", help="keep a variant's checkpoint already in --runs")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds (0: the shipped CPU-recipe checkpoint)")
     p.add_argument("--out", default="results/demo_verdict.md")
     args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     tmp = tempfile.TemporaryDirectory()
     for cat in args.categories.split(","):
         good, bad = test_split(Path(tmp.name) / cat, cat)
-        for variant in args.variants.split(","):
+        for variant, seed in itertools.product(args.variants.split(","), seeds):
             flags = VARIANTS[variant]
-            if not flags:
+            if not flags and seed == 0:
                 ckpt = ROOT / "pretrained" / f"{cat}-efficientnet_lite0.safetensors"
                 cmd = "python -m benchmarks.demo_recipe"
             else:
-                slug = "-".join(f.lstrip("-") for f in flags)
-                ckpt = Path(args.runs) / f"{cat}-efficientnet_lite0-{slug}.safetensors"
+                ckpt = Path(args.runs) / checkpoint_name(cat, flags, seed)
                 train = ["python", "-m", "ikd_core", "train", "--data", "demo", "--data-root", args.data_root,
-                         "--category", cat, *RECIPE, *flags, "--out", str(ckpt), "--quiet"]
+                         "--category", cat, *RECIPE, *flags, *(["--seed", str(seed)] if seed else []),
+                         "--out", str(ckpt), "--quiet"]
                 cmd = shlex.join(train)
                 if not (args.reuse and ckpt.is_file()):
                     print("$", cmd, flush=True)
@@ -90,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             meta = json.loads(ckpt.with_suffix(".json").read_text())
             held = meta["score_normalization"]
             for tile in (False, True):
-                rows.append({"category": cat, "variant": variant, "mode": "tile" if tile else "whole",
+                rows.append({"category": cat, "variant": variant, "seed": seed, "mode": "tile" if tile else "whole",
                              "command": cmd, "epochs": meta["epochs_completed"],
                              "holdout": (held["holdout_score_mean"], held["holdout_score_std"],
                                          held["holdout_score_max"], held["n_holdout"]),
@@ -104,18 +131,20 @@ def main(argv: list[str] | None = None) -> int:
              f"scores); 'good right' and 'defective right' are the shares of the test split called right at it "
              f"(the app's test asks for {NEEDED:.0%} of each in tile mode). Epochs: of 60, within the recipe's 10 "
              "minutes on this machine (a run sharing the CPU with another stops earlier).", "",
-             "| category | variant | mode | epochs | image AUROC | held-out good scores: mean ± std (max), n | "
+             "| category | variant | seed | mode | epochs | image AUROC | held-out good scores: mean ± std (max), n | "
              "threshold | good right | defective right | both ≥ 80 % |",
-             "|---|---|---|---:|---:|---|---:|---:|---:|---|"]
+             "|---|---|---:|---|---:|---:|---|---:|---:|---:|---|"]
     for r in rows:
         m, s, mx, n = r["holdout"]
         ok = r["good_right"] >= NEEDED and r["defective_right"] >= NEEDED
-        lines.append(f"| {r['category']} | {r['variant']} | {r['mode']} | {r['epochs']:g} | {r['image_auroc']:.3f} | "
+        lines.append(f"| {r['category']} | {r['variant']} | {r['seed']} | {r['mode']} | {r['epochs']:g} | "
+                     f"{r['image_auroc']:.3f} | "
                      f"{m:.3f} ± {s:.3f} "
                      f"({mx:.3f}), {n} | {r['threshold']:.3f} | {r['good_right']:.2f} of {r['n_good']} | "
                      f"{r['defective_right']:.2f} of {r['n_defective']} | {'yes' if ok else 'no'} |")
+    lines += summary_lines(rows)
     lines += ["", "Each checkpoint's command:", ""]
-    lines += sorted({f"- {r['category']}, {r['variant']}: `{r['command']}`" for r in rows})
+    lines += sorted({f"- {r['category']}, {r['variant']}, seed {r['seed']}: `{r['command']}`" for r in rows})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

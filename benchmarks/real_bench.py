@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from benchmarks.real_data import build_real_bench, has_pixel_masks
 from ikd_core.backbones import build_teacher
+from ikd_core.data.batching import split_holdout
 from ikd_core.data.mvtec import MVTecDataset
 from ikd_core.device import select_device
-from ikd_core.evaluation import evaluate_model
+from ikd_core.evaluation import evaluate_model, predict_maps
 from ikd_core.metrics import au_pro
 from ikd_core.patchcore import PatchCore
 from ikd_core.recipes import paper_method, recipe_settings
@@ -164,6 +165,11 @@ def run_one(root: Path, category: str, method: str, seed: int, minutes: float,
         model = result.model
         row.update(fit_seconds=result.metadata["train_seconds"], epochs=result.metadata["epochs_completed"])
     evaluation = evaluate_model(model, test_ds, device)
+    if method != "patchcore":
+        hold = split_holdout(len(train_ds), cfg.holdout_fraction, cfg.seed)[1]
+        held = predict_maps(model, DataLoader(Subset(train_ds, hold), batch_size=8), device)["scores"]
+        row.update(verdict(result.metadata["score_normalization"]["threshold"], held,
+                           evaluation.outputs["scores"], evaluation.outputs["labels"]))
     metrics = evaluation.metrics
     if not has_pixel_masks(root.parent, category):
         metrics = {**metrics, "pixel_auroc": math.nan, "pixel_f1_max": math.nan, "au_pro": math.nan}
@@ -171,6 +177,16 @@ def run_one(root: Path, category: str, method: str, seed: int, minutes: float,
         row["au_pro_by_defect"] = au_pro_by_defect(evaluation.outputs, [s.defect_type for s in test_ds.samples])
     row.update({k: metrics.get(k, math.nan) for k in METRICS}, total_seconds=round(time.perf_counter() - t0, 1))
     return row
+
+
+def verdict(threshold: float, holdout: Tensor, scores: Tensor, labels: Tensor) -> dict[str, Any]:
+    """The app's verdict on the test split at the threshold fitted on the held-out good images: the shares of good
+    and of defective images called right, and the scores behind it (to compare threshold rules afterwards)."""
+    good, bad = scores[labels == 0], scores[labels == 1]
+    return {"threshold": threshold, "good_right": float((good < threshold).float().mean()),
+            "defective_right": float((bad >= threshold).float().mean()),
+            "holdout_scores": [round(float(v), 6) for v in holdout],
+            "test_scores": [round(float(v), 6) for v in scores], "test_labels": [int(v) for v in labels]}
 
 
 def au_pro_by_defect(outputs: dict[str, Tensor], defects: list[str]) -> dict[str, float]:
@@ -259,6 +275,7 @@ def build_report(runs: list[dict[str, Any]], info: dict[str, Any],
         cells.append(f"{statistics.median(ms):.1f}" if ms else "n/a")
         lines.append(f"| {m} | {' | '.join(cells)} | {len(per_cat)} |")
     lines += defect_section(runs, methods)
+    lines += verdict_section(runs, methods)
     for candidate in candidates:
         lines += goals_section(runs, candidate)
     return "\n".join(lines) + "\n"
@@ -295,6 +312,37 @@ def defect_section(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
             cells = [_mean_std([r["au_pro_by_defect"].get(d, math.nan) for r in rs]).split(" ± ")[0]
                      for d in defects]
             lines.append(f"| {m} | {' | '.join(cells)} | {len(rs)} |")
+    return lines
+
+
+def verdict_section(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    """The verdict at the fitted threshold (runs that recorded it): per category and method, the shares of good and
+    of defective test images called right, mean over seeds; then their means over the categories."""
+    rows = [r for r in runs if "good_right" in r]
+    if not rows:
+        return []
+    cats = sorted({r["category"] for r in rows})
+    lines = ["", "## Verdict at the fitted threshold", "",
+             "The threshold the checkpoint fitted on its held-out good training images (10 %; max(mean + 3 std, max) "
+             "of their scores, the app's 0.5): the share of the test split's good images called good and of its "
+             "defective images called defective, mean over the seeds that recorded it (good right / defective "
+             "right).", "", f"| method | {' | '.join(cats)} | mean | runs |", "|---|" + "---|" * (len(cats) + 2)]
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        if not rs:
+            continue
+        cells, goods, bads = [], [], []
+        for c in cats:
+            cr = [r for r in rs if r["category"] == c]
+            if not cr:
+                cells.append("n/a")
+                continue
+            g, b = statistics.mean(r["good_right"] for r in cr), statistics.mean(r["defective_right"] for r in cr)
+            goods.append(g)
+            bads.append(b)
+            cells.append(f"{g:.2f} / {b:.2f}")
+        lines.append(f"| {m} | {' | '.join(cells)} | {statistics.mean(goods):.2f} / {statistics.mean(bads):.2f} | "
+                     f"{len(rs)} |")
     return lines
 
 

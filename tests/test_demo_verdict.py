@@ -22,4 +22,16 @@ def test_demo_verdict_reports_the_shipped_checkpoints_threshold_and_shares(tmp_p
         # the shipped demo texture is easy: the test split is called right at the app's threshold
         assert r["good_right"] >= 0.8 and r["defective_right"] >= 0.8 and r["image_auroc"] > 0.95
     report = out.read_text()
-    assert "| demo_texture | denoising student (CPU recipe) | tile |" in report and "| yes |" in report
+    assert "| demo_texture | denoising student (CPU recipe) | 0 | tile |" in report and "| yes |" in report
+    assert "Over the seeds" not in report  # one seed: no summary
+
+
+def test_seeds_train_to_their_own_checkpoints_and_are_summed_up() -> None:
+    from benchmarks.demo_verdict import VARIANTS, checkpoint_name, summary_lines
+
+    names = {checkpoint_name("demo_object", flags, seed) for flags in VARIANTS.values() for seed in (0, 1, 2)}
+    assert len(names) == 3 * len(VARIANTS)  # no two runs write the same file
+    rows = [{"category": "c", "variant": "v", "mode": "whole", "good_right": g, "defective_right": b}
+            for g, b in ((1.0, 0.9), (0.8, 0.7), (0.9, 0.8))]
+    assert summary_lines(rows)[-1] == "| c | v | whole | 3 | 0.90 | 0.80 | 2 of 3 |"
+    assert summary_lines(rows[:1]) == []

@@ -153,12 +153,37 @@ def test_real_bench_runs_each_kind_of_method_and_reports_mean_and_std(bench, tmp
     for r in runs:
         assert 0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["au_pro"] <= 1.0, r
     assert all("inference_ms" in r for r in runs if r["seed"] == 0 and r["method"] != "patchcore")
+    for r in runs:  # the verdict at the fitted threshold: no held-out good image is above it, the shares add up
+        if r["method"] == "patchcore":
+            assert "good_right" not in r
+            continue
+        assert r["holdout_scores"] and max(r["holdout_scores"]) <= r["threshold"] + 1e-6, r
+        labels, scores = np.array(r["test_labels"]), np.array(r["test_scores"])
+        assert r["good_right"] == pytest.approx(np.mean(scores[labels == 0] < r["threshold"]))
+        assert r["defective_right"] == pytest.approx(np.mean(scores[labels == 1] >= r["threshold"]))
     info = {"split": "test", "minutes": 0.02, "seeds": [0, 1], "command": "test", "machine": "m", "load": "0"}
     report = build_report(runs, info, candidates=["ikd+all", "stfpm"])
     assert f"| {cat} | ikd+all |" in report and " ± " in report and "| patchcore |" in report
     assert report.index("## Goals for `ikd+all`") < report.index("## Goals for `stfpm`")  # one section each
     goals = report.split("## Goals for `ikd+all`")[1].split("## Goals for")[0]
     assert "vs stfpm" in goals and "vs patchcore on skimage" in goals
+    verdicts = report.split("## Verdict at the fitted threshold")[1].split("##")[0]
+    assert "| stfpm |" in verdicts and "| patchcore |" not in verdicts
+
+
+def test_verdict_section_averages_seeds_then_categories() -> None:
+    import torch
+
+    from benchmarks.real_bench import verdict, verdict_section
+
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    v = verdict(0.5, torch.tensor([0.1, 0.4]), torch.tensor([0.1, 0.2, 0.3, 0.6, 0.7, 0.4]), labels)
+    assert (v["good_right"], v["defective_right"]) == (0.75, 0.5) and v["test_labels"] == labels.tolist()
+    rows = [{"category": c, "method": "m", "seed": s, "good_right": g, "defective_right": b}
+            for c, s, g, b in (("a", 0, 1.0, 0.5), ("a", 1, 0.5, 0.7), ("b", 0, 1.0, 1.0))]
+    lines = verdict_section(rows, ["m", "other"])
+    assert "| m | 0.75 / 0.60 | 1.00 / 1.00 | 0.88 / 0.80 | 3 |" in lines and not any("other" in x for x in lines)
+    assert verdict_section([{"category": "a", "method": "m", "seed": 0}], ["m"]) == []
 
 
 def test_epoch_matched_mode_takes_each_methods_measured_rate_or_its_kinds(tmp_path) -> None:
