@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,18 +50,35 @@ def test_split(root: Path, category: str) -> tuple[list[str], list[str]]:
     return [str(p) for p in good], [str(p) for p in bad]
 
 
-def verdicts(checkpoint: Path, good: list[str], bad: list[str], tile: bool) -> dict[str, float]:
-    """Image AUROC, threshold and the shares of ``good`` and ``bad`` images called right at the fitted threshold."""
+def holdout_paths(data_root: Path, category: str, meta: dict) -> list[str]:
+    """The good training images a checkpoint kept aside to fit its threshold (its seed's split of the train set)."""
+    from ikd_core.data.batching import split_holdout
+    from ikd_core.data.mvtec import MVTecDataset
+
+    samples = MVTecDataset(data_root, category, "train", meta["image_size"]).samples
+    tcfg = meta["train_config"]
+    return [samples[i].path for i in split_holdout(len(samples), tcfg["holdout_fraction"], tcfg["seed"])[1]]
+
+
+def verdicts(checkpoint: Path, good: list[str], bad: list[str], tile: bool,
+             held: list[str] | None = None) -> dict[str, Any]:
+    """Image AUROC, threshold and the shares of ``good`` and ``bad`` images called right at the fitted threshold,
+    with the scores (test images: good ones first); ``held``: also the scores of those held-out images."""
     from ikd_core.metrics import image_auroc
     from ikd_core.predict import Predictor
 
-    preds = Predictor.from_checkpoint(checkpoint, "cpu", tile=tile).predict(good + bad)
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu", tile=tile)
+    preds = predictor.predict(good + bad)
     scores = np.array([p.score for p in preds])
     threshold = preds[0].threshold
     g, b = scores[: len(good)], scores[len(good):]
-    return {"image_auroc": image_auroc(scores, [0] * len(g) + [1] * len(b)), "threshold": threshold,
-            "good_right": float(np.mean(g < threshold)), "defective_right": float(np.mean(b >= threshold)),
-            "n_good": len(g), "n_defective": len(b)}
+    out = {"image_auroc": image_auroc(scores, [0] * len(g) + [1] * len(b)), "threshold": threshold,
+           "good_right": float(np.mean(g < threshold)), "defective_right": float(np.mean(b >= threshold)),
+           "n_good": len(g), "n_defective": len(b), "test_scores": [round(float(v), 6) for v in scores],
+           "test_labels": [0] * len(g) + [1] * len(b)}
+    if held:
+        out["holdout_scores"] = [round(float(p.score), 6) for p in predictor.predict(held)]
+    return out
 
 
 def summary_lines(rows: list[dict]) -> list[str]:
@@ -121,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                              "command": cmd, "epochs": meta["epochs_completed"],
                              "holdout": (held["holdout_score_mean"], held["holdout_score_std"],
                                          held["holdout_score_max"], held["n_holdout"]),
-                             **verdicts(ckpt, good, bad, tile)})
+                             **verdicts(ckpt, good, bad, tile, holdout_paths(Path(args.data_root), cat, meta))})
                 print(json.dumps(rows[-1]), flush=True)
     tmp.cleanup()
     lines = ["# The app's verdict on the demo categories, per method (synthetic demo data)", "",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from benchmarks.demo_verdict import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,6 +21,11 @@ def test_demo_verdict_reports_the_shipped_checkpoints_threshold_and_shares(tmp_p
     assert [r["mode"] for r in rows] == ["whole", "tile"]
     for r in rows:
         assert r["threshold"] == meta["score_normalization"]["threshold"]  # the app's fitted threshold, not refitted
+        # the held-out images found again from the checkpoint's seed give back its threshold (app's rule, refitted)
+        held = np.array(r["holdout_scores"])
+        assert len(held) == meta["score_normalization"]["n_holdout"]
+        assert max(held.mean() + 3 * held.std(ddof=1), held.max()) == pytest.approx(r["threshold"], rel=1e-4)
+        assert len(r["test_scores"]) == len(r["test_labels"]) == r["n_good"] + r["n_defective"]
         assert r["n_good"] == 12 and r["n_defective"] > 0
         # the shipped demo texture is easy: the test split is called right at the app's threshold
         assert r["good_right"] >= 0.8 and r["defective_right"] >= 0.8 and r["image_auroc"] > 0.95
