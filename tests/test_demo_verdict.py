@@ -37,6 +37,7 @@ def test_demo_verdict_reports_the_shipped_checkpoints_threshold_and_shares(tmp_p
 def test_seeds_train_to_their_own_checkpoints_and_are_summed_up() -> None:
     from benchmarks.demo_verdict import VARIANTS, checkpoint_name, summary_lines
 
+    assert not any("," in v for v in VARIANTS), "--variants is a comma-separated list of these names"
     names = {checkpoint_name("demo_object", flags, seed) for flags in VARIANTS.values() for seed in (0, 1, 2)}
     assert len(names) == 3 * len(VARIANTS)  # no two runs write the same file
     rows = [{"category": "c", "variant": "v", "mode": "whole", "good_right": g, "defective_right": b}
