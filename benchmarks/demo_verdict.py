@@ -57,8 +57,10 @@ def holdout_paths(data_root: Path, category: str, meta: dict) -> list[str]:
     """The good training images a checkpoint kept aside to fit its threshold (its seed's split of the train set)."""
     from ikd_core.data.batching import split_holdout
     from ikd_core.data.mvtec import MVTecDataset
+    from ikd_core.data.synthetic import ensure_demo_dataset
 
-    samples = MVTecDataset(data_root, category, "train", meta["image_size"]).samples
+    root = ensure_demo_dataset(data_root, category)  # the set the shipped checkpoints were trained on, if missing
+    samples = MVTecDataset(root, category, "train", meta["image_size"]).samples
     tcfg = meta["train_config"]
     return [samples[i].path for i in split_holdout(len(samples), tcfg["holdout_fraction"], tcfg["seed"])[1]]
 

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_demo_verdict_reports_the_shipped_checkpoints_threshold_and_shares(tmp_path: Path) -> None:
     out = tmp_path / "verdict.md"
-    main(["--categories", "demo_texture", "--variants", "denoising student (CPU recipe)", "--out", str(out)])
+    main(["--categories", "demo_texture", "--variants", "denoising student (CPU recipe)", "--out", str(out),
+          "--data-root", str(tmp_path / "demo")])  # made here: a clean clone has no data/
     rows = json.loads(out.with_suffix(".json").read_text())
     meta = json.loads((REPO / "pretrained" / "demo_texture-efficientnet_lite0.json").read_text())
     assert [r["mode"] for r in rows] == ["whole", "tile"]
