@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .demo_recipe import RECIPE
-from .report import ROOT, command_line, machine_lines
+from .report import ROOT, called_right, command_line, machine_lines
 
 VARIANTS: dict[str, list[str]] = {
     "denoising student (CPU recipe)": [],
@@ -76,11 +76,11 @@ def verdicts(checkpoint: Path, good: list[str], bad: list[str], tile: bool,
     preds = predictor.predict(good + bad)
     scores = np.array([p.score for p in preds])
     threshold = preds[0].threshold
-    g, b = scores[: len(good)], scores[len(good):]
-    out = {"image_auroc": image_auroc(scores, [0] * len(g) + [1] * len(b)), "threshold": threshold,
-           "good_right": float(np.mean(g < threshold)), "defective_right": float(np.mean(b >= threshold)),
-           "n_good": len(g), "n_defective": len(b), "test_scores": [round(float(v), 6) for v in scores],
-           "test_labels": [0] * len(g) + [1] * len(b)}
+    labels = [0] * len(good) + [1] * len(bad)
+    good_right, defective_right = called_right(scores, labels, threshold)
+    out = {"image_auroc": image_auroc(scores, labels), "threshold": threshold, "good_right": good_right,
+           "defective_right": defective_right, "n_good": len(good), "n_defective": len(bad),
+           "test_scores": [round(float(v), 6) for v in scores], "test_labels": labels}
     if held:
         out["holdout_scores"] = [round(float(p.score), 6) for p in predictor.predict(held)]
     return out
@@ -139,12 +139,13 @@ def main(argv: list[str] | None = None) -> int:
                     subprocess.run([sys.executable, *train[1:]], check=True, cwd=ROOT)
             meta = json.loads(ckpt.with_suffix(".json").read_text())
             held = meta["score_normalization"]
+            held_paths = holdout_paths(Path(args.data_root), cat, meta)
             for tile in (False, True):
                 rows.append({"category": cat, "variant": variant, "seed": seed, "mode": "tile" if tile else "whole",
                              "command": cmd, "epochs": meta["epochs_completed"],
                              "holdout": (held["holdout_score_mean"], held["holdout_score_std"],
                                          held["holdout_score_max"], held["n_holdout"]),
-                             **verdicts(ckpt, good, bad, tile, holdout_paths(Path(args.data_root), cat, meta))})
+                             **verdicts(ckpt, good, bad, tile, held_paths)})
                 print(json.dumps(rows[-1]), flush=True)
     tmp.cleanup()
     lines = ["# The app's verdict on the demo categories, per method (synthetic demo data)", "",

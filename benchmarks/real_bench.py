@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from benchmarks.real_data import build_real_bench, has_pixel_masks
+from benchmarks.report import called_right
 from ikd_core.backbones import build_teacher
 from ikd_core.data.batching import split_holdout
 from ikd_core.data.mvtec import MVTecDataset
@@ -182,9 +183,8 @@ def run_one(root: Path, category: str, method: str, seed: int, minutes: float,
 def verdict(threshold: float, holdout: Tensor, scores: Tensor, labels: Tensor) -> dict[str, Any]:
     """The app's verdict on the test split at the threshold fitted on the held-out good images: the shares of good
     and of defective images called right, and the scores behind it (to compare threshold rules afterwards)."""
-    good, bad = scores[labels == 0], scores[labels == 1]
-    return {"threshold": threshold, "good_right": float((good < threshold).float().mean()),
-            "defective_right": float((bad >= threshold).float().mean()),
+    good_right, defective_right = called_right(scores, labels, threshold)
+    return {"threshold": threshold, "good_right": good_right, "defective_right": defective_right,
             "holdout_scores": [round(float(v), 6) for v in holdout],
             "test_scores": [round(float(v), 6) for v in scores], "test_labels": [int(v) for v in labels]}
 

@@ -17,6 +17,9 @@ import os
 import platform
 import shlex
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -117,3 +120,10 @@ def load_average() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "-"
+
+
+def called_right(scores: Any, labels: Any, threshold: float) -> tuple[float, float]:
+    """(share of good images called good, share of defective images called defective) at ``threshold``: a score at
+    or above it is a defect, as the app calls it. ``labels``: 0 good, 1 defective."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    return float(np.mean(s[y == 0] < threshold)), float(np.mean(s[y == 1] >= threshold))

@@ -2,7 +2,7 @@
 or a demo-verdict checkpoint with its held-out and test scores), each rule fits a threshold on the run's held-out good
 image scores alone, and the run's test images are called at it.
 
-    python -m benchmarks.threshold_rules results/real_bench_dev_verdict.json results/demo_verdict.json \\
+    python -m benchmarks.threshold_rules results/real_bench_dev_verdict.json results/demo_verdict_seeds.json \\
         --out results/threshold_rules.md
 
 The app's rule today is ``max(mean + 3 std, max)`` (``ikd_core.calibration.fit_normalization``): above every held-out
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .report import command_line, machine_lines
+from .report import called_right, command_line, machine_lines
 
 
 def _robust(s: np.ndarray, k: float = 3.0) -> float:
@@ -59,9 +59,7 @@ def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
 
 def calls(run: dict[str, Any], rule: Callable[[np.ndarray], float]) -> tuple[float, float]:
     """(good right, defective right) of ``run``'s test images at the threshold ``rule`` fits on its held-out scores."""
-    t = rule(run["holdout"])
-    s, y = run["scores"], run["labels"]
-    return float(np.mean(s[y == 0] < t)), float(np.mean(s[y == 1] >= t))
+    return called_right(run["scores"], run["labels"], rule(run["holdout"]))
 
 
 def build_report(runs: list[dict[str, Any]], command: str) -> str:
