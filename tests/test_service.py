@@ -415,6 +415,27 @@ def test_prune_files_keeps_the_newest(tmp_path) -> None:
     service.prune_files(tmp_path / "missing", keep=1)  # no folder: nothing to do
 
 
+def test_prune_files_tolerates_a_file_pruned_by_another_request(tmp_path, monkeypatch) -> None:
+    """Two requests pruning one exports folder at once: a file one of them lists and checks may be deleted by the
+    other before it is dated or unlinked (CI failed on that race: FileNotFoundError from stat)."""
+    for i in range(5):
+        f = tmp_path / f"{i}.csv"
+        f.write_bytes(b"x")
+        os.utime(f, ns=(i * 10**9, i * 10**9))
+    real_stat = Path.stat
+
+    def seen_then_gone(self: Path, **kwargs):
+        result = real_stat(self, **kwargs)
+        if self.name == "0.csv" and os.path.exists(self):
+            os.unlink(self)  # the other request's prune, right after this one looked at the file
+        return result
+
+    monkeypatch.setattr(Path, "stat", seen_then_gone)
+    service.prune_files(tmp_path, keep=2)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3.csv", "4.csv"]
+
+
 # ------------------------------------------------------------------------------------------ settings, training use case
 def test_settings_are_read_from_the_given_environment_only(tmp_path: Path) -> None:
     from ikd_core.service import Settings

@@ -300,6 +300,14 @@ def prune_files(folder: str | os.PathLike[str], keep: int) -> None:
     folder = Path(folder)
     if not folder.is_dir():
         return
-    files = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    for old in files[keep:]:
+    dated = []
+    for p in folder.iterdir():
+        try:  # another request may prune the same folder at the same moment: a file listed may be gone
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            dated.append((st.st_mtime_ns, p))
+    dated.sort(key=lambda item: item[0], reverse=True)
+    for _, old in dated[keep:]:
         old.unlink(missing_ok=True)
