@@ -241,15 +241,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def _add_train_parser(sub: Any) -> None:
     from .backbones import BACKBONES
-    from .recipes import RECIPES
+    from .recipes import RECIPE_NOTES, RECIPES
     from .segmentation import SCORE_MAPS
     from .train import LOSSES, SCHEDULES, STUDENTS
 
     p = sub.add_parser("train", help="train a student; writes pretrained/<category>-<backbone>.safetensors")
     _add_data_args(p)
     p.add_argument("--recipe", choices=sorted(RECIPES), default="paper",
-                   help="settings for what is not given: paper (AdamW 5e-5, batch 2, 50 epochs, the paper's loss "
-                        "and map; default) or cpu (batch 8, lr 1e-2, 60 epochs, denoising student)")
+                   help="settings for what is not given (default: paper): "
+                        + "; ".join(f"{name}: {note}" for name, note in RECIPE_NOTES.items()))
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet_lite0")
     p.add_argument("--teacher-weights", help="local teacher weights file, or hub / packaged (default: auto)")
     p.add_argument("--image-size", type=int)

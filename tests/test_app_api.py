@@ -54,11 +54,13 @@ def _inspect(client, images, ckpt=CKPT, threshold=0.5, alpha=0.5, cmap="jet"):
 
 
 def _train(client, source="Demo", category="demo_texture", uploads=(), name="", backbone="efficientnet_lite0",
-           epochs=1, submit=False):
+           epochs=1, submit=False, recipe=None):
     from gradio_client import handle_file
 
     args = (source, category, "", "", "", [handle_file(str(u)) for u in uploads], name, backbone, 64, epochs, 4,
             1e-3)
+    if recipe is not None:  # then also the time limit (none) and the active model
+        args = (*args, 0, CKPT, recipe)
     if submit:
         return client.submit(*args, api_name="/train")
     return client.predict(*args, api_name="/train")
@@ -180,6 +182,23 @@ def test_unavailable_teacher_gives_clear_message(client) -> None:
 
     with pytest.raises(AppError, match="no ImageNet weights for teacher 'hrnet_w32'"):
         _train(client, backbone="hrnet_w32")
+
+
+def test_the_fused_recipe_trains_a_fused_head_that_inspects(studio, client) -> None:
+    """The Recipe list's cpu-fused (the real-image bench's choice) reaches the run: its checkpoint has the denoising
+    student and the segmentation head fused with the distillation map, says so, and scores images in the app."""
+    from ikd_core.checkpoint import read_metadata
+
+    progress, *_, new_name = _train(client, category="demo_object", recipe="cpu-fused")
+    assert "Done" in progress, progress
+    tc = read_metadata(studio.pretrained / new_name)["train_config"]
+    assert (tc["denoise"], tc["segment"], tc["segment_map"], tc["image_size"], tc["epochs"]) == (
+        True, True, "fused", 64, 1), "the form's fields win, the recipe fills the method"
+    info = client.predict(new_name, api_name="/checkpoint_info")[0]
+    assert "segmentation head, fused with the distillation map" in info, info
+    image = sorted((studio.demo / "demo_object" / "test").glob("*/*.png"))[0]
+    out = _inspect(client, [image], ckpt=new_name)
+    assert out[4] is not None and float(out[4]) >= 0, out[4]
 
 
 def test_training_on_uploaded_zip(studio, client) -> None:

@@ -90,6 +90,8 @@ def test_help_lists_commands() -> None:
     ((), False, (False, "head"), 2), (("--recipe", "cpu"), True, (False, "head"), 8),
     (("--recipe", "cpu", "--no-denoise"), False, (False, "head"), 8),
     (("--recipe", "cpu", "--segment", "--segment-map", "fused"), True, (True, "fused"), 8),
+    (("--recipe", "cpu-fused"), True, (True, "fused"), 8), (("--recipe", "cpu-fused", "--segment-map", "head"),
+                                                            True, (True, "head"), 8),
     (("--denoise",), True, (False, "head"), 2), (("--denoise", "--segment"), True, (True, "head"), 2),
 ])
 def test_the_recipe_sets_the_denoising_student_and_its_head_and_a_flag_overrides_them(flags, denoise, segment,

@@ -481,6 +481,7 @@ def test_recipes_fill_the_form_and_the_settings_it_does_not_show(monkeypatch) ->
     from ikd_core import recipes
     from ikd_core.service import training
 
+    assert set(recipes.RECIPE_NOTES) == set(recipes.RECIPES), "every recipe is explained in the form and the help"
     assert training.default_form(has_gpu=False)["recipe"] == "cpu"
     assert training.default_form(has_gpu=True)["recipe"] == "paper"
     assert training.default_form(has_gpu=False)["batch_size"] == recipes.RECIPES["cpu"]["batch_size"]
@@ -493,6 +494,11 @@ def test_recipes_fill_the_form_and_the_settings_it_does_not_show(monkeypatch) ->
     assert (cpu.student, cpu.loss, cpu.denoise, cpu.combine) == ("forward", "ikd", True, "product"), \
         "the CPU recipe (the app's CPU default) is the bench's winner: the paper's loss with the denoising student"
     assert (cpu.segment, paper.segment) == (False, False), "the segmentation head is an option in both"
+    fused = training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="cpu-fused")
+    assert (fused.denoise, fused.segment, fused.segment_map, fused.loss) == (True, True, "fused", "ikd"), \
+        "cpu-fused: the CPU recipe plus the bench's choice, the segmentation head fused with the distillation map"
+    assert {k for k in recipes.RECIPES["cpu"] if recipes.RECIPES["cpu"][k] != recipes.RECIPES["cpu-fused"][k]} == {
+        "segment", "segment_map"}, "same minutes and optimisation as the CPU recipe"
     with pytest.raises(training.TrainingRequestError, match="unknown recipe"):
         training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="<script>")
 

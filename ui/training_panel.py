@@ -14,7 +14,7 @@ import pandas as pd
 
 from ikd_core import service
 from ikd_core.data.sources import DataSpec
-from ikd_core.recipes import RECIPES
+from ikd_core.recipes import RECIPE_NOTES, RECIPES
 from ikd_core.service import training
 from ikd_core.train import Progress, TrainConfig
 
@@ -318,9 +318,9 @@ class TrainingPanel:
             "Defaults: " + ("the paper's setting (hrnet_w32, 256 px, batch 2, lr 5e-5, 50 epochs)" if gpu.has_gpu()
                             else "the CPU recipe (efficientnet_lite0, 256 px, batch 8, lr 1e-2, 60 epochs, 10 min, "
                                  "denoising student)")
-            + ". A recipe (paper: the paper's setting; cpu: minutes on a CPU, with the denoising student, which "
-            "sees synthetic defects while it learns) fills the fields. Leave Epochs empty "
-            "(or 0) to train until the time limit."
+            + ". A recipe fills the fields ("
+            + "; ".join(f"**{name}**: {note}" for name, note in RECIPE_NOTES.items())
+            + "). Leave Epochs empty (or 0) to train until the time limit."
         )
         with gr.Row():
             self.recipe = gr.Dropdown(list(RECIPES), value=d["recipe"], label="Recipe", scale=1, elem_id="ikd-recipe")
