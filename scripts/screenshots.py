@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             page.set_default_timeout(120_000)
+            expect.set_options(timeout=120_000)  # a busy CPU loads the model in more than expect's 5 s
             page.goto(f"http://127.0.0.1:{port}/")
             expect(page.locator("#ikd-active")).not_to_contain_text("loading")
             has_model = "none" not in page.locator("#ikd-active").inner_text()
