@@ -111,7 +111,8 @@ def checkpoint_name(category: str, flags: list[str], seed: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.demo_verdict", description=__doc__.split("\n\n")[0])
     p.add_argument("--categories", default="demo_texture,demo_object")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: "
+                   + "; ".join(VARIANTS).replace("%", "%%"))  # argparse formats help with %
     p.add_argument("--data-root", default="data/demo")
     p.add_argument("--runs", default="runs/demo_verdict", help="where the variants' checkpoints are written")
     p.add_argument("--reuse", action="store_true", help="keep a variant's checkpoint already in --runs")
