@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             page.screenshot(path=str(out / "export_gif.png"), full_page=True)
             browser.close()
     finally:
-        app.demo.close()
+        app.close()
     for name in ("model", "inspect", "export_gif"):
         print(out / f"{name}.png")
     return 0

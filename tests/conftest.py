@@ -94,9 +94,11 @@ def run_studio(root: Path, tiny_checkpoint, env: dict[str, str] | None = None):
         yield SimpleNamespace(app=app, url=f"http://127.0.0.1:{port}/", netloc=f"127.0.0.1:{port}", root=root,
                               pretrained=pretrained, demo=data / "demo", work=work)
     finally:
-        app.demo.close()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        try:
+            app.close()
+        finally:  # whatever close raises, the next app must not inherit this one's variables (e.g. public mode)
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v

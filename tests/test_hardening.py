@@ -367,6 +367,41 @@ def test_inspection_does_not_wait_for_training_and_stop_keeps_files(studio, clie
     _serves(studio, client)
 
 
+def test_closing_the_app_sets_its_stop_event_on_the_servers_loop(tmp_path: Path, tiny_checkpoint) -> None:
+    """Gradio's ``Blocks.close`` set the server's asyncio stop event from the test's thread while the server's loop
+    added and removed waiters of an open event stream: "deque mutated during iteration" escaped ``close`` (seen in
+    CI at a teardown), the port stayed open and the next app inherited the variables of this one (a public-mode
+    studio's, so a later test's checkpoint went to a visitor's workspace). ``StudioApp.close`` sets the event on the
+    loop's own thread, then frees the port."""
+    import socket
+    import threading
+
+    from gradio_client import Client
+
+    with run_studio(tmp_path / "closing", tiny_checkpoint) as studio:
+        job = Client(studio.url, verbose=False).submit(*load_test.train_args(epochs=1000, batch_size=2),
+                                                       api_name="/train")
+        load_test.wait_for_progress(job, timeout=90)  # its event stream is open: the stop event has a waiter
+        event = studio.app.demo.app.stop_event
+        setters: list[threading.Thread] = []
+        real_set = event.set
+
+        def recording_set() -> None:
+            setters.append(threading.current_thread())
+            real_set()
+
+        event.set = recording_set
+        try:
+            studio.app.close()
+        finally:
+            jobs = studio.app.ctx.jobs
+            for owner in list(jobs._jobs):
+                jobs.stop(owner)  # the run lives on in its thread without the server: end it
+        assert event.is_set() and setters and setters[0] is not threading.current_thread(), setters
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", int(studio.netloc.split(":")[1])), 2):
+            pass
+
+
 # ------------------------------------------------------------------------------------------ temporary files
 def test_the_sweep_survives_an_upload_that_lands_during_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Gradio's own sweep iterates the live set of temporary files: an upload added meanwhile raised "Set changed size

@@ -222,7 +222,7 @@ def test_training_crosses_as_pickles(studio, client, monkeypatch) -> None:
     assert created == [True], "the training job is created inside the GPU function"
     assert gpu.pickled >= 3, "arguments, progress updates and the final result all pickled"
     new = {p.name for p in studio.pretrained.glob("*.safetensors")} - before
-    assert len(new) == 1
+    assert len(new) == 1, (out[0], before, sorted(p.name for p in studio.pretrained.iterdir()))
 
 
 def test_stop_reaches_a_run_in_another_process(studio, client, monkeypatch) -> None:

@@ -7,6 +7,7 @@ The engine (:mod:`ikd_core`, its use cases in :mod:`ikd_core.service`) never imp
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,26 @@ class StudioApp:
     def launch_kwargs(self) -> dict[str, Any]:
         """Arguments for ``demo.launch`` (see :func:`launch_kwargs`)."""
         return launch_kwargs(self.settings)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the server and free its port (nothing if it is not running).
+
+        Gradio's ``Blocks.close`` sets the server's asyncio stop event from the calling thread, racing the event
+        loop, which adds and removes that event's waiters as event streams open and end: "deque mutated during
+        iteration" then escapes ``close`` before the port is freed (seen in CI, at a test's teardown). The event is
+        set on its own loop first, so ``close`` finds it set and only shuts the server down."""
+        stop_event = getattr(getattr(self.demo, "app", None), "stop_event", None)
+        loop = getattr(stop_event, "_loop", None)  # asyncio binds an event to the loop of its first waiter
+        if loop is not None and loop.is_running() and not stop_event.is_set():
+            done = threading.Event()
+
+            def set_on_loop() -> None:
+                stop_event.set()
+                done.set()
+
+            loop.call_soon_threadsafe(set_on_loop)
+            done.wait(timeout)
+        self.demo.close()
 
 
 def _on_unload(ctx: AppContext) -> Any:
