@@ -11,6 +11,9 @@ trained here with the same settings plus its flags (``--reuse`` keeps a checkpoi
 ``--seeds 0,1,2`` trains each variant with each seed (seed 0 of the CPU recipe is the shipped checkpoint, trained with
 seed 0), to tell a method's verdict from one seed's luck: the demo has 6 held-out good images to fit a threshold on.
 ``tests/test_app_api.py::test_shipped_checkpoints_work_in_tile_mode`` asks for 80 % of each in tile mode.
+``--n-train 200 --data-root data/demo200`` writes a demo set with more good training images there (the first 60 and
+the test split are the default set's own; ``generate_demo_dataset`` draws each image from its index) and trains every
+variant on it, the CPU recipe's seed 0 included: with 10 % held out, 20 images to fit the threshold on.
 """
 
 from __future__ import annotations
@@ -117,16 +120,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs/demo_verdict", help="where the variants' checkpoints are written")
     p.add_argument("--reuse", action="store_true", help="keep a variant's checkpoint already in --runs")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (0: the shipped CPU-recipe checkpoint)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="write the demo set under --data-root with this many good training images first (default: "
+                        "the set there as it is, 60 images when it is generated); every variant is then trained")
     p.add_argument("--out", default="results/demo_verdict.md")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.n_train is not None:
+        from ikd_core.data.synthetic import generate_demo_dataset
+
+        generate_demo_dataset(args.data_root, categories=args.categories.split(","), n_train=args.n_train)
     rows = []
     tmp = tempfile.TemporaryDirectory()
     for cat in args.categories.split(","):
         good, bad = test_split(Path(tmp.name) / cat, cat)
         for variant, seed in itertools.product(args.variants.split(","), seeds):
             flags = VARIANTS[variant]
-            if not flags and seed == 0:
+            if not flags and seed == 0 and args.n_train is None:
                 ckpt = ROOT / "pretrained" / f"{cat}-efficientnet_lite0.safetensors"
                 cmd = "python -m benchmarks.demo_recipe"
             else:
@@ -151,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp.cleanup()
     lines = ["# The app's verdict on the demo categories, per method (synthetic demo data)", "",
              f"- Command: `{command_line('demo_verdict', sys.argv[1:] if argv is None else argv)}`",
-             *machine_lines(), "",
+             *machine_lines(),
+             "- Good training images: " + ", ".join(
+                 f"{c} {len(list((Path(args.data_root) / c / 'train' / 'good').glob('*.png')))}"
+                 for c in args.categories.split(","))
+             + f" (under {args.data_root}; 10 % held out unless the variant says otherwise)", "",
              "Threshold: fitted on the held-out good images as the app fits it (max(mean + 3 std, max) of their "
              f"scores); 'good right' and 'defective right' are the shares of the test split called right at it "
              f"(the app's test asks for {NEEDED:.0%} of each in tile mode). Epochs: of 60, within the recipe's 10 "

@@ -45,3 +45,24 @@ def test_seeds_train_to_their_own_checkpoints_and_are_summed_up() -> None:
             for g, b in ((1.0, 0.9), (0.8, 0.7), (0.9, 0.8))]
     assert summary_lines(rows)[-1] == "| c | v | whole | 3 | 0.90 | 0.80 | 2 of 3 |"
     assert summary_lines(rows[:1]) == []
+
+
+def test_n_train_writes_a_larger_demo_set_and_does_not_read_the_shipped_checkpoint(tmp_path: Path) -> None:
+    import shutil
+
+    from benchmarks.demo_verdict import checkpoint_name
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    ckpt = runs / checkpoint_name("demo_texture", [], 0)  # stands in for a run trained on the larger set (--reuse)
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(REPO / "pretrained" / f"demo_texture-efficientnet_lite0{suffix}", ckpt.with_suffix(suffix))
+    out, data = tmp_path / "verdict.md", tmp_path / "demo_n7"
+    main(["--categories", "demo_texture", "--variants", "denoising student (CPU recipe)", "--n-train", "7",
+          "--data-root", str(data), "--runs", str(runs), "--reuse", "--out", str(out)])
+    assert len(list((data / "demo_texture" / "train" / "good").glob("*.png"))) == 7
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert rows and all(r["command"].startswith("python -m ikd_core train --data demo --data-root " + str(data))
+                        for r in rows)  # trained on the set written here, not the shipped checkpoint
+    assert all(len(r["holdout_scores"]) >= 1 for r in rows)  # held-out images found in the 7-image set
+    assert f"- Good training images: demo_texture 7 (under {data};" in out.read_text()
