@@ -126,13 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/demo_verdict.md")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    cats = args.categories.split(",")
     if args.n_train is not None:
         from ikd_core.data.synthetic import generate_demo_dataset
 
-        generate_demo_dataset(args.data_root, categories=args.categories.split(","), n_train=args.n_train)
+        generate_demo_dataset(args.data_root, categories=cats, n_train=args.n_train)
     rows = []
     tmp = tempfile.TemporaryDirectory()
-    for cat in args.categories.split(","):
+    for cat in cats:
         good, bad = test_split(Path(tmp.name) / cat, cat)
         for variant, seed in itertools.product(args.variants.split(","), seeds):
             flags = VARIANTS[variant]
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
              *machine_lines(),
              "- Good training images: " + ", ".join(
                  f"{c} {len(list((Path(args.data_root) / c / 'train' / 'good').glob('*.png')))}"
-                 for c in args.categories.split(","))
+                 for c in cats)
              + f" (under {args.data_root}; 10 % held out unless the variant says otherwise)", "",
              "Threshold: fitted on the held-out good images as the app fits it (max(mean + 3 std, max) of their "
              f"scores); 'good right' and 'defective right' are the shares of the test split called right at it "
