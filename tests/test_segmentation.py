@@ -223,11 +223,30 @@ def test_the_parts_of_the_fused_map_add_up_to_it(fused_run) -> None:
     rows[2].update(good_right=0.5, defective_right=1.0)
     report = build_report(rows, "python -m benchmarks.fusion_parts", 3, "dev")
     assert "| head | 0.750 | 0.750 | n/a | n/a | n/a |" in report
-    assert "| c | fused | 1.000 | 1.000 | 1.000 | 0.500 | 1.000 | 2.0 |" in report
+    assert "| c | 0 | fused | 1.000 | 1.000 | 1.000 | 0.500 | 1.000 | 2.0 |" in report
     assert "(dev split, 3 min per category)" in report
     assert "(test split, 42 epochs per category)" in build_report(rows, "c", 10, "test", epochs=42)
     out = {"scores": torch.tensor([0.1, 0.6, 0.4, 0.7, 0.9]), "labels": torch.tensor([0, 0, 1, 1, 1])}
     assert verdicts(out, 0.5) == pytest.approx({"good_right": 0.5, "defective_right": 2 / 3})
+
+
+def test_topk_rows_rescore_the_same_maps() -> None:
+    from benchmarks.fusion_parts import topk_rows
+
+    # good test image 0 has one hot pixel; the defective ones a 4x4 patch of 0.5: the max ranks them wrong, the
+    # mean of the 16 highest pixels right
+    maps = torch.zeros(3, 8, 8)
+    maps[0, 0, 0] = 1.0
+    maps[1:, 2:6, 2:6] = 0.5
+    held = torch.zeros(4, 8, 8)
+    held[:, 0, :4] = torch.tensor([0.2, 0.3, 0.25, 0.35])[:, None]  # held-out good: a faint 4-pixel streak
+    outputs = {"maps": maps, "scores": maps.flatten(1).amax(1), "labels": torch.tensor([0, 1, 1])}
+    row = {"category": "c", "seed": 0, "part": "fused", "epochs": 2.0, "image_auroc": 0.0, "pixel_auroc": 0.7}
+    (one, sixteen) = topk_rows(row, outputs, held, (1, 16))
+    assert one["part"] == "fused, top 1" and one["image_auroc"] == 0.0 and one["pixel_auroc"] == 0.7
+    assert one["good_right"] == 0.0 and one["defective_right"] == 1.0  # threshold 0.35 + 3 std of held-out maxima
+    assert sixteen["part"] == "fused, top 16" and sixteen["image_auroc"] == 1.0
+    assert sixteen["good_right"] == 1.0 and sixteen["defective_right"] == 1.0
 
 
 @pytest.mark.parametrize("run", ["seg_run", "fused_run", "dscore_run"])
