@@ -30,18 +30,19 @@ from typing import Any
 
 import numpy as np
 
-from .demo_recipe import RECIPE
+from .demo_recipe import METHOD, OPTIMISATION
 from .report import ROOT, called_right, command_line, machine_lines
 
+#: Each variant's method flags, after the recipe's optimisation flags; the first is the CPU recipe itself.
 VARIANTS: dict[str, list[str]] = {
-    "denoising student (CPU recipe)": [],
-    "fused segmentation head": ["--segment", "--segment-map", "fused"],
-    "fused head + score from its distillation part": ["--segment", "--segment-map", "fused", "--score-map",
-                                                     "distillation"],
+    "CPU recipe (fused head; score from its distillation part)": METHOD,
+    "fused head; score from the fused map": ["--denoise", "--segment", "--segment-map", "fused", "--score-map", "map"],
+    "denoising student (cpu-denoise)": ["--denoise", "--no-segment"],
     # the demo has 60 good training images: 10 % held out is 6 images to fit a threshold on; 20 % is 12
-    "denoising student (20 % held out)": ["--holdout-fraction", "0.2"],
-    "fused segmentation head (20 % held out)": ["--segment", "--segment-map", "fused", "--holdout-fraction", "0.2"],
+    "CPU recipe (20 % held out)": [*METHOD, "--holdout-fraction", "0.2"],
+    "denoising student (20 % held out)": ["--denoise", "--no-segment", "--holdout-fraction", "0.2"],
 }
+CPU_RECIPE = next(iter(VARIANTS))
 #: The share of good and of defective images the app's test asks to be called right.
 NEEDED = 0.8
 
@@ -106,8 +107,9 @@ def summary_lines(rows: list[dict]) -> list[str]:
 
 
 def checkpoint_name(category: str, flags: list[str], seed: int) -> str:
-    """The file a variant's checkpoint is trained to: named by its flags (``cpu-recipe`` for none) and seed."""
-    slug = "-".join(f.lstrip("-") for f in flags) or "cpu-recipe"
+    """The file a variant's checkpoint is trained to: named by its flags (``cpu-recipe`` for the recipe's own)
+    and seed."""
+    slug = "-".join(f.lstrip("-") for f in flags).replace("-".join(f.lstrip("-") for f in METHOD), "cpu-recipe")
     return f"{category}-efficientnet_lite0-{slug}{f'-seed{seed}' if seed else ''}.safetensors"
 
 
@@ -137,13 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         good, bad = test_split(Path(tmp.name) / cat, cat)
         for variant, seed in itertools.product(args.variants.split(","), seeds):
             flags = VARIANTS[variant]
-            if not flags and seed == 0 and args.n_train is None:
+            if variant == CPU_RECIPE and seed == 0 and args.n_train is None:
                 ckpt = ROOT / "pretrained" / f"{cat}-efficientnet_lite0.safetensors"
                 cmd = "python -m benchmarks.demo_recipe"
             else:
                 ckpt = Path(args.runs) / checkpoint_name(cat, flags, seed)
                 train = ["python", "-m", "ikd_core", "train", "--data", "demo", "--data-root", args.data_root,
-                         "--category", cat, *RECIPE, *flags, *(["--seed", str(seed)] if seed else []),
+                         "--category", cat, *OPTIMISATION, *flags, *(["--seed", str(seed)] if seed else []),
                          "--out", str(ckpt), "--quiet"]
                 cmd = shlex.join(train)
                 if not (args.reuse and ckpt.is_file()):
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             held_paths = holdout_paths(Path(args.data_root), cat, meta)
             for tile in (False, True):
                 rows.append({"category": cat, "variant": variant, "seed": seed, "mode": "tile" if tile else "whole",
-                             "command": cmd, "epochs": meta["epochs_completed"],
+                             "command": cmd, "epochs": meta["epochs_completed"], "train_s": meta["train_seconds"],
                              "holdout": (held["holdout_score_mean"], held["holdout_score_std"],
                                          held["holdout_score_max"], held["n_holdout"]),
                              **verdicts(ckpt, good, bad, tile, held_paths)})
@@ -170,14 +172,16 @@ def main(argv: list[str] | None = None) -> int:
              "Threshold: fitted on the held-out good images as the app fits it (max(mean + 3 std, max) of their "
              f"scores); 'good right' and 'defective right' are the shares of the test split called right at it "
              f"(the app's test asks for {NEEDED:.0%} of each in tile mode). Epochs: of 60, within the recipe's 10 "
-             "minutes on this machine (a run sharing the CPU with another stops earlier).", "",
-             "| category | variant | seed | mode | epochs | image AUROC | held-out good scores: mean ± std (max), n | "
-             "threshold | good right | defective right | both ≥ 80 % |",
-             "|---|---|---:|---|---:|---:|---|---:|---:|---:|---|"]
+             "minutes on this machine (a run sharing the CPU with another stops earlier); train s: the checkpoint's "
+             "training time, on the machine that trained it.", "",
+             "| category | variant | seed | mode | epochs | train s | image AUROC | held-out good scores: mean ± std "
+             "(max), n | threshold | good right | defective right | both ≥ 80 % |",
+             "|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|---|"]
     for r in rows:
         m, s, mx, n = r["holdout"]
         ok = r["good_right"] >= NEEDED and r["defective_right"] >= NEEDED
         lines.append(f"| {r['category']} | {r['variant']} | {r['seed']} | {r['mode']} | {r['epochs']:g} | "
+                     f"{r['train_s']:.0f} | "
                      f"{r['image_auroc']:.3f} | "
                      f"{m:.3f} ± {s:.3f} "
                      f"({mx:.3f}), {n} | {r['threshold']:.3f} | {r['good_right']:.2f} of {r['n_good']} | "

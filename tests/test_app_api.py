@@ -184,16 +184,16 @@ def test_unavailable_teacher_gives_clear_message(client) -> None:
         _train(client, backbone="hrnet_w32")
 
 
-def test_the_fused_recipe_trains_a_fused_head_that_inspects(studio, client) -> None:
-    """The Recipe list's cpu-fused (the real-image bench's choice) reaches the run: its checkpoint has the denoising
+def test_the_cpu_recipe_trains_a_fused_head_that_inspects(studio, client) -> None:
+    """The Recipe list's cpu (the real-image bench's choice) reaches the run: its checkpoint has the denoising
     student and the segmentation head fused with the distillation map, says so, and scores images in the app."""
     from ikd_core.checkpoint import read_metadata
 
-    progress, *_, new_name = _train(client, category="demo_object", recipe="cpu-fused")
+    progress, *_, new_name = _train(client, category="demo_object", recipe="cpu")
     assert "Done" in progress, progress
     tc = read_metadata(studio.pretrained / new_name)["train_config"]
-    assert (tc["denoise"], tc["segment"], tc["segment_map"], tc["image_size"], tc["epochs"]) == (
-        True, True, "fused", 64, 1), "the form's fields win, the recipe fills the method"
+    assert (tc["denoise"], tc["segment"], tc["segment_map"], tc["score_map"], tc["image_size"], tc["epochs"]) == (
+        True, True, "fused", "distillation", 64, 1), "the form's fields win, the recipe fills the method"
     info = client.predict(new_name, api_name="/checkpoint_info")[0]
     assert "segmentation head, fused with the distillation map" in info, info
     image = sorted((studio.demo / "demo_object" / "test").glob("*/*.png"))[0]

@@ -87,12 +87,15 @@ def test_help_lists_commands() -> None:
 
 
 @pytest.mark.parametrize(("flags", "denoise", "segment", "batch"), [
-    ((), False, (False, "head"), 2), (("--recipe", "cpu"), True, (False, "head"), 8),
-    (("--recipe", "cpu", "--no-denoise"), False, (False, "head"), 8),
-    (("--recipe", "cpu", "--segment", "--segment-map", "fused"), True, (True, "fused"), 8),
-    (("--recipe", "cpu-fused"), True, (True, "fused"), 8), (("--recipe", "cpu-fused", "--segment-map", "head"),
-                                                            True, (True, "head"), 8),
-    (("--denoise",), True, (False, "head"), 2), (("--denoise", "--segment"), True, (True, "head"), 2),
+    ((), False, (False, "head", "map"), 2), (("--recipe", "cpu"), True, (True, "fused", "distillation"), 8),
+    (("--recipe", "cpu-denoise"), True, (False, "head", "map"), 8),
+    # an explicit choice turns off what the recipe built on it, never another explicit choice
+    (("--recipe", "cpu", "--no-denoise"), False, (False, "fused", "map"), 8),
+    (("--recipe", "cpu", "--no-segment"), True, (False, "fused", "map"), 8),
+    (("--recipe", "cpu", "--segment-map", "head"), True, (True, "head", "map"), 8),
+    (("--recipe", "cpu", "--score-map", "map"), True, (True, "fused", "map"), 8),
+    (("--recipe", "cpu-denoise", "--segment", "--segment-map", "fused"), True, (True, "fused", "map"), 8),
+    (("--denoise",), True, (False, "head", "map"), 2), (("--denoise", "--segment"), True, (True, "head", "map"), 2),
 ])
 def test_the_recipe_sets_the_denoising_student_and_its_head_and_a_flag_overrides_them(flags, denoise, segment,
                                                                                     batch) -> None:
@@ -101,4 +104,4 @@ def test_the_recipe_sets_the_denoising_student_and_its_head_and_a_flag_overrides
     args = build_parser().parse_args(["train", "--data", "demo", "--category", "demo_object", *flags])
     cfg = _train_config(args)  # a head without the denoising student would be refused here
     assert (cfg.denoise, cfg.batch_size, cfg.loss, cfg.student) == (denoise, batch, "ikd", "forward")
-    assert (cfg.segment, cfg.segment_map) == segment
+    assert (cfg.segment, cfg.segment_map, cfg.score_map) == segment

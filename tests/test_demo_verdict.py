@@ -8,20 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.demo_verdict import main
+from benchmarks.demo_verdict import CPU_RECIPE, VARIANTS, main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_demo_verdict_reports_the_shipped_checkpoints_threshold_and_shares(tmp_path: Path) -> None:
     out = tmp_path / "verdict.md"
-    main(["--categories", "demo_texture", "--variants", "denoising student (CPU recipe)", "--out", str(out),
+    main(["--categories", "demo_texture", "--variants", CPU_RECIPE, "--out", str(out),
           "--data-root", str(tmp_path / "demo")])  # made here: a clean clone has no data/
     rows = json.loads(out.with_suffix(".json").read_text())
     meta = json.loads((REPO / "pretrained" / "demo_texture-efficientnet_lite0.json").read_text())
     assert [r["mode"] for r in rows] == ["whole", "tile"]
     for r in rows:
         assert r["threshold"] == meta["score_normalization"]["threshold"]  # the app's fitted threshold, not refitted
+        assert r["train_s"] == meta["train_seconds"] and r["epochs"] == meta["epochs_completed"]
         # the held-out images found again from the checkpoint's seed give back its threshold (app's rule, refitted)
         held = np.array(r["holdout_scores"])
         assert len(held) == meta["score_normalization"]["n_holdout"]
@@ -31,12 +32,12 @@ def test_demo_verdict_reports_the_shipped_checkpoints_threshold_and_shares(tmp_p
         # the shipped demo texture is easy: the test split is called right at the app's threshold
         assert r["good_right"] >= 0.8 and r["defective_right"] >= 0.8 and r["image_auroc"] > 0.95
     report = out.read_text()
-    assert "| demo_texture | denoising student (CPU recipe) | 0 | tile |" in report and "| yes |" in report
+    assert f"| demo_texture | {CPU_RECIPE} | 0 | tile |" in report and "| yes |" in report
     assert "Over the seeds" not in report  # one seed: no summary
 
 
 def test_seeds_train_to_their_own_checkpoints_and_are_summed_up() -> None:
-    from benchmarks.demo_verdict import VARIANTS, checkpoint_name, summary_lines
+    from benchmarks.demo_verdict import checkpoint_name, summary_lines
 
     assert not any("," in v for v in VARIANTS), "--variants is a comma-separated list of these names"
     names = {checkpoint_name("demo_object", flags, seed) for flags in VARIANTS.values() for seed in (0, 1, 2)}
@@ -54,11 +55,12 @@ def test_n_train_writes_a_larger_demo_set_and_does_not_read_the_shipped_checkpoi
 
     runs = tmp_path / "runs"
     runs.mkdir()
-    ckpt = runs / checkpoint_name("demo_texture", [], 0)  # stands in for a run trained on the larger set (--reuse)
+    # stands in for a run trained on the larger set (--reuse)
+    ckpt = runs / checkpoint_name("demo_texture", VARIANTS[CPU_RECIPE], 0)
     for suffix in (".safetensors", ".json"):
         shutil.copy(REPO / "pretrained" / f"demo_texture-efficientnet_lite0{suffix}", ckpt.with_suffix(suffix))
     out, data = tmp_path / "verdict.md", tmp_path / "demo_n7"
-    main(["--categories", "demo_texture", "--variants", "denoising student (CPU recipe)", "--n-train", "7",
+    main(["--categories", "demo_texture", "--variants", CPU_RECIPE, "--n-train", "7",
           "--data-root", str(data), "--runs", str(runs), "--reuse", "--out", str(out)])
     assert len(list((data / "demo_texture" / "train" / "good").glob("*.png"))) == 7
     rows = json.loads(out.with_suffix(".json").read_text())

@@ -491,14 +491,16 @@ def test_recipes_fill_the_form_and_the_settings_it_does_not_show(monkeypatch) ->
     paper = training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0)
     assert (paper.student, paper.score_topk, paper.level_norm, paper.denoise) == ("forward", 1, False, False)
     cpu = training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="cpu")
-    assert (cpu.student, cpu.loss, cpu.denoise, cpu.combine) == ("forward", "ikd", True, "product"), \
-        "the CPU recipe (the app's CPU default) is the bench's winner: the paper's loss with the denoising student"
-    assert (cpu.segment, paper.segment) == (False, False), "the segmentation head is an option in both"
-    fused = training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="cpu-fused")
-    assert (fused.denoise, fused.segment, fused.segment_map, fused.loss) == (True, True, "fused", "ikd"), \
-        "cpu-fused: the CPU recipe plus the bench's choice, the segmentation head fused with the distillation map"
-    assert {k for k in recipes.RECIPES["cpu"] if recipes.RECIPES["cpu"][k] != recipes.RECIPES["cpu-fused"][k]} == {
-        "segment", "segment_map"}, "same minutes and optimisation as the CPU recipe"
+    assert (cpu.student, cpu.loss, cpu.denoise, cpu.combine) == ("forward", "ikd", True, "product")
+    assert (cpu.segment, cpu.segment_map, cpu.score_map) == (True, "fused", "distillation"), \
+        "the CPU recipe (the app's CPU default) is the bench's choice: the paper's loss with the denoising student, " \
+        "the segmentation head fused with the distillation map and the score from the map's distillation part"
+    assert (paper.segment, paper.score_map) == (False, "map")
+    light = training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="cpu-denoise")
+    assert (light.denoise, light.segment, light.score_map, light.loss) == (True, False, "map", "ikd"), \
+        "cpu-denoise: the denoising student alone"
+    assert {k for k in recipes.RECIPES["cpu"] if recipes.RECIPES["cpu"][k] != recipes.RECIPES["cpu-denoise"][k]} == {
+        "segment", "segment_map", "score_map"}, "same minutes and optimisation as the CPU recipe"
     with pytest.raises(training.TrainingRequestError, match="unknown recipe"):
         training.training_config("efficientnet_lite0", 64, 1, 4, 1e-3, 0, recipe="<script>")
 

@@ -317,7 +317,7 @@ class TrainingPanel:
         gr.Markdown(
             "Defaults: " + ("the paper's setting (hrnet_w32, 256 px, batch 2, lr 5e-5, 50 epochs)" if gpu.has_gpu()
                             else "the CPU recipe (efficientnet_lite0, 256 px, batch 8, lr 1e-2, 60 epochs, 10 min, "
-                                 "denoising student)")
+                                 "denoising student, segmentation head fused with the distillation map)")
             + ". Leave Epochs empty (or 0) to train until the time limit. A recipe fills the fields and the method:\n\n"
             + "\n".join(f"- **{name}**: {note}" for name, note in RECIPE_NOTES.items())
         )
