@@ -1,9 +1,10 @@
 """What each part of the fused map does (issue 16): train the denoising student with the segmentation head
-(``ikd+denoise+fuse`` of the real-image bench, an option beside the CPU recipe) and evaluate, on the same trained
-model, the distillation map alone, the head's map alone and their fusion, so that a goal the fused map misses can
-be traced to the part that misses it. Each part also gets the app's threshold (mean + 3 std of the held-out good images'
-scores, or their max: :func:`~ikd_core.calibration.fit_normalization`, on the training run's own held-out images),
-and the report gives the share of good and of defective test images it calls right.
+(``ikd+denoise+fuse`` of the real-image bench; the CPU recipe trains the same and scores the distillation part) and
+evaluate, on the same trained model, the distillation map alone, the head's map alone and their fusion, so that a
+goal the fused map misses can be traced to the part that misses it. Each part also gets the app's threshold (mean
++ 3 std of the held-out good images' scores, or their max: :func:`~ikd_core.calibration.fit_normalization`, on the
+training run's own held-out images), and the report gives the share of good and of defective test images it calls
+right.
 
     python -m benchmarks.fusion_parts --split dev --minutes 3 --out results/fusion_parts_dev.md
 
