@@ -22,8 +22,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # The README's CPU recipe, the app's default on a CPU and the shipped demo checkpoints': efficientnet_lite0 at
     # 256 px, batch 8, lr 1e-2, 60 epochs or the time limit, the denoising student with the paper's loss, and the
     # segmentation head fused with the distillation map, the image score taken on the map's distillation part. The
-    # real-image bench's choice (results/decision.md, results/decision_score.md): it meets every goal of issue 16 at 3
-    # and 10 minutes (AU-PRO 0.759 and 0.774 against 0.716 and 0.735 for the denoising student alone).
+    # real-image bench's choice (results/decision_recipe.md): it meets every goal of issue 16 at 3 and 10 minutes
+    # (AU-PRO 0.759 and 0.774 against 0.716 and 0.735 for the denoising student alone). Its student is the denoising
+    # student's (the head's loss never reaches it), so at equal epochs its score ranks images as the denoising
+    # student's does and its verdict is the same (results/demo_verdict_recipe.md); the head costs time per epoch.
     "cpu": {**_CPU_DENOISE, "segment": True, "segment_map": "fused", "score_map": "distillation"},
     # The denoising student alone (the CPU recipe until 2026-12-08): 1.2-1.5x the epochs per minute on the real-image
     # bench (17.1 vs 11.3 epochs in 3 minutes, 52.0 vs 41.9 in 10), coarser maps.

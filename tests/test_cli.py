@@ -94,6 +94,7 @@ def test_help_lists_commands() -> None:
     (("--recipe", "cpu", "--no-segment"), True, (False, "fused", "map"), 8),
     (("--recipe", "cpu", "--segment-map", "head"), True, (True, "head", "map"), 8),
     (("--recipe", "cpu", "--score-map", "map"), True, (True, "fused", "map"), 8),
+    (("--recipe", "cpu", "--level-norm"), True, (False, "fused", "map"), 8),  # level norm is for a map without head
     (("--recipe", "cpu-denoise", "--segment", "--segment-map", "fused"), True, (True, "fused", "map"), 8),
     (("--denoise",), True, (False, "head", "map"), 2), (("--denoise", "--segment"), True, (True, "head", "map"), 2),
 ])

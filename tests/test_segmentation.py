@@ -355,3 +355,22 @@ def test_a_distillation_score_checkpoint_is_checked(dscore_run) -> None:
                                                                                               "map_lo": "low"}})}
     with pytest.raises(RuntimeModelError, match="malformed"):
         parse_metadata(props, "bad.onnx")
+
+
+def test_the_head_leaves_the_student_as_the_denoising_student_trains_it(dscore_run, demo_root, tmp_path) -> None:
+    """The CPU recipe's student is the denoising student's: the head's loss never reaches it and draws none of its
+    random numbers, so at one seed and one number of epochs the two students are equal, and the CPU recipe's score
+    (the distillation part of the fused map) ranks images as the denoising student's score does."""
+    result, test_ds = dscore_run
+    spec = DataSpec("demo", "demo_texture", str(demo_root))
+    train_ds, _ = build_datasets(spec, 64)
+    cfg = TrainConfig(image_size=64, epochs=2, batch_size=4, lr=1e-3, denoise=True)
+    plain = train(train_ds, test_ds, cfg, out_path=tmp_path / "denoise.safetensors", category="demo_texture",
+                  data_info=spec.to_dict())
+    with_head, alone = result.model.student.state_dict(), plain.model.student.state_dict()
+    assert with_head.keys() == alone.keys()
+    assert all(torch.equal(with_head[k], alone[k]) for k in alone), "the head changed the student's training"
+    # the same ranking of the test images: the score is the denoising student's through an increasing affine map
+    a, b = result.test_outputs["scores"].double(), plain.test_outputs["scores"].double()
+    slope = (a.max() - a.min()) / (b.max() - b.min())
+    assert slope > 0 and torch.allclose(a, a.min() + slope * (b - b.min()), rtol=1e-3, atol=1e-6)
