@@ -109,7 +109,8 @@ def summary_lines(rows: list[dict]) -> list[str]:
 def checkpoint_name(category: str, flags: list[str], seed: int) -> str:
     """The file a variant's checkpoint is trained to: named by its flags (``cpu-recipe`` for the recipe's own)
     and seed."""
-    slug = "-".join(f.lstrip("-") for f in flags).replace("-".join(f.lstrip("-") for f in METHOD), "cpu-recipe")
+    own = flags[: len(METHOD)] == METHOD
+    slug = "-".join(["cpu-recipe"] * own + [f.lstrip("-") for f in flags[len(METHOD) if own else 0 :]])
     return f"{category}-efficientnet_lite0-{slug}{f'-seed{seed}' if seed else ''}.safetensors"
 
 

@@ -244,7 +244,8 @@ def test_topk_rows_rescore_the_same_maps() -> None:
     row = {"category": "c", "seed": 0, "part": "fused", "epochs": 2.0, "image_auroc": 0.0, "pixel_auroc": 0.7}
     (one, sixteen) = topk_rows(row, outputs, held, (1, 16))
     assert one["part"] == "fused, top 1" and one["image_auroc"] == 0.0 and one["pixel_auroc"] == 0.7
-    assert one["good_right"] == 0.0 and one["defective_right"] == 1.0  # threshold 0.35 + 3 std of held-out maxima
+    # threshold max(mean + 3 std, max) of the held-out maxima 0.2-0.35: about 0.45, under the good image's 1.0
+    assert one["good_right"] == 0.0 and one["defective_right"] == 1.0
     assert sixteen["part"] == "fused, top 16" and sixteen["image_auroc"] == 1.0
     assert sixteen["good_right"] == 1.0 and sixteen["defective_right"] == 1.0
 
